@@ -1,0 +1,329 @@
+"""``LiteQ``: the application object — task registry, enqueue, results, and the store behind them."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime, timedelta
+from typing import Any, ParamSpec, TypeVar, overload
+
+from .exceptions import ConfigurationError, UnknownTask
+from .message import encode_call, new_id
+from .result import Result
+from .serializer import DEFAULT_MAX_SIZE, Serializer, get_serializer
+from .storage import Storage, open_storage
+from .storage.base import NewTask
+from .storage.sqlite import DEFAULT_BLOB_THRESHOLD, DEFAULT_BUSY_TIMEOUT
+from .task import Signature, Task, TaskOptions, aware, now_plus, seconds
+from .worker import DEFAULT_LEASE, Worker
+
+__all__ = ["DEFAULT_QUEUE", "DEFAULT_RESULT_TTL", "DEFAULT_STORE", "LiteQ"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+#: Where ``LiteQ()`` keeps its store when given no path: a directory under the working directory.
+DEFAULT_STORE = "liteq-data"
+#: The queue of tasks that name none.
+DEFAULT_QUEUE = "default"
+#: Seconds a finished task and its result stay readable (one day, like Celery's default).
+DEFAULT_RESULT_TTL = 24 * 3600.0
+
+
+def _task_name(fn: Callable[..., Any]) -> str:
+    module = getattr(fn, "__module__", None) or "__main__"
+    # A script run as __main__ is imported as __mp_main__ in spawned children: keep one name.
+    if module == "__mp_main__":
+        module = "__main__"
+    return f"{module}.{fn.__qualname__}"
+
+
+class LiteQ:
+    """A task queue on one store.
+
+    ``store`` is a directory (created if missing), ``sqlite:///abs/dir``, ``memory://``, or a
+    :class:`~liteq.storage.Storage`. Options are keyword-only:
+
+    - ``serializer``: ``"msgpack"`` (default) or ``"pickle"`` (opt-in, trusted stores only).
+    - ``durability``: ``"normal"`` (default; never corrupts, may lose the last commits on power
+      loss) or ``"full"`` (``synchronous=FULL``: survives power loss, slower enqueue).
+    - ``result_ttl``: seconds finished tasks and results are kept (default one day).
+    - ``default_queue``: the queue of tasks that name none.
+    - ``immediate``: run each task in the caller at ``delay()``, through the same store (tests).
+    - ``busy_timeout``: seconds a write waits for another process's lock before ``StoreBusy``.
+    - ``lease``: seconds a claimed task is leased (extended while it runs).
+    - ``max_payload_size``: encoded arguments or results above this many bytes are refused.
+    - ``blob_threshold``: values above this many bytes are kept outside the hot table.
+    """
+
+    def __init__(
+        self,
+        store: str | os.PathLike[str] | Storage = DEFAULT_STORE,
+        *,
+        serializer: str | Serializer = "msgpack",
+        durability: str = "normal",
+        result_ttl: float | timedelta = DEFAULT_RESULT_TTL,
+        default_queue: str = DEFAULT_QUEUE,
+        immediate: bool = False,
+        busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+        lease: float = DEFAULT_LEASE,
+        max_payload_size: int = DEFAULT_MAX_SIZE,
+        blob_threshold: int = DEFAULT_BLOB_THRESHOLD,
+    ) -> None:
+        ttl = seconds(result_ttl, "result_ttl")
+        assert ttl is not None
+        if not isinstance(default_queue, str) or not default_queue:
+            raise ConfigurationError(f"default_queue must be a non-empty string, not {default_queue!r}")
+        if lease <= 0:
+            raise ConfigurationError(f"lease must be > 0 seconds, not {lease!r}")
+        if max_payload_size < 1:
+            raise ConfigurationError(f"max_payload_size must be a positive number of bytes, not {max_payload_size!r}")
+        self.serializer = get_serializer(serializer, max_size=max_payload_size)
+        self.result_ttl = ttl
+        self.default_queue = default_queue
+        self.immediate = bool(immediate)
+        self.lease = float(lease)
+        self.durability = durability
+        if durability not in ("normal", "full"):
+            raise ConfigurationError(f"durability must be 'normal' or 'full', not {durability!r}")
+        self.storage: Storage = open_storage(
+            store, result_ttl=ttl, durability=durability, busy_timeout=busy_timeout, blob_threshold=blob_threshold
+        )
+        self.tasks: dict[str, Task[Any, Any]] = {}
+        self._immediate_worker: Worker | None = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"LiteQ({self.storage.location!r})"
+
+    def close(self) -> None:
+        """Close the store's connections. Idempotent."""
+        if self._immediate_worker is not None:
+            self._immediate_worker.close()
+        self.storage.close()
+
+    def __enter__(self) -> LiteQ:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- registry ----------------------------------------------------------------------------------
+
+    @overload
+    def task(self, fn: Callable[P, R], /) -> Task[P, R]: ...
+
+    @overload
+    def task(
+        self,
+        *,
+        name: str | None = ...,
+        queue: str | None = ...,
+        priority: int | None = ...,
+        retries: int | None = ...,
+        retry_backoff: float | bool | None = ...,
+        retry_backoff_max: float | None = ...,
+        retry_jitter: bool | None = ...,
+        timeout: float | timedelta | None = ...,
+        soft_timeout: float | timedelta | None = ...,
+        expires: float | timedelta | None = ...,
+        result_ttl: float | timedelta | None = ...,
+        ignore_result: bool | None = ...,
+        max_attempts: int | None = ...,
+    ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+
+    def task(  # type: ignore[misc]  # options are spelled out in the overload, taken as **options here
+        self,
+        fn: Callable[..., Any] | None = None,
+        /,
+        *,
+        name: str | None = None,
+        queue: str | None = None,
+        **options: Any,
+    ) -> Any:
+        """Register a function as a task: ``@app.task`` or ``@app.task(name=..., retries=3, ...)``.
+
+        Options: ``queue``, ``priority`` (higher runs first), ``retries`` (re-runs after an
+        exception), ``retry_backoff`` (first delay, doubling), ``retry_backoff_max``,
+        ``retry_jitter``, ``timeout`` (hard limit; the pool kills the run), ``soft_timeout``
+        (raises ``SoftTimeLimit`` inside), ``expires`` (seconds after enqueue it may still start),
+        ``result_ttl``, ``ignore_result``, ``max_attempts`` (cap on runs of any kind, including
+        ones whose worker died; default ``retries + 3``). The name defaults to
+        ``module.qualname``; two tasks with one name raise :class:`ConfigurationError`.
+        """
+
+        def register(f: Callable[..., Any]) -> Task[Any, Any]:
+            if not callable(f):
+                raise ConfigurationError(f"@app.task needs a function, not {f!r}")
+            task_name = name or _task_name(f)
+            opts = TaskOptions.build(queue or self.default_queue, **options)
+            with self._lock:
+                if task_name in self.tasks:
+                    raise ConfigurationError(
+                        f"two tasks are named {task_name!r}; give one of them another name with @app.task(name=...)"
+                    )
+                task: Task[Any, Any] = Task(self, f, task_name, opts)
+                self.tasks[task_name] = task
+            return task
+
+        if fn is not None:
+            return register(fn)
+        return register
+
+    def get_task(self, name: str) -> Task[Any, Any]:
+        """The task registered as ``name``, importing its module first if it is not registered yet."""
+        task = self.tasks.get(name)
+        if task is not None:
+            return task
+        module = name.rpartition(".")[0]
+        problem = ""
+        if module and module != "__main__":
+            try:
+                importlib.import_module(module)
+            except ImportError as exc:
+                problem = f" (importing {module!r} failed: {exc})"
+            except Exception as exc:  # a module that raises on import is reported, not propagated
+                problem = f" (importing {module!r} raised {type(exc).__name__}: {exc})"
+            task = self.tasks.get(name)
+            if task is not None:
+                return task
+        where = f"module {module!r}" if module else "the app's modules"
+        raise UnknownTask(
+            f"no task named {name!r} is registered in this process; make sure {where} is importable here and "
+            f"registers it with this app{problem}"
+        )
+
+    def queues(self) -> list[str]:
+        """Every queue a registered task uses, the default queue first."""
+        found = [self.default_queue]
+        for task in self.tasks.values():
+            if task.options.queue not in found:
+                found.append(task.options.queue)
+        return found
+
+    # -- enqueue ----------------------------------------------------------------------------------
+
+    def _message(
+        self,
+        task: Task[Any, Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        now: float,
+        countdown: float | timedelta | None = None,
+        eta: datetime | None = None,
+        expires: float | timedelta | datetime | None = None,
+        priority: int | None = None,
+        queue: str | None = None,
+        retries: int | None = None,
+        idempotency_key: str | None = None,
+        result_ttl: float | timedelta | None = None,
+        task_id: str | None = None,
+        parent_id: str | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> NewTask:
+        opts = task.options
+        meta = dict(meta or {})
+        if retries is not None:
+            if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+                raise ConfigurationError(f"retries must be an integer >= 0, not {retries!r}")
+            meta["retries"] = retries
+        run_at = None
+        if eta is not None:
+            if countdown is not None:
+                raise ConfigurationError("pass countdown or eta, not both")
+            run_at = aware(eta, "eta")
+        elif countdown is not None:
+            run_at = now + (seconds(countdown, "countdown") or 0.0)
+        if expires is None and opts.expires is not None:
+            expires = opts.expires
+        if priority is not None and (isinstance(priority, bool) or not isinstance(priority, int)):
+            raise ConfigurationError(f"priority must be an integer, not {priority!r}")
+        if queue is not None and (not isinstance(queue, str) or not queue):
+            raise ConfigurationError(f"queue must be a non-empty string, not {queue!r}")
+        if idempotency_key is not None and not isinstance(idempotency_key, str):
+            raise ConfigurationError(f"idempotency_key must be a string, not {idempotency_key!r}")
+        ttl = seconds(result_ttl, "result_ttl") if result_ttl is not None else opts.result_ttl
+        return NewTask(
+            id=task_id or new_id(),
+            name=task.name,
+            queue=queue or opts.queue,
+            payload=encode_call(self.serializer, args, kwargs, meta),
+            priority=opts.priority if priority is None else priority,
+            run_at=run_at,
+            expires_at=now_plus(expires, "expires", now),
+            max_attempts=opts.attempts_for(retries),
+            idempotency_key=idempotency_key,
+            result_ttl=ttl,
+            parent_id=parent_id,
+        )
+
+    def _send(self, task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any], **options: Any) -> Result:
+        now = time.time()
+        message = self._message(task, args, kwargs, now=now, **options)
+        task_id = self.storage.enqueue([message], now=now)[0]
+        if self.immediate:
+            self._run_now([task_id])
+        return Result(self, task_id)
+
+    def enqueue_many(
+        self, calls: Iterable[Signature | tuple[Task[Any, Any], tuple[Any, ...], dict[str, Any]]]
+    ) -> list[Result]:
+        """Enqueue many calls in one transaction: signatures (``task.s(...)``) or ``(task, args, kwargs)``.
+
+        Nothing is written unless every call encodes; the results come back in order.
+        """
+        now = time.time()
+        messages = []
+        for call in calls:
+            if isinstance(call, Signature):
+                task = self.get_task(call.name)
+                messages.append(self._message(task, tuple(call.args), dict(call.kwargs), now=now, **call.options))
+            else:
+                task, args, kwargs = call
+                messages.append(self._message(task, tuple(args), dict(kwargs), now=now))
+        ids = self.storage.enqueue(messages, now=now)
+        if self.immediate:
+            self._run_now(ids)
+        return [Result(self, i) for i in ids]
+
+    def _run_now(self, ids: Sequence[str]) -> None:
+        # Immediate mode: run the task here, retries included, ignoring countdowns (like Celery's
+        # eager mode), through the same claim/execute/complete path a worker takes.
+        if self._immediate_worker is None:
+            self._immediate_worker = Worker(self, worker_id=f"immediate:{os.getpid()}", lease=self.lease)
+        worker = self._immediate_worker
+        while worker.run_once(ids=ids):
+            pass
+
+    # -- results and inspection --------------------------------------------------------------------
+
+    def result(self, task_id: str) -> Result:
+        """A :class:`Result` handle for a task id, in any process that opens the same store."""
+        return Result(self, task_id)
+
+    def stats(self) -> dict[str, Any]:
+        """``{"states": {state: n}, "queues": {queue: {state: n}}, "workers": [...]}``."""
+        queues = self.storage.counts()
+        states: dict[str, int] = {}
+        for by_state in queues.values():
+            for state, n in by_state.items():
+                states[state] = states.get(state, 0) + n
+        workers = [dataclasses.asdict(w) for w in self.storage.workers()]
+        return {"states": states, "queues": queues, "workers": workers}
+
+    def purge(self, queue: str | None = None, states: Iterable[str] | None = None) -> int:
+        """Delete tasks and their results (running ones only when ``states`` names ``running``)."""
+        return self.storage.purge(queue=queue, states=states)
+
+    def run_until_empty(self, queues: Sequence[str] | None = None, *, now: float | None = None) -> int:
+        """Run every due task in this process until none is left; return how many ran (burst mode)."""
+        worker = Worker(self, queues=queues, lease=self.lease, batch=16)
+        try:
+            return worker.run_until_empty(now=now)
+        finally:
+            worker.close()

@@ -1,0 +1,165 @@
+"""``Result``: the caller's handle on a queued task."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from .exceptions import (
+    ResultExpired,
+    ResultTimeout,
+    TaskCancelled,
+    TaskExpired,
+    TaskFailed,
+    TaskTimedOut,
+)
+from .message import ErrorInfo, Progress
+from .storage.base import CANCELLED, EXPIRED, FINISHED_STATES, SUCCEEDED, TaskRow
+
+if TYPE_CHECKING:
+    from .app import LiteQ
+
+__all__ = ["Result"]
+
+# Waiting starts by re-checking every millisecond and backs off to this; a write by this process
+# wakes the waiter at once.
+MAX_POLL_INTERVAL = 0.05
+
+
+def failure(row: TaskRow) -> TaskFailed:
+    """The exception that describes a task that ended without success."""
+    info = ErrorInfo.decode(row.error)
+    reason = row.reason or row.state
+    kwargs: dict[str, Any] = {
+        "type": info.type if info else "",
+        "message": info.message if info else _REASONS.get(reason, reason),
+        "traceback": info.traceback if info else "",
+        "reason": reason,
+        "state": row.state,
+    }
+    if row.state == CANCELLED:
+        return TaskCancelled(row.id, **kwargs)
+    if row.state == EXPIRED:
+        return TaskExpired(row.id, **kwargs)
+    if reason == "timeout":
+        return TaskTimedOut(row.id, **kwargs)
+    return TaskFailed(row.id, **kwargs)
+
+
+_REASONS = {
+    "worker lost": "the worker process running the task died (killed, crashed or out of memory) too many times",
+    "cancelled": "the task was cancelled",
+    "expired": "the task did not start before its expires deadline",
+}
+
+
+class Result:
+    """A queued task's state and outcome, readable from any process that opens the same store.
+
+    Results stay readable until the task's ``result_ttl`` passes; after that reading raises
+    :class:`~liteq.ResultExpired` rather than returning ``None``.
+    """
+
+    __slots__ = ("app", "id")
+
+    def __init__(self, app: LiteQ, id: str) -> None:
+        self.app = app
+        self.id = id
+
+    def __repr__(self) -> str:
+        return f"<Result {self.id}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Result) and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    def info(self) -> TaskRow:
+        """Everything the store holds about the task (with every attempt's error)."""
+        row = self.app.storage.get([self.id], history=True)[0]
+        return self._check(row)
+
+    def _row(self) -> TaskRow:
+        return self._check(self.app.storage.get([self.id])[0])
+
+    def _check(self, row: TaskRow | None, now: float | None = None) -> TaskRow:
+        if row is None:
+            raise ResultExpired(
+                f"no task {self.id} in store {self.app.storage.location}: its result outlived result_ttl and "
+                "was pruned, or the id is wrong"
+            )
+        if row.result_expires_at is not None and row.result_expires_at <= (time.time() if now is None else now):
+            raise ResultExpired(
+                f"the result of task {self.id} expired at {time.ctime(row.result_expires_at)} (result_ttl); "
+                "raise result_ttl to keep results longer"
+            )
+        return row
+
+    @property
+    def state(self) -> str:
+        """One of ``pending``, ``scheduled``, ``running``, ``succeeded``, ``failed``, ``cancelled``, ``expired``."""
+        return self._row().state
+
+    def ready(self) -> bool:
+        """True once the task has finished, whatever the outcome."""
+        return self._row().state in FINISHED_STATES
+
+    def successful(self) -> bool:
+        """True when the task finished and succeeded."""
+        return self._row().state == SUCCEEDED
+
+    def failed(self) -> bool:
+        """True when the task finished without success (failed, cancelled or expired)."""
+        return self._row().state in FINISHED_STATES - {SUCCEEDED}
+
+    @property
+    def progress(self) -> Progress | None:
+        """The last progress the task reported with ``current().progress(...)``, or None."""
+        return Progress.decode(self._row().progress)
+
+    def cancel(self) -> bool:
+        """Cancel the task: a waiting one never runs; a running one is asked to stop.
+
+        Returns True when the task is (or will be) cancelled, False when it had already finished.
+        """
+        state = self.app.storage.cancel([self.id])[0]
+        if state is None:
+            self._check(None)
+        return state in (CANCELLED, "running")
+
+    def wait(self, timeout: float | None = None) -> TaskRow:
+        """Block until the task finishes; return its row. Raises :class:`ResultTimeout`."""
+        storage = self.app.storage
+        deadline = None if timeout is None else time.monotonic() + timeout
+        interval = 0.001
+        while True:
+            version = storage.version
+            row = self._row()
+            if row.state in FINISHED_STATES:
+                return row
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise ResultTimeout(
+                    f"task {self.id} is still {row.state} after {timeout}s; call get() again later, or raise timeout"
+                )
+            storage.wait(version, interval if left is None else min(interval, left))
+            interval = min(interval * 2, MAX_POLL_INTERVAL)
+
+    def get(self, timeout: float | None = None, *, propagate: bool = True) -> Any:
+        """Wait for the task and return its value.
+
+        Raises :class:`~liteq.TaskFailed` (or its subclasses ``TaskTimedOut``, ``TaskCancelled``,
+        ``TaskExpired``) carrying the remote exception's type, message and traceback; with
+        ``propagate=False`` returns that exception instead. Raises :class:`~liteq.ResultTimeout`
+        when ``timeout`` seconds pass first.
+        """
+        row = self.wait(timeout)
+        if row.state != SUCCEEDED:
+            exc = failure(row)
+            if propagate:
+                raise exc
+            return exc
+        if row.result is None:
+            return None
+        return self.app.serializer.loads(row.result)

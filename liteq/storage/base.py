@@ -1,0 +1,329 @@
+"""The storage contract: a few queue-shaped, batched operations, bytes in and bytes out.
+
+Everything above this layer (serialization, retry policy, result semantics) lives in the app and the
+worker. Everything below it (SQLite, memory, a TCP server) only moves rows between states. A store
+keeps one row per task and these states::
+
+    scheduled ──(run_at passes)──► pending ──claim──► running ──complete──► succeeded | failed
+        ▲                             ▲                  │                     cancelled | expired
+        └──────── retry (run_at) ─────┴── lease lost ────┘
+
+Rules every implementation keeps (the contract tests in ``tests/test_storage_contract.py`` check them):
+
+- ``enqueue`` is atomic for the whole batch; an idempotency key that is already stored returns the
+  existing task's id and writes nothing for that entry.
+- ``claim`` moves due rows to ``running`` and hands each a fresh lease token and deadline, in one
+  atomic step; two claimers never get the same row. A claimed row is never deleted.
+- ``complete`` applies an outcome only while the lease token still matches; a stale token is refused
+  (``False``) and changes nothing.
+- Times are float seconds since the epoch and are always passed in (``now``), so tests drive the
+  clock. ``None`` means the store's own clock.
+"""
+
+from __future__ import annotations
+
+import abc
+import builtins
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+__all__ = [
+    "ACTIVE_STATES",
+    "FINISHED_STATES",
+    "STATES",
+    "ClaimedTask",
+    "NewTask",
+    "Outcome",
+    "Storage",
+    "TaskRow",
+    "WorkerInfo",
+]
+
+PENDING = "pending"
+SCHEDULED = "scheduled"
+RUNNING = "running"
+SUCCEEDED = "succeeded"
+FAILED = "failed"
+CANCELLED = "cancelled"
+EXPIRED = "expired"
+
+#: Every state a task can be in, in life-cycle order.
+STATES: tuple[str, ...] = (PENDING, SCHEDULED, RUNNING, SUCCEEDED, FAILED, CANCELLED, EXPIRED)
+#: States a task leaves by itself.
+ACTIVE_STATES: frozenset[str] = frozenset({PENDING, SCHEDULED, RUNNING})
+#: States a task never leaves (except by a manual retry).
+FINISHED_STATES: frozenset[str] = frozenset({SUCCEEDED, FAILED, CANCELLED, EXPIRED})
+
+
+@dataclass(slots=True)
+class NewTask:
+    """One task to enqueue. ``payload`` is opaque bytes written by the app's serializer."""
+
+    id: str
+    name: str
+    queue: str
+    payload: bytes
+    priority: int = 0
+    run_at: float | None = None
+    """When it may run; ``None`` or a past time means now (``pending``), later means ``scheduled``."""
+    expires_at: float | None = None
+    max_attempts: int = 1
+    idempotency_key: str | None = None
+    result_ttl: float | None = None
+    """Seconds a finished task and its result are kept; ``None`` uses the store's default."""
+    parent_id: str | None = None
+
+
+@dataclass(slots=True)
+class ClaimedTask:
+    """A task handed to a worker under a lease."""
+
+    id: str
+    name: str
+    queue: str
+    payload: bytes
+    attempt: int
+    """1 for the first run; counts every claim, including ones whose worker was lost."""
+    max_attempts: int
+    lease_token: str
+    lease_deadline: float
+    enqueued_at: float
+    expires_at: float | None = None
+    priority: int = 0
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What a worker reports for one claimed task.
+
+    ``state`` is the new state: ``succeeded`` or ``failed`` (finished, with ``result`` or ``error``),
+    ``scheduled`` (retry at ``run_at``; ``pending`` when ``run_at`` has passed), ``cancelled``
+    or ``expired``. ``error`` is opaque bytes (the app encodes type, message and traceback).
+    """
+
+    id: str
+    lease_token: str
+    state: str
+    result: bytes | None = None
+    error: bytes | None = None
+    reason: str | None = None
+    run_at: float | None = None
+    result_ttl: float | None = None
+
+
+@dataclass(slots=True)
+class TaskRow:
+    """Everything a store keeps about one task, for inspection."""
+
+    id: str
+    name: str
+    queue: str
+    state: str
+    priority: int
+    payload: bytes | None
+    run_at: float
+    enqueued_at: float
+    attempts: int
+    max_attempts: int
+    expires_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    lease_owner: str | None = None
+    lease_token: str | None = None
+    lease_deadline: float | None = None
+    idempotency_key: str | None = None
+    result: bytes | None = None
+    result_expires_at: float | None = None
+    error: bytes | None = None
+    reason: str | None = None
+    progress: bytes | None = None
+    cancel_requested: bool = False
+    parent_id: str | None = None
+    errors: list[bytes] = field(default_factory=list)
+    """Errors of earlier attempts, oldest first (``get(..., history=True)`` only)."""
+
+
+@dataclass(slots=True)
+class WorkerInfo:
+    """A live worker process (a pool supervisor or an in-process worker) as recorded in the store."""
+
+    id: str
+    host: str
+    pid: int
+    concurrency: int
+    queues: list[str]
+    started_at: float
+    heartbeat_at: float
+    tasks_done: int = 0
+
+
+class Storage(abc.ABC):
+    """Base class of every store. Subclasses implement the abstract batched operations.
+
+    Instances are safe to share between threads. ``location`` is what a store pickles as, so a
+    child process reopens the same store instead of inheriting a connection.
+    """
+
+    #: The URL or path that reopens this store in another process.
+    location: str
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._version = 0
+
+    # -- writes -------------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def enqueue(self, tasks: Sequence[NewTask], *, now: float | None = None) -> list[str]:
+        """Store a batch atomically; return each task's id (the existing id for a known idempotency key)."""
+
+    @abc.abstractmethod
+    def claim(
+        self,
+        owner: str,
+        queues: Sequence[str],
+        *,
+        limit: int = 1,
+        lease: float = 60.0,
+        now: float | None = None,
+        ids: Sequence[str] | None = None,
+    ) -> list[ClaimedTask]:
+        """Lease up to ``limit`` due tasks from ``queues`` (highest priority, then oldest first).
+
+        Scheduled tasks whose ``run_at`` has passed become due first. A claimed task whose
+        ``expires_at`` has passed is marked ``expired`` instead of being returned. ``ids`` restricts
+        the claim to those tasks, due or not, in any queue (immediate mode runs them at once).
+        """
+
+    @abc.abstractmethod
+    def extend(
+        self, owner: str, leases: Sequence[tuple[str, str]], *, lease: float, now: float | None = None
+    ) -> list[bool]:
+        """Push the deadline of each ``(id, token)`` lease to ``now + lease``; False where it was lost."""
+
+    @abc.abstractmethod
+    def complete(self, outcomes: Sequence[Outcome], *, now: float | None = None) -> list[bool]:
+        """Apply outcomes in one transaction; each is applied only while its lease token matches."""
+
+    @abc.abstractmethod
+    def release(self, leases: Sequence[tuple[str, str]], *, uncount: bool = True) -> int:
+        """Hand leased tasks back to ``pending`` at once (a worker shutting down).
+
+        With ``uncount`` the claim does not count as an attempt (the task never started). A task
+        with a pending cancel request ends ``cancelled`` instead.
+        """
+
+    @abc.abstractmethod
+    def reap(self, *, now: float | None = None, owner: str | None = None) -> list[str]:
+        """Return tasks whose lease expired (or, with ``owner``, every lease of that owner) to
+        ``pending``; those at ``max_attempts`` end ``failed`` with reason ``worker lost``.
+        A task with a pending cancel request ends ``cancelled`` instead. Returns the ids touched."""
+
+    @abc.abstractmethod
+    def set_progress(self, id: str, lease_token: str, progress: bytes) -> bool:
+        """Record a running task's progress; False when the lease was lost."""
+
+    @abc.abstractmethod
+    def cancel(self, ids: Sequence[str], *, now: float | None = None) -> list[str | None]:
+        """Cancel tasks: waiting ones become ``cancelled`` at once; running ones get a cancel request.
+
+        Returns the state of each task after the call (``None`` for an unknown id).
+        """
+
+    @abc.abstractmethod
+    def retry(self, ids: Sequence[str], *, now: float | None = None) -> list[bool]:
+        """Put finished tasks (failed, cancelled, expired) back to ``pending`` with a fresh attempt budget."""
+
+    @abc.abstractmethod
+    def purge(
+        self, *, queue: str | None = None, states: Iterable[str] | None = None, ids: Sequence[str] | None = None
+    ) -> int:
+        """Delete tasks (and their results) matching every filter given; running tasks are kept
+        unless ``states`` names ``running``. Returns the number deleted."""
+
+    @abc.abstractmethod
+    def prune(self, *, now: float | None = None, limit: int = 10_000) -> int:
+        """Delete finished tasks whose ``result_ttl`` has passed, at most ``limit``; return how many."""
+
+    # -- reads --------------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def get(self, ids: Sequence[str], *, history: bool = False) -> list[TaskRow | None]:
+        """Rows for ids, ``None`` for unknown ones (results are returned even when expired)."""
+
+    @abc.abstractmethod
+    def list(
+        self,
+        *,
+        states: Iterable[str] | None = None,
+        queue: str | None = None,
+        name: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[TaskRow]:
+        """Rows matching the filters, oldest first, without payloads or results."""
+
+    @abc.abstractmethod
+    def counts(self) -> dict[str, dict[str, int]]:
+        """``{queue: {state: n}}`` for every queue with at least one task."""
+
+    @abc.abstractmethod
+    def next_run_at(self, queues: Sequence[str]) -> float | None:
+        """The earliest ``run_at`` of a scheduled task in ``queues``, so idle workers know when to wake."""
+
+    # -- workers ------------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def register_worker(self, info: WorkerInfo) -> None:
+        """Record (or refresh) a live worker."""
+
+    @abc.abstractmethod
+    def heartbeat(self, worker_id: str, *, tasks_done: int = 0, now: float | None = None) -> None:
+        """Refresh a worker's heartbeat and add ``tasks_done``."""
+
+    @abc.abstractmethod
+    def unregister_worker(self, worker_id: str) -> None:
+        """Forget a worker that stopped."""
+
+    @abc.abstractmethod
+    def workers(self, *, stale_after: float | None = None, now: float | None = None) -> builtins.list[WorkerInfo]:
+        """Recorded workers; with ``stale_after``, only those heard from within that many seconds."""
+
+    # -- life cycle and change notification ------------------------------------------------------
+
+    def close(self) -> None:
+        """Release connections and files. Idempotent."""
+
+    def notify(self) -> None:
+        """Wake every waiter in this process (called after each write)."""
+        with self._changed:
+            self._version += 1
+            self._changed.notify_all()
+
+    def wait(self, version: int, timeout: float) -> int:
+        """Block until a write newer than ``version`` or ``timeout`` seconds; return the new version.
+
+        In-process writes wake waiters at once. Writes from other processes are seen by polling
+        (subclasses with a cross-process signal override :meth:`wait`).
+        """
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while self._version == version:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._changed.wait(left)
+            return self._version
+
+    @property
+    def version(self) -> int:
+        """A counter bumped by every write through this object."""
+        return self._version
+
+    def __enter__(self) -> Storage:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,458 @@
+"""A store in this process's memory, for tests and immediate mode.
+
+It keeps the same contract as :class:`~liteq.storage.sqlite.SqliteStorage` (the contract tests run
+on both) with plain dicts under one lock. Scans are linear: it is meant for thousands of tasks,
+not millions. It is not shared between processes; a child process gets an empty store.
+"""
+
+from __future__ import annotations
+
+import builtins
+import copy
+import itertools
+import os
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from ..exceptions import StorageError
+from .base import (
+    FAILED,
+    FINISHED_STATES,
+    PENDING,
+    RUNNING,
+    SCHEDULED,
+    ClaimedTask,
+    NewTask,
+    Outcome,
+    Storage,
+    TaskRow,
+    WorkerInfo,
+)
+
+__all__ = ["MemoryStorage"]
+
+DEFAULT_RESULT_TTL = 24 * 3600.0
+
+
+@dataclass(slots=True)
+class _Entry:
+    seq: int
+    row: TaskRow
+    result_ttl: float | None
+
+
+def _reopen(result_ttl: float) -> MemoryStorage:
+    return MemoryStorage(result_ttl=result_ttl)
+
+
+class MemoryStorage(Storage):
+    """Tasks and results in a dict. ``location`` is ``memory://``."""
+
+    location = "memory://"
+
+    def __init__(self, *, result_ttl: float = DEFAULT_RESULT_TTL) -> None:
+        super().__init__()
+        self.result_ttl = float(result_ttl)
+        self._lock = threading.RLock()
+        self._tasks: dict[str, _Entry] = {}
+        self._keys: dict[str, str] = {}
+        self._workers: dict[str, WorkerInfo] = {}
+        self._seq = itertools.count(1)
+
+    def __repr__(self) -> str:
+        return "MemoryStorage()"
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_reopen, (self.result_ttl,))
+
+    def _finish(self, e: _Entry, state: str, now: float, ttl: float | None = None) -> None:
+        r = e.row
+        r.state = state
+        r.finished_at = now
+        r.result_expires_at = now + (
+            ttl if ttl is not None else e.result_ttl if e.result_ttl is not None else self.result_ttl
+        )
+        r.lease_owner = r.lease_token = None
+        r.lease_deadline = None
+
+    # -- writes ------------------------------------------------------------------------------------
+
+    def enqueue(self, tasks: Sequence[NewTask], *, now: float | None = None) -> list[str]:
+        """Store a batch atomically; see :meth:`Storage.enqueue`."""
+        now = time.time() if now is None else now
+        ids = []
+        with self._lock:
+            # Check the whole batch first: a refused batch writes nothing.
+            seen_ids: set[str] = set()
+            seen_keys: set[str] = set()
+            for t in tasks:
+                if t.idempotency_key is not None and (
+                    t.idempotency_key in self._keys or t.idempotency_key in seen_keys
+                ):
+                    continue
+                if t.id in self._tasks or t.id in seen_ids:
+                    raise StorageError(f"task id {t.id} is already stored; ids must be unique", path=self.location)
+                seen_ids.add(t.id)
+                if t.idempotency_key is not None:
+                    seen_keys.add(t.idempotency_key)
+            for t in tasks:
+                if t.idempotency_key is not None and t.idempotency_key in self._keys:
+                    ids.append(self._keys[t.idempotency_key])
+                    continue
+                run_at = now if t.run_at is None else t.run_at
+                row = TaskRow(
+                    id=t.id,
+                    name=t.name,
+                    queue=t.queue,
+                    state=SCHEDULED if run_at > now else PENDING,
+                    priority=t.priority,
+                    payload=bytes(t.payload),
+                    run_at=run_at,
+                    enqueued_at=now,
+                    attempts=0,
+                    max_attempts=t.max_attempts,
+                    expires_at=t.expires_at,
+                    idempotency_key=t.idempotency_key,
+                    parent_id=t.parent_id,
+                )
+                self._tasks[t.id] = _Entry(next(self._seq), row, t.result_ttl)
+                if t.idempotency_key is not None:
+                    self._keys[t.idempotency_key] = t.id
+                ids.append(t.id)
+        self.notify()
+        return ids
+
+    def claim(
+        self,
+        owner: str,
+        queues: Sequence[str],
+        *,
+        limit: int = 1,
+        lease: float = 60.0,
+        now: float | None = None,
+        ids: Sequence[str] | None = None,
+    ) -> list[ClaimedTask]:
+        """Lease due tasks; see :meth:`Storage.claim`."""
+        now = time.time() if now is None else now
+        out: list[ClaimedTask] = []
+        with self._lock:
+            if ids is not None:
+                wanted = set(ids)
+                candidates = [
+                    e for e in self._tasks.values() if e.row.id in wanted and e.row.state in (PENDING, SCHEDULED)
+                ]
+            else:
+                qs = set(queues)
+                for e in self._tasks.values():
+                    if e.row.state == SCHEDULED and e.row.run_at <= now:
+                        e.row.state = PENDING
+                candidates = [e for e in self._tasks.values() if e.row.state == PENDING and e.row.queue in qs]
+            candidates.sort(key=lambda e: (-e.row.priority, e.seq))
+            for e in candidates[: max(limit, 0)]:
+                r = e.row
+                r.attempts += 1
+                if r.expires_at is not None and r.expires_at <= now:
+                    r.reason = "expired"
+                    self._finish(e, "expired", now)
+                    continue
+                r.state = RUNNING
+                r.lease_owner = owner
+                r.lease_token = os.urandom(12).hex()
+                r.lease_deadline = now + lease
+                r.started_at = now
+                out.append(
+                    ClaimedTask(
+                        id=r.id,
+                        name=r.name,
+                        queue=r.queue,
+                        payload=r.payload or b"",
+                        attempt=r.attempts,
+                        max_attempts=r.max_attempts,
+                        lease_token=r.lease_token,
+                        lease_deadline=r.lease_deadline,
+                        enqueued_at=r.enqueued_at,
+                        expires_at=r.expires_at,
+                        priority=r.priority,
+                    )
+                )
+        if candidates:
+            self.notify()
+        return out
+
+    def _leased(self, id: str, token: str) -> _Entry | None:
+        e = self._tasks.get(id)
+        if e is None or e.row.state != RUNNING or e.row.lease_token != token:
+            return None
+        return e
+
+    def extend(
+        self, owner: str, leases: Sequence[tuple[str, str]], *, lease: float, now: float | None = None
+    ) -> list[bool]:
+        """Push lease deadlines; see :meth:`Storage.extend`."""
+        now = time.time() if now is None else now
+        out = []
+        with self._lock:
+            for id_, token in leases:
+                e = self._leased(id_, token)
+                if e is not None:
+                    e.row.lease_deadline = now + lease
+                out.append(e is not None)
+        return out
+
+    def complete(self, outcomes: Sequence[Outcome], *, now: float | None = None) -> list[bool]:
+        """Apply outcomes under their lease tokens; see :meth:`Storage.complete`."""
+        now = time.time() if now is None else now
+        out = []
+        with self._lock:
+            for o in outcomes:
+                e = self._leased(o.id, o.lease_token)
+                out.append(e is not None)
+                if e is None:
+                    continue
+                r = e.row
+                r.error, r.reason = o.error, o.reason
+                if o.error is not None:
+                    r.errors.append(o.error)
+                if o.state in (SCHEDULED, PENDING):
+                    r.run_at = now if o.run_at is None else o.run_at
+                    r.state = SCHEDULED if r.run_at > now else PENDING
+                    r.lease_owner = r.lease_token = None
+                    r.lease_deadline = None
+                else:
+                    r.result = o.result
+                    self._finish(e, o.state, now, o.result_ttl)
+        self.notify()
+        return out
+
+    def release(self, leases: Sequence[tuple[str, str]], *, uncount: bool = True) -> int:
+        """Hand leased tasks back; see :meth:`Storage.release`."""
+        n = 0
+        with self._lock:
+            for id_, token in leases:
+                e = self._leased(id_, token)
+                if e is None:
+                    continue
+                r = e.row
+                r.attempts = max(r.attempts - (1 if uncount else 0), 0)
+                if r.cancel_requested:
+                    r.reason = "cancelled"
+                    self._finish(e, "cancelled", time.time())
+                    n += 1
+                    continue
+                r.state = PENDING
+                r.started_at = None
+                r.lease_owner = r.lease_token = None
+                r.lease_deadline = None
+                n += 1
+        self.notify()
+        return n
+
+    def reap(self, *, now: float | None = None, owner: str | None = None) -> list[str]:
+        """Recover lost leases; see :meth:`Storage.reap`."""
+        now = time.time() if now is None else now
+        touched = []
+        with self._lock:
+            for e in self._tasks.values():
+                r = e.row
+                if r.state != RUNNING:
+                    continue
+                lost = r.lease_owner == owner if owner is not None else (r.lease_deadline or 0) < now
+                if not lost:
+                    continue
+                touched.append(r.id)
+                if r.cancel_requested:
+                    r.reason = "cancelled"
+                    self._finish(e, "cancelled", now)
+                    continue
+                r.reason = "worker lost"
+                if r.attempts >= r.max_attempts:
+                    r.error = None
+                    self._finish(e, FAILED, now)
+                else:
+                    r.state = PENDING
+                    r.started_at = None
+                    r.lease_owner = r.lease_token = None
+                    r.lease_deadline = None
+        if touched:
+            self.notify()
+        return touched
+
+    def set_progress(self, id: str, lease_token: str, progress: bytes) -> bool:
+        """Record progress; see :meth:`Storage.set_progress`."""
+        with self._lock:
+            e = self._leased(id, lease_token)
+            if e is not None:
+                e.row.progress = progress
+        self.notify()
+        return e is not None
+
+    def cancel(self, ids: Sequence[str], *, now: float | None = None) -> list[str | None]:
+        """Cancel tasks; see :meth:`Storage.cancel`."""
+        now = time.time() if now is None else now
+        out: list[str | None] = []
+        with self._lock:
+            for id_ in ids:
+                e = self._tasks.get(id_)
+                if e is None:
+                    out.append(None)
+                    continue
+                if e.row.state in (PENDING, SCHEDULED):
+                    e.row.reason = "cancelled"
+                    self._finish(e, "cancelled", now)
+                elif e.row.state == RUNNING:
+                    e.row.cancel_requested = True
+                out.append(e.row.state)
+        self.notify()
+        return out
+
+    def retry(self, ids: Sequence[str], *, now: float | None = None) -> list[bool]:
+        """Re-run finished tasks; see :meth:`Storage.retry`."""
+        now = time.time() if now is None else now
+        out = []
+        with self._lock:
+            for id_ in ids:
+                e = self._tasks.get(id_)
+                ok = e is not None and e.row.state in FINISHED_STATES - {"succeeded"}
+                if e is not None and ok:
+                    r = e.row
+                    r.state, r.run_at, r.attempts = PENDING, now, 0
+                    r.reason = r.result = None
+                    r.finished_at = r.started_at = r.result_expires_at = r.expires_at = None
+                    r.cancel_requested = False
+                out.append(ok)
+        self.notify()
+        return out
+
+    def _drop(self, pred: object) -> int:
+        with self._lock:
+            doomed = [i for i, e in self._tasks.items() if pred(e)]  # type: ignore[operator]
+            for i in doomed:
+                e = self._tasks.pop(i)
+                if e.row.idempotency_key is not None:
+                    self._keys.pop(e.row.idempotency_key, None)
+        if doomed:
+            self.notify()
+        return len(doomed)
+
+    def purge(
+        self, *, queue: str | None = None, states: Iterable[str] | None = None, ids: Sequence[str] | None = None
+    ) -> int:
+        """Delete matching tasks; see :meth:`Storage.purge`."""
+        wanted = set(states) if states is not None else None
+        idset = set(ids) if ids is not None else None
+
+        def match(e: _Entry) -> bool:
+            r = e.row
+            if queue is not None and r.queue != queue:
+                return False
+            if wanted is None and r.state == RUNNING:
+                return False
+            if wanted is not None and r.state not in wanted:
+                return False
+            return idset is None or r.id in idset
+
+        return self._drop(match)
+
+    def prune(self, *, now: float | None = None, limit: int = 10_000) -> int:
+        """Delete finished tasks past their TTL; see :meth:`Storage.prune`."""
+        now = time.time() if now is None else now
+        budget = [limit]
+
+        def match(e: _Entry) -> bool:
+            x = e.row.result_expires_at
+            if x is None or x > now or budget[0] <= 0:
+                return False
+            budget[0] -= 1
+            return True
+
+        return self._drop(match)
+
+    # -- reads -------------------------------------------------------------------------------------
+
+    def get(self, ids: Sequence[str], *, history: bool = False) -> list[TaskRow | None]:
+        """Rows by id; see :meth:`Storage.get`."""
+        with self._lock:
+            out: builtins.list[TaskRow | None] = []
+            for id_ in ids:
+                e = self._tasks.get(id_)
+                if e is None:
+                    out.append(None)
+                    continue
+                row = copy.copy(e.row)
+                row.errors = list(e.row.errors) if history else []
+                out.append(row)
+            return out
+
+    def list(
+        self,
+        *,
+        states: Iterable[str] | None = None,
+        queue: str | None = None,
+        name: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[TaskRow]:
+        """Rows matching filters, oldest first; see :meth:`Storage.list`."""
+        wanted = set(states) if states is not None else None
+        with self._lock:
+            entries = sorted(self._tasks.values(), key=lambda e: e.seq)
+            rows = [
+                e.row
+                for e in entries
+                if (wanted is None or e.row.state in wanted)
+                and (queue is None or e.row.queue == queue)
+                and (name is None or e.row.name == name)
+            ][offset : offset + limit]
+            out = []
+            for r in rows:
+                c = copy.copy(r)
+                c.payload = c.result = c.error = c.progress = None
+                c.errors = []
+                out.append(c)
+            return out
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """``{queue: {state: n}}``; see :meth:`Storage.counts`."""
+        out: dict[str, dict[str, int]] = {}
+        with self._lock:
+            for e in self._tasks.values():
+                by_state = out.setdefault(e.row.queue, {})
+                by_state[e.row.state] = by_state.get(e.row.state, 0) + 1
+        return out
+
+    def next_run_at(self, queues: Sequence[str]) -> float | None:
+        """Earliest scheduled ``run_at``; see :meth:`Storage.next_run_at`."""
+        qs = set(queues)
+        with self._lock:
+            times = [e.row.run_at for e in self._tasks.values() if e.row.state == SCHEDULED and e.row.queue in qs]
+        return min(times) if times else None
+
+    # -- workers -----------------------------------------------------------------------------------
+
+    def register_worker(self, info: WorkerInfo) -> None:
+        """Record a live worker; see :meth:`Storage.register_worker`."""
+        with self._lock:
+            self._workers[info.id] = copy.deepcopy(info)
+
+    def heartbeat(self, worker_id: str, *, tasks_done: int = 0, now: float | None = None) -> None:
+        """Refresh a heartbeat; see :meth:`Storage.heartbeat`."""
+        now = time.time() if now is None else now
+        with self._lock:
+            w = self._workers.get(worker_id)
+            if w is not None:
+                w.heartbeat_at = now
+                w.tasks_done += tasks_done
+
+    def unregister_worker(self, worker_id: str) -> None:
+        """Forget a worker; see :meth:`Storage.unregister_worker`."""
+        with self._lock:
+            self._workers.pop(worker_id, None)
+
+    def workers(self, *, stale_after: float | None = None, now: float | None = None) -> builtins.list[WorkerInfo]:
+        """Recorded workers; see :meth:`Storage.workers`."""
+        now = time.time() if now is None else now
+        with self._lock:
+            ws = sorted(self._workers.values(), key=lambda w: w.started_at)
+            return [copy.deepcopy(w) for w in ws if stale_after is None or w.heartbeat_at >= now - stale_after]

@@ -1,0 +1,995 @@
+"""The default store: one directory holding a SQLite database in WAL mode and a blob cache.
+
+Why it is shaped this way:
+
+- Every write is one ``BEGIN IMMEDIATE`` transaction. Taking the write lock up front means a
+  transaction never has to upgrade a read lock, the one case where SQLite gives up with
+  ``database is locked`` without honouring the busy timeout (the SqliteHuey failure mode).
+- Claiming is a single ``UPDATE ... RETURNING`` over a partial index of pending rows, so two
+  claimers can never select the same row and the cost does not grow with the backlog. Scheduled
+  rows live in their own partial index and are promoted to pending in the claim transaction.
+- Task ids are time-ordered (48-bit milliseconds, then randomness), so the unique index on ``id``
+  is appended to at its right edge instead of being written at random pages: enqueue cost stays
+  flat at millions of rows.
+- Payloads and results above ``blob_threshold`` go to a ``diskcache.Cache`` beside the database
+  (eviction disabled) and the row keeps the key, so the hot table stays small and page-cache
+  friendly. The blob is written before the row's transaction and deleted if that transaction fails.
+- Connections are per thread and per process: after ``fork`` the child opens its own, never
+  touching the parent's. A store pickles as its location and options.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import os
+import sqlite3
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, TypeVar
+
+from ..exceptions import (
+    ConfigurationError,
+    SchemaVersionError,
+    StorageError,
+    StoreBusy,
+    StoreCorrupt,
+    StoreFull,
+    StoreMoved,
+    StoreReadOnly,
+)
+from .base import (
+    PENDING,
+    SCHEDULED,
+    ClaimedTask,
+    NewTask,
+    Outcome,
+    Storage,
+    TaskRow,
+    WorkerInfo,
+)
+
+__all__ = ["DB_FILENAME", "SCHEMA_VERSION", "SqliteStorage"]
+
+T = TypeVar("T")
+
+DB_FILENAME = "liteq.sqlite3"
+BLOB_DIRNAME = "blobs"
+SCHEMA_VERSION = 1
+DEFAULT_BUSY_TIMEOUT = 5.0
+DEFAULT_BLOB_THRESHOLD = 64 * 1024
+DEFAULT_RESULT_TTL = 24 * 3600.0
+DURABILITY = {"normal": "NORMAL", "full": "FULL"}
+# SQLite limits host parameters per statement; stay well under the lowest default (999).
+_CHUNK = 500
+_NETWORK_FS = {"nfs", "nfs4", "cifs", "smbfs", "smb3", "fuse.sshfs", "9p", "afs", "glusterfs", "ceph"}
+
+# Version 1. Later versions append to MIGRATIONS; a store records its version in user_version.
+_SCHEMA_V1 = """
+CREATE TABLE tasks (
+    seq               INTEGER PRIMARY KEY,
+    id                TEXT NOT NULL UNIQUE,
+    name              TEXT NOT NULL,
+    queue             TEXT NOT NULL,
+    priority          INTEGER NOT NULL DEFAULT 0,
+    state             TEXT NOT NULL,
+    run_at            REAL NOT NULL,
+    expires_at        REAL,
+    enqueued_at       REAL NOT NULL,
+    started_at        REAL,
+    finished_at       REAL,
+    attempts          INTEGER NOT NULL DEFAULT 0,
+    max_attempts      INTEGER NOT NULL DEFAULT 1,
+    lease_owner       TEXT,
+    lease_token       TEXT,
+    lease_deadline    REAL,
+    idempotency_key   TEXT UNIQUE,
+    payload           BLOB,
+    payload_ref       TEXT,
+    result            BLOB,
+    result_ref        TEXT,
+    result_ttl        REAL,
+    result_expires_at REAL,
+    error             BLOB,
+    reason            TEXT,
+    progress          BLOB,
+    cancel_requested  INTEGER NOT NULL DEFAULT 0,
+    parent_id         TEXT
+);
+CREATE INDEX tasks_pending   ON tasks(queue, priority DESC, seq) WHERE state = 'pending';
+CREATE INDEX tasks_scheduled ON tasks(run_at, queue) WHERE state = 'scheduled';
+CREATE INDEX tasks_running   ON tasks(lease_deadline) WHERE state = 'running';
+CREATE INDEX tasks_owner     ON tasks(lease_owner) WHERE state = 'running';
+CREATE INDEX tasks_finished  ON tasks(result_expires_at) WHERE result_expires_at IS NOT NULL;
+CREATE INDEX tasks_parent    ON tasks(parent_id) WHERE parent_id IS NOT NULL;
+CREATE TABLE task_errors (
+    task_id TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    at      REAL NOT NULL,
+    error   BLOB
+);
+CREATE INDEX task_errors_task ON task_errors(task_id);
+CREATE TABLE workers (
+    id           TEXT PRIMARY KEY,
+    host         TEXT NOT NULL,
+    pid          INTEGER NOT NULL,
+    concurrency  INTEGER NOT NULL,
+    queues       TEXT NOT NULL,
+    started_at   REAL NOT NULL,
+    heartbeat_at REAL NOT NULL,
+    tasks_done   INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB);
+"""
+
+#: ``MIGRATIONS[v]`` upgrades a store from version ``v`` to ``v + 1``.
+MIGRATIONS: dict[int, str] = {0: _SCHEMA_V1}
+
+_CLAIM_COLUMNS = (
+    "id, name, queue, payload, payload_ref, attempts, max_attempts, lease_token, lease_deadline, "
+    "enqueued_at, expires_at, priority, seq"
+)
+_ROW_COLUMNS = (
+    "id, name, queue, state, priority, run_at, enqueued_at, attempts, max_attempts, expires_at, "
+    "started_at, finished_at, lease_owner, lease_token, lease_deadline, idempotency_key, "
+    "result_expires_at, reason, cancel_requested, parent_id"
+)
+_CLEAR_LEASE = "lease_owner = NULL, lease_token = NULL, lease_deadline = NULL"
+_FINISH = "finished_at = :now, result_expires_at = :now + COALESCE(:ttl, result_ttl, :default_ttl), " + _CLEAR_LEASE
+
+
+def _chunks(items: Sequence[T], size: int = _CHUNK) -> Iterator[Sequence[T]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def _marks(n: int) -> str:
+    return ",".join("?" * n)
+
+
+def _filesystem_type(path: str) -> str | None:
+    """The type of the mounted filesystem holding ``path`` (Linux only; None elsewhere)."""
+    try:
+        with open("/proc/mounts", encoding="utf-8") as f:
+            mounts = [line.split()[1:3] for line in f if len(line.split()) >= 3]
+    except OSError:
+        return None
+    real = os.path.realpath(path)
+    best, fstype = "", None
+    for point, kind in mounts:
+        point = point.replace("\\040", " ")
+        if (real == point or real.startswith(point.rstrip("/") + "/")) and len(point) > len(best):
+            best, fstype = point, kind
+    return fstype
+
+
+def _reopen(cls: type[SqliteStorage], path: str, options: dict[str, Any]) -> SqliteStorage:
+    return cls(path, **options)
+
+
+class SqliteStorage(Storage):
+    """Tasks, results and workers in ``<path>/liteq.sqlite3``; large values in ``<path>/blobs``.
+
+    ``durability="full"`` (``synchronous=FULL``) survives power loss; ``"normal"`` (the default)
+    never corrupts but may lose the last commits on power loss. ``busy_timeout`` is how long a
+    write waits for another process's lock before raising :class:`StoreBusy`.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        durability: str = "normal",
+        busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+        blob_threshold: int = DEFAULT_BLOB_THRESHOLD,
+        result_ttl: float = DEFAULT_RESULT_TTL,
+    ) -> None:
+        super().__init__()
+        if durability not in DURABILITY:
+            raise ConfigurationError(f"durability must be 'normal' or 'full', not {durability!r}")
+        if busy_timeout < 0:
+            raise ConfigurationError(f"busy_timeout must be >= 0 seconds, not {busy_timeout!r}")
+        if blob_threshold < 1:
+            raise ConfigurationError(f"blob_threshold must be a positive number of bytes, not {blob_threshold!r}")
+        self.path = os.path.abspath(os.fspath(path))
+        self.db_path = os.path.join(self.path, DB_FILENAME)
+        self.location = self.path
+        self.durability = durability
+        self.busy_timeout = float(busy_timeout)
+        self.blob_threshold = int(blob_threshold)
+        self.result_ttl = float(result_ttl)
+        self._local = threading.local()
+        self._blobs: Any = None
+        self._blobs_pid = 0
+        self._blob_lock = threading.Lock()
+        self._closed = False
+        self._conns: list[sqlite3.Connection] = []
+        self._conns_lock = threading.Lock()
+        try:
+            os.makedirs(self.path, exist_ok=True)
+        except PermissionError as exc:
+            raise StoreReadOnly(f"cannot create store directory {self.path}: {exc}", path=self.path) from exc
+        except OSError as exc:
+            raise StorageError(f"cannot create store directory {self.path}: {exc}", path=self.path) from exc
+        fstype = _filesystem_type(self.path)
+        if fstype in _NETWORK_FS:
+            warnings.warn(
+                f"liteq store {self.path} is on a network filesystem ({fstype}); SQLite locking is not "
+                "reliable there. Put the store on a local disk, or serve it with `liteq serve`.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        self._migrate()
+
+    def __repr__(self) -> str:
+        return f"SqliteStorage({self.path!r})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        options = {
+            "durability": self.durability,
+            "busy_timeout": self.busy_timeout,
+            "blob_threshold": self.blob_threshold,
+            "result_ttl": self.result_ttl,
+        }
+        return (_reopen, (type(self), self.path, options))
+
+    # -- connections and transactions -------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.db_path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA synchronous={DURABILITY[self.durability]}")
+            conn.execute("PRAGMA temp_store=MEMORY")
+            conn.execute("PRAGMA cache_size=-16000")
+        except sqlite3.Error as exc:
+            conn.close()
+            raise self._translate(exc, 0.0) from exc
+        with self._conns_lock:
+            self._conns.append(conn)
+        return conn
+
+    @property
+    def _conn(self) -> sqlite3.Connection:
+        local = self._local
+        conn: sqlite3.Connection | None = getattr(local, "conn", None)
+        if conn is None or local.pid != os.getpid():
+            # A connection inherited through fork must never be used by the child: open a new one.
+            if self._closed:
+                raise StorageError(f"store {self.path} is closed", path=self.path)
+            if not os.path.isdir(self.path):
+                raise StoreMoved(
+                    f"store directory {self.path} no longer exists; was it moved or deleted?", path=self.path
+                )
+            conn = self._connect()
+            local.conn, local.pid = conn, os.getpid()
+        return conn
+
+    def _translate(self, exc: BaseException, waited: float) -> StorageError:
+        """Map a sqlite3 or OS error to the liteq error that says what to do."""
+        if isinstance(exc, StorageError):
+            return exc
+        code = getattr(exc, "sqlite_errorcode", None)
+        primary = code & 0xFF if isinstance(code, int) else None
+        text = str(exc).lower()
+        where = self.db_path
+        if not os.path.isdir(self.path):
+            return StoreMoved(f"store directory {self.path} no longer exists; was it moved or deleted?", path=self.path)
+        if primary in (5, 6) or "locked" in text or "busy" in text:
+            return StoreBusy(
+                f"store {where} stayed locked by another process for {waited:.2f}s (busy_timeout="
+                f"{self.busy_timeout}s); find the process holding it or raise busy_timeout",
+                path=self.path,
+                waited=waited,
+            )
+        if primary == 13 or "disk is full" in text or "no space" in text or getattr(exc, "errno", None) == 28:
+            return StoreFull(
+                f"disk full writing store {where}; free space and retry (nothing was written)", path=self.path
+            )
+        if primary in (11, 26) or "malformed" in text or "not a database" in text:
+            return StoreCorrupt(
+                f"store {where} is corrupt ({exc}); move it aside and restore a backup, or run "
+                "`sqlite3 liteq.sqlite3 .recover` to salvage rows",
+                path=self.path,
+            )
+        if primary == 8 or "readonly" in text or "read-only" in text or isinstance(exc, PermissionError):
+            return StoreReadOnly(
+                f"store {where} is read-only for this process ({exc}); fix the permissions of {self.path}",
+                path=self.path,
+            )
+        if primary == 10 and self._disk_full():
+            return StoreFull(
+                f"disk full writing store {where}; free space and retry (nothing was written)", path=self.path
+            )
+        if primary == 14:
+            return StoreReadOnly(
+                f"cannot open store {where} ({exc}); check the directory's permissions", path=self.path
+            )
+        return StorageError(f"store {where}: {exc}", path=self.path)
+
+    def _disk_full(self) -> bool:
+        try:
+            st = os.statvfs(self.path)
+        except OSError:
+            return False
+        return st.f_bavail * st.f_frsize < 64 * 1024
+
+    def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` in one ``BEGIN IMMEDIATE`` transaction; roll back and translate on error."""
+        conn = self._conn
+        started = time.monotonic()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise self._translate(exc, time.monotonic() - started) from exc
+        try:
+            out = fn(conn)
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            try:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            if isinstance(exc, (sqlite3.Error, OSError)):
+                raise self._translate(exc, time.monotonic() - started) from exc
+            raise
+        self.notify()
+        return out
+
+    def _read(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[Any]:
+        try:
+            return self._conn.execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise self._translate(exc, 0.0) from exc
+
+    def _migrate(self) -> None:
+        def run(conn: sqlite3.Connection) -> None:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise SchemaVersionError(
+                    f"store {self.db_path} has schema version {version}, newer than this liteq "
+                    f"understands ({SCHEMA_VERSION}); upgrade liteq (pip install -U liteq)"
+                )
+            while version < SCHEMA_VERSION:
+                for statement in MIGRATIONS[version].split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                version += 1
+                conn.execute(f"PRAGMA user_version={version}")
+
+        version = self._read("PRAGMA user_version")[0][0]
+        if version != SCHEMA_VERSION:
+            self._write(run)
+
+    def close(self) -> None:
+        """Close every connection this object opened in this process, and the blob cache."""
+        self._closed = True
+        with self._conns_lock:
+            conns, self._conns = self._conns, []
+        for conn in conns:
+            try:
+                conn.close()
+            except sqlite3.Error:  # pragma: no cover - closing is best effort
+                pass
+        self._local = threading.local()
+        if self._blobs is not None and self._blobs_pid == os.getpid():
+            self._blobs.close()
+        self._blobs = None
+
+    def integrity_check(self) -> list[str]:
+        """Run ``PRAGMA integrity_check``; returns ``["ok"]`` for a healthy store."""
+        return [row[0] for row in self._read("PRAGMA integrity_check")]
+
+    # -- blobs -----------------------------------------------------------------------------------
+
+    @property
+    def blobs(self) -> Any:
+        """The ``diskcache.Cache`` holding large payloads and results, opened on first use."""
+        if self._blobs is None or self._blobs_pid != os.getpid():
+            with self._blob_lock:
+                if self._blobs is None or self._blobs_pid != os.getpid():
+                    import diskcache
+
+                    try:
+                        self._blobs = diskcache.Cache(
+                            os.path.join(self.path, BLOB_DIRNAME),
+                            eviction_policy="none",
+                            timeout=self.busy_timeout,
+                            size_limit=2**62,
+                        )
+                    except (sqlite3.Error, OSError) as exc:
+                        raise self._translate(exc, 0.0) from exc
+                    self._blobs_pid = os.getpid()
+        return self._blobs
+
+    def _put_blob(self, key: str, value: bytes) -> None:
+        try:
+            self.blobs.set(key, value)
+        except (sqlite3.Error, OSError) as exc:
+            raise self._translate(exc, 0.0) from exc
+
+    def _get_blob(self, key: str) -> bytes | None:
+        value = self.blobs.get(key)
+        return bytes(value) if value is not None else None
+
+    def _drop_blobs(self, keys: Iterable[str | None]) -> None:
+        for key in keys:
+            if key:
+                try:
+                    self.blobs.delete(key)
+                except (sqlite3.Error, OSError):  # an orphan blob is harmless; prune retries later
+                    pass
+
+    # -- writes ------------------------------------------------------------------------------------
+
+    def enqueue(self, tasks: Sequence[NewTask], *, now: float | None = None) -> list[str]:
+        """Store a batch atomically; see :meth:`Storage.enqueue`."""
+        if not tasks:
+            return []
+        now = time.time() if now is None else now
+        rows = []
+        refs: list[str] = []
+        keys = [t.idempotency_key for t in tasks if t.idempotency_key is not None]
+        threshold = self.blob_threshold
+        for t in tasks:
+            payload: bytes | None = t.payload
+            ref = None
+            if len(t.payload) > threshold:
+                # Keyed by write, not by id: a refused or duplicate enqueue never touches a stored blob.
+                ref = f"p:{t.id}:{os.urandom(8).hex()}"
+                payload = None
+                refs.append(ref)
+                self._put_blob(ref, t.payload)
+            run_at = now if t.run_at is None else t.run_at
+            rows.append(
+                (
+                    t.id,
+                    t.name,
+                    t.queue,
+                    t.priority,
+                    SCHEDULED if run_at > now else PENDING,
+                    run_at,
+                    t.expires_at,
+                    now,
+                    t.max_attempts,
+                    t.idempotency_key,
+                    payload,
+                    ref,
+                    t.result_ttl,
+                    t.parent_id,
+                )
+            )
+
+        unused: list[str] = []
+
+        def run(conn: sqlite3.Connection) -> list[str]:
+            unused.clear()
+            existing: dict[str, str] = {}
+            if keys:
+                for chunk in _chunks(keys):
+                    for id_, key in conn.execute(
+                        f"SELECT id, idempotency_key FROM tasks WHERE idempotency_key IN ({_marks(len(chunk))})",
+                        chunk,
+                    ):
+                        existing[key] = id_
+            ids = []
+            insert = []
+            for t, row in zip(tasks, rows, strict=True):
+                key = t.idempotency_key
+                if key is not None and key in existing:
+                    ids.append(existing[key])
+                    if row[11]:
+                        unused.append(row[11])
+                    continue
+                if key is not None:
+                    existing[key] = t.id
+                ids.append(t.id)
+                insert.append(row)
+            sql = (
+                "INSERT INTO tasks (id, name, queue, priority, state, run_at, expires_at, enqueued_at, "
+                "max_attempts, idempotency_key, payload, payload_ref, result_ttl, parent_id) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+            )
+            if len(insert) == 1:
+                conn.execute(sql, insert[0])
+            elif insert:
+                conn.executemany(sql, insert)
+            return ids
+
+        try:
+            ids = self._write(run)
+        except BaseException:
+            self._drop_blobs(refs)
+            raise
+        self._drop_blobs(unused)  # blobs of entries that an idempotency key turned into no-ops
+        return ids
+
+    def claim(
+        self,
+        owner: str,
+        queues: Sequence[str],
+        *,
+        limit: int = 1,
+        lease: float = 60.0,
+        now: float | None = None,
+        ids: Sequence[str] | None = None,
+    ) -> list[ClaimedTask]:
+        """Lease due tasks in one ``UPDATE ... RETURNING``; see :meth:`Storage.claim`."""
+        if limit < 1 or (not queues and ids is None):
+            return []
+        now = time.time() if now is None else now
+        params: list[Any] = [owner, now + lease, now]
+        if ids is not None:
+            if not ids:
+                return []
+            pick = (
+                f"SELECT seq FROM tasks WHERE id IN ({_marks(len(ids))}) AND state IN ('pending','scheduled') LIMIT ?"
+            )
+            params += [*ids, limit]
+        elif len(queues) == 1:
+            pick = "SELECT seq FROM tasks WHERE state = 'pending' AND queue = ? ORDER BY priority DESC, seq LIMIT ?"
+            params += [queues[0], limit]
+        else:
+            # Each queue's best rows come from its own index range; the merge takes the best overall.
+            part = (
+                "SELECT * FROM (SELECT seq, priority FROM tasks WHERE state = 'pending' AND queue = ? "
+                "ORDER BY priority DESC, seq LIMIT ?)"
+            )
+            pick = (
+                "SELECT seq FROM (" + " UNION ALL ".join([part] * len(queues)) + ") ORDER BY priority DESC, seq LIMIT ?"
+            )
+            for q in queues:
+                params += [q, limit]
+            params.append(limit)
+        sql = (
+            "UPDATE tasks SET state = 'running', attempts = attempts + 1, lease_owner = ?, "
+            "lease_token = lower(hex(randomblob(12))), lease_deadline = ?, started_at = ? "
+            f"WHERE seq IN ({pick}) RETURNING {_CLAIM_COLUMNS}"
+        )
+
+        def run(conn: sqlite3.Connection) -> list[Any]:
+            conn.execute("UPDATE tasks SET state = 'pending' WHERE state = 'scheduled' AND run_at <= ?", (now,))
+            rows = conn.execute(sql, params).fetchall()
+            dead = [r[0] for r in rows if r[10] is not None and r[10] <= now]
+            if dead:
+                conn.executemany(
+                    "UPDATE tasks SET state = 'expired', reason = 'expired', " + _FINISH + " WHERE id = :id",
+                    [{"now": now, "ttl": None, "default_ttl": self.result_ttl, "id": id_} for id_ in dead],
+                )
+            return rows
+
+        rows = self._write(run)
+        rows.sort(key=lambda r: (-r[11], r[12]))  # RETURNING promises no order
+        claimed = []
+        for r in rows:
+            if r[10] is not None and r[10] <= now:
+                continue
+            payload = r[3]
+            if r[4]:
+                payload = self._get_blob(r[4])
+            claimed.append(
+                ClaimedTask(
+                    id=r[0],
+                    name=r[1],
+                    queue=r[2],
+                    payload=b"" if payload is None else bytes(payload),
+                    attempt=r[5],
+                    max_attempts=r[6],
+                    lease_token=r[7],
+                    lease_deadline=r[8],
+                    enqueued_at=r[9],
+                    expires_at=r[10],
+                    priority=r[11],
+                )
+            )
+        return claimed
+
+    def extend(
+        self, owner: str, leases: Sequence[tuple[str, str]], *, lease: float, now: float | None = None
+    ) -> list[bool]:
+        """Push lease deadlines; see :meth:`Storage.extend`."""
+        if not leases:
+            return []
+        deadline = (time.time() if now is None else now) + lease
+
+        def run(conn: sqlite3.Connection) -> list[bool]:
+            return [
+                conn.execute(
+                    "UPDATE tasks SET lease_deadline = ? WHERE id = ? AND lease_token = ? AND state = 'running'",
+                    (deadline, id_, token),
+                ).rowcount
+                == 1
+                for id_, token in leases
+            ]
+
+        return self._write(run)
+
+    def complete(self, outcomes: Sequence[Outcome], *, now: float | None = None) -> list[bool]:
+        """Apply outcomes under their lease tokens; see :meth:`Storage.complete`."""
+        if not outcomes:
+            return []
+        now = time.time() if now is None else now
+        refs: list[str | None] = []
+        for o in outcomes:
+            ref = None
+            if o.result is not None and len(o.result) > self.blob_threshold:
+                ref = f"r:{o.id}:{o.lease_token}"
+                self._put_blob(ref, o.result)
+            refs.append(ref)
+        finish_sql = (
+            "UPDATE tasks SET state = :state, result = :result, result_ref = :ref, error = :error, "
+            "reason = :reason, "
+            + _FINISH
+            + " WHERE id = :id AND lease_token = :token AND state = 'running' RETURNING attempts"
+        )
+        retry_sql = (
+            "UPDATE tasks SET state = CASE WHEN :run_at <= :now THEN 'pending' ELSE 'scheduled' END, "
+            "run_at = :run_at, error = :error, reason = :reason, " + _CLEAR_LEASE + " "
+            "WHERE id = :id AND lease_token = :token AND state = 'running' RETURNING attempts"
+        )
+
+        def run(conn: sqlite3.Connection) -> list[bool]:
+            applied = []
+            for o, ref in zip(outcomes, refs, strict=True):
+                params = {
+                    "id": o.id,
+                    "token": o.lease_token,
+                    "error": o.error,
+                    "reason": o.reason,
+                    "now": now,
+                }
+                if o.state in (SCHEDULED, PENDING):
+                    params["run_at"] = now if o.run_at is None else o.run_at
+                    row = conn.execute(retry_sql, params).fetchone()
+                else:
+                    params.update(
+                        state=o.state,
+                        result=None if ref else o.result,
+                        ref=ref,
+                        ttl=o.result_ttl,
+                        default_ttl=self.result_ttl,
+                    )
+                    row = conn.execute(finish_sql, params).fetchone()
+                if row is not None and o.error is not None:
+                    conn.execute(
+                        "INSERT INTO task_errors (task_id, attempt, at, error) VALUES (?,?,?,?)",
+                        (o.id, row[0], now, o.error),
+                    )
+                applied.append(row is not None)
+            return applied
+
+        try:
+            applied = self._write(run)
+        except BaseException:
+            self._drop_blobs(refs)
+            raise
+        self._drop_blobs(ref for ref, ok in zip(refs, applied, strict=True) if not ok)
+        return applied
+
+    def release(self, leases: Sequence[tuple[str, str]], *, uncount: bool = True) -> int:
+        """Hand leased tasks back to ``pending``; see :meth:`Storage.release`."""
+        if not leases:
+            return 0
+        back = 1 if uncount else 0
+        now = time.time()
+
+        def run(conn: sqlite3.Connection) -> int:
+            return sum(
+                conn.execute(
+                    "UPDATE tasks SET state = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'pending' END, "
+                    "reason = CASE WHEN cancel_requested THEN 'cancelled' ELSE reason END, "
+                    "finished_at = CASE WHEN cancel_requested THEN :now END, "
+                    "result_expires_at = CASE WHEN cancel_requested THEN :now + COALESCE(result_ttl, :ttl) END, "
+                    "attempts = max(attempts - :back, 0), started_at = NULL, "
+                    + _CLEAR_LEASE
+                    + " WHERE id = :id AND lease_token = :token AND state = 'running'",
+                    {"back": back, "id": id_, "token": token, "now": now, "ttl": self.result_ttl},
+                ).rowcount
+                for id_, token in leases
+            )
+
+        return self._write(run)
+
+    def reap(self, *, now: float | None = None, owner: str | None = None) -> list[str]:
+        """Recover lost leases; see :meth:`Storage.reap`."""
+        now = time.time() if now is None else now
+        params: dict[str, Any] = {"now": now, "owner": owner, "default_ttl": self.result_ttl, "ttl": None}
+        if owner is None:
+            where = "state = 'running' AND lease_deadline < :now"
+        else:
+            where = "state = 'running' AND lease_owner = :owner"
+
+        def run(conn: sqlite3.Connection) -> list[str]:
+            cancelled = conn.execute(
+                "UPDATE tasks SET state = 'cancelled', reason = 'cancelled', "
+                + _FINISH
+                + f" WHERE {where} AND cancel_requested RETURNING id",
+                params,
+            ).fetchall()
+            failed = conn.execute(
+                "UPDATE tasks SET state = 'failed', reason = 'worker lost', error = NULL, "
+                + _FINISH
+                + f" WHERE {where} AND attempts >= max_attempts RETURNING id",
+                params,
+            ).fetchall()
+            back = conn.execute(
+                "UPDATE tasks SET state = 'pending', reason = 'worker lost', started_at = NULL, "
+                + _CLEAR_LEASE
+                + f" WHERE {where} RETURNING id",
+                params,
+            ).fetchall()
+            return [r[0] for r in cancelled + failed + back]
+
+        # Read first so an idle reaper never takes the write lock.
+        probe = "SELECT 1 FROM tasks WHERE " + where + " LIMIT 1"
+        if not self._read(probe, params):
+            return []
+        return self._write(run)
+
+    def set_progress(self, id: str, lease_token: str, progress: bytes) -> bool:
+        """Record progress of a running task; see :meth:`Storage.set_progress`."""
+
+        def run(conn: sqlite3.Connection) -> bool:
+            return (
+                conn.execute(
+                    "UPDATE tasks SET progress = ? WHERE id = ? AND lease_token = ? AND state = 'running'",
+                    (progress, id, lease_token),
+                ).rowcount
+                == 1
+            )
+
+        return self._write(run)
+
+    def cancel(self, ids: Sequence[str], *, now: float | None = None) -> list[str | None]:
+        """Cancel waiting tasks and flag running ones; see :meth:`Storage.cancel`."""
+        if not ids:
+            return []
+        now = time.time() if now is None else now
+
+        def run(conn: sqlite3.Connection) -> dict[str, str]:
+            states: dict[str, str] = {}
+            for chunk in _chunks(ids):
+                marks = _marks(len(chunk))
+                conn.execute(
+                    "UPDATE tasks SET state = 'cancelled', reason = 'cancelled', finished_at = ?, "
+                    "result_expires_at = ? + COALESCE(result_ttl, ?) "
+                    f"WHERE id IN ({marks}) AND state IN ('pending', 'scheduled')",
+                    (now, now, self.result_ttl, *chunk),
+                )
+                conn.execute(
+                    f"UPDATE tasks SET cancel_requested = 1 WHERE id IN ({marks}) AND state = 'running'", chunk
+                )
+                states.update(conn.execute(f"SELECT id, state FROM tasks WHERE id IN ({marks})", chunk).fetchall())
+            return states
+
+        states = self._write(run)
+        return [states.get(i) for i in ids]
+
+    def retry(self, ids: Sequence[str], *, now: float | None = None) -> list[bool]:
+        """Re-run finished tasks by hand; see :meth:`Storage.retry`."""
+        if not ids:
+            return []
+        now = time.time() if now is None else now
+
+        def run(conn: sqlite3.Connection) -> list[bool]:
+            return [
+                conn.execute(
+                    "UPDATE tasks SET state = 'pending', run_at = ?, attempts = 0, reason = NULL, result = NULL, "
+                    "result_ref = NULL, finished_at = NULL, started_at = NULL, result_expires_at = NULL, "
+                    "expires_at = NULL, cancel_requested = 0 "
+                    "WHERE id = ? AND state IN ('failed', 'cancelled', 'expired')",
+                    (now, id_),
+                ).rowcount
+                == 1
+                for id_ in ids
+            ]
+
+        return self._write(run)
+
+    def _delete(self, where: str, params: Sequence[Any]) -> int:
+        def run(conn: sqlite3.Connection) -> list[Any]:
+            rows = conn.execute(
+                f"DELETE FROM tasks WHERE {where} RETURNING id, payload_ref, result_ref", params
+            ).fetchall()
+            for chunk in _chunks([r[0] for r in rows]):
+                conn.execute(f"DELETE FROM task_errors WHERE task_id IN ({_marks(len(chunk))})", chunk)
+            return rows
+
+        rows = self._write(run)
+        refs = [ref for r in rows for ref in (r[1], r[2]) if ref]
+        if refs:
+            self._drop_blobs(refs)
+        return len(rows)
+
+    def purge(
+        self, *, queue: str | None = None, states: Iterable[str] | None = None, ids: Sequence[str] | None = None
+    ) -> int:
+        """Delete matching tasks; see :meth:`Storage.purge`."""
+        clauses: list[str] = []
+        params: list[Any] = []
+        if queue is not None:
+            clauses.append("queue = ?")
+            params.append(queue)
+        wanted = list(states) if states is not None else None
+        if wanted is not None:
+            clauses.append(f"state IN ({_marks(len(wanted))})" if wanted else "0")
+            params += wanted
+        else:
+            clauses.append("state != 'running'")
+        if ids is not None:
+            total = 0
+            for chunk in _chunks(ids):
+                where = " AND ".join([*clauses, f"id IN ({_marks(len(chunk))})"])
+                total += self._delete(where, [*params, *chunk])
+            return total
+        return self._delete(" AND ".join(clauses), params)
+
+    def prune(self, *, now: float | None = None, limit: int = 10_000) -> int:
+        """Delete finished tasks past their TTL; see :meth:`Storage.prune`."""
+        now = time.time() if now is None else now
+        if not self._read("SELECT 1 FROM tasks WHERE result_expires_at <= ? LIMIT 1", (now,)):
+            return 0
+        return self._delete(
+            "seq IN (SELECT seq FROM tasks WHERE result_expires_at <= ? ORDER BY result_expires_at LIMIT ?)",
+            (now, limit),
+        )
+
+    # -- reads -------------------------------------------------------------------------------------
+
+    def _row(self, r: Sequence[Any], extra: Sequence[Any] | None = None) -> TaskRow:
+        row = TaskRow(
+            id=r[0],
+            name=r[1],
+            queue=r[2],
+            state=r[3],
+            priority=r[4],
+            payload=None,
+            run_at=r[5],
+            enqueued_at=r[6],
+            attempts=r[7],
+            max_attempts=r[8],
+            expires_at=r[9],
+            started_at=r[10],
+            finished_at=r[11],
+            lease_owner=r[12],
+            lease_token=r[13],
+            lease_deadline=r[14],
+            idempotency_key=r[15],
+            result_expires_at=r[16],
+            reason=r[17],
+            cancel_requested=bool(r[18]),
+            parent_id=r[19],
+        )
+        if extra is not None:
+            payload, payload_ref, result, result_ref, error, progress = extra
+            row.payload = self._get_blob(payload_ref) if payload_ref else (None if payload is None else bytes(payload))
+            row.result = self._get_blob(result_ref) if result_ref else (None if result is None else bytes(result))
+            row.error = None if error is None else bytes(error)
+            row.progress = None if progress is None else bytes(progress)
+        return row
+
+    def get(self, ids: Sequence[str], *, history: bool = False) -> list[TaskRow | None]:
+        """Full rows by id; see :meth:`Storage.get`."""
+        found: dict[str, TaskRow] = {}
+        for chunk in _chunks(ids):
+            rows = self._read(
+                f"SELECT {_ROW_COLUMNS}, payload, payload_ref, result, result_ref, error, progress "
+                f"FROM tasks WHERE id IN ({_marks(len(chunk))})",
+                chunk,
+            )
+            for r in rows:
+                found[r[0]] = self._row(r[:20], r[20:])
+        if history and found:
+            for chunk in _chunks(list(found)):
+                for task_id, error in self._read(
+                    f"SELECT task_id, error FROM task_errors WHERE task_id IN ({_marks(len(chunk))}) ORDER BY rowid",
+                    chunk,
+                ):
+                    found[task_id].errors.append(bytes(error) if error is not None else b"")
+        return [found.get(i) for i in ids]
+
+    def list(
+        self,
+        *,
+        states: Iterable[str] | None = None,
+        queue: str | None = None,
+        name: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[TaskRow]:
+        """Rows matching filters, oldest first; see :meth:`Storage.list`."""
+        clauses: list[str] = []
+        params: list[Any] = []
+        if states is not None:
+            wanted = list(states)
+            clauses.append(f"state IN ({_marks(len(wanted))})" if wanted else "0")
+            params += wanted
+        if queue is not None:
+            clauses.append("queue = ?")
+            params.append(queue)
+        if name is not None:
+            clauses.append("name = ?")
+            params.append(name)
+        where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
+        rows = self._read(
+            f"SELECT {_ROW_COLUMNS} FROM tasks {where} ORDER BY seq LIMIT ? OFFSET ?", [*params, limit, offset]
+        )
+        return [self._row(r) for r in rows]
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """``{queue: {state: n}}``; see :meth:`Storage.counts`."""
+        out: dict[str, dict[str, int]] = {}
+        for queue, state, n in self._read("SELECT queue, state, count(*) FROM tasks GROUP BY queue, state"):
+            out.setdefault(queue, {})[state] = n
+        return out
+
+    def next_run_at(self, queues: Sequence[str]) -> float | None:
+        """Earliest scheduled ``run_at`` in ``queues``; see :meth:`Storage.next_run_at`."""
+        if not queues:
+            return None
+        rows = self._read(
+            f"SELECT run_at FROM tasks WHERE state = 'scheduled' AND queue IN ({_marks(len(queues))}) "
+            "ORDER BY run_at LIMIT 1",
+            list(queues),
+        )
+        return rows[0][0] if rows else None
+
+    # -- workers -----------------------------------------------------------------------------------
+
+    def register_worker(self, info: WorkerInfo) -> None:
+        """Record a live worker; see :meth:`Storage.register_worker`."""
+        self._write(
+            lambda conn: conn.execute(
+                "INSERT OR REPLACE INTO workers (id, host, pid, concurrency, queues, started_at, heartbeat_at, "
+                "tasks_done) VALUES (?,?,?,?,?,?,?,?)",
+                (
+                    info.id,
+                    info.host,
+                    info.pid,
+                    info.concurrency,
+                    json.dumps(list(info.queues)),
+                    info.started_at,
+                    info.heartbeat_at,
+                    info.tasks_done,
+                ),
+            )
+        )
+
+    def heartbeat(self, worker_id: str, *, tasks_done: int = 0, now: float | None = None) -> None:
+        """Refresh a worker's heartbeat; see :meth:`Storage.heartbeat`."""
+        now = time.time() if now is None else now
+        self._write(
+            lambda conn: conn.execute(
+                "UPDATE workers SET heartbeat_at = ?, tasks_done = tasks_done + ? WHERE id = ?",
+                (now, tasks_done, worker_id),
+            )
+        )
+
+    def unregister_worker(self, worker_id: str) -> None:
+        """Forget a worker; see :meth:`Storage.unregister_worker`."""
+        self._write(lambda conn: conn.execute("DELETE FROM workers WHERE id = ?", (worker_id,)))
+
+    def workers(self, *, stale_after: float | None = None, now: float | None = None) -> builtins.list[WorkerInfo]:
+        """Recorded workers; see :meth:`Storage.workers`."""
+        now = time.time() if now is None else now
+        sql = "SELECT id, host, pid, concurrency, queues, started_at, heartbeat_at, tasks_done FROM workers"
+        params: list[Any] = []
+        if stale_after is not None:
+            sql += " WHERE heartbeat_at >= ?"
+            params.append(now - stale_after)
+        return [
+            WorkerInfo(
+                id=r[0],
+                host=r[1],
+                pid=r[2],
+                concurrency=r[3],
+                queues=json.loads(r[4]),
+                started_at=r[5],
+                heartbeat_at=r[6],
+                tasks_done=r[7],
+            )
+            for r in self._read(sql + " ORDER BY started_at", params)
+        ]

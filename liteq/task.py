@@ -1,0 +1,230 @@
+"""``Task`` (a registered function) and ``Signature`` (a frozen call of one)."""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+
+from .exceptions import ConfigurationError
+from .retries import DEFAULT_BACKOFF, DEFAULT_BACKOFF_MAX
+
+if TYPE_CHECKING:
+    from .app import LiteQ
+    from .result import Result
+
+__all__ = ["DEFAULT_LOST_RETRIES", "Signature", "Task", "TaskOptions"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+#: Extra runs a task gets, beyond its ``retries``, when its worker dies under it (crash, OOM kill).
+DEFAULT_LOST_RETRIES = 2
+
+
+def seconds(value: float | timedelta | None, what: str) -> float | None:
+    """A duration option as float seconds; ``timedelta`` accepted; negative or NaN refused."""
+    if value is None:
+        return None
+    if isinstance(value, timedelta):
+        value = value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or value < 0:
+        raise ConfigurationError(f"{what} must be a number of seconds >= 0 or a timedelta, not {value!r}")
+    return float(value)
+
+
+def aware(when: datetime, what: str) -> float:
+    """Epoch seconds of a timezone-aware datetime; a naive one is refused."""
+    if not isinstance(when, datetime):
+        raise ConfigurationError(f"{what} must be a timezone-aware datetime, not {type(when).__name__}")
+    if when.tzinfo is None or when.utcoffset() is None:
+        raise ConfigurationError(
+            f"{what}={when!r} is a naive datetime; pass a timezone-aware one, e.g. "
+            "datetime.now(timezone.utc) + timedelta(minutes=5)"
+        )
+    return when.timestamp()
+
+
+def _int(value: Any, what: str, low: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or (low is not None and value < low):
+        bound = f" >= {low}" if low is not None else ""
+        raise ConfigurationError(f"{what} must be an integer{bound}, not {value!r}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class TaskOptions:
+    """A task's options, checked when the task is declared. Durations are float seconds."""
+
+    queue: str
+    priority: int = 0
+    retries: int = 0
+    retry_backoff: float = DEFAULT_BACKOFF
+    retry_backoff_max: float = DEFAULT_BACKOFF_MAX
+    retry_jitter: bool = True
+    timeout: float | None = None
+    soft_timeout: float | None = None
+    expires: float | None = None
+    result_ttl: float | None = None
+    ignore_result: bool = False
+    max_attempts: int | None = None
+
+    @classmethod
+    def build(cls, queue: str, **opts: Any) -> TaskOptions:
+        """Check and normalise user options; raises :class:`ConfigurationError` naming the bad one."""
+        if not isinstance(queue, str) or not queue:
+            raise ConfigurationError(f"queue must be a non-empty string, not {queue!r}")
+        out: dict[str, Any] = {"queue": queue}
+        for key, value in opts.items():
+            if value is None:
+                continue
+            if key in ("priority",):
+                out[key] = _int(value, key)
+            elif key == "retries":
+                out[key] = _int(value, key, 0)
+            elif key == "max_attempts":
+                out[key] = _int(value, key, 1)
+            elif key in ("retry_backoff", "retry_backoff_max", "timeout", "soft_timeout", "expires", "result_ttl"):
+                if key == "retry_backoff" and isinstance(value, bool):
+                    value = DEFAULT_BACKOFF if value else 0.0
+                out[key] = seconds(value, key)
+            elif key in ("retry_jitter", "ignore_result"):
+                out[key] = bool(value)
+            else:
+                raise ConfigurationError(f"unknown task option {key!r}")
+        o = cls(**out)
+        if o.timeout is not None and o.timeout <= 0:
+            raise ConfigurationError(f"timeout must be > 0 seconds, not {o.timeout}")
+        if o.soft_timeout is not None and o.timeout is not None and o.soft_timeout >= o.timeout:
+            raise ConfigurationError(
+                f"soft_timeout ({o.soft_timeout}s) must be shorter than timeout ({o.timeout}s) to run first"
+            )
+        return o
+
+    def attempts_for(self, retries: int | None = None) -> int:
+        """The stored attempt cap: explicit ``max_attempts``, else retries + 1 + lost-worker allowance."""
+        if self.max_attempts is not None:
+            return self.max_attempts
+        return (self.retries if retries is None else retries) + 1 + DEFAULT_LOST_RETRIES
+
+
+class Task(Generic[P, R]):
+    """A function registered with :meth:`LiteQ.task`. Calling it runs it here and now.
+
+    ``delay(*args, **kwargs)`` queues a run and returns a :class:`~liteq.Result`.
+    """
+
+    def __init__(self, app: LiteQ, fn: Callable[P, R], name: str, options: TaskOptions) -> None:
+        self.app = app
+        self.fn = fn
+        self.name = name
+        self.options = options
+        functools.update_wrapper(self, fn)
+
+    def __repr__(self) -> str:
+        return f"<Task {self.name} queue={self.options.queue!r}>"
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self.fn(*args, **kwargs)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Tasks travel to other processes by name; the receiving side looks them up in its app.
+        return (_task_by_name, (self.app, self.name))
+
+    def delay(self, *args: P.args, **kwargs: P.kwargs) -> Result:
+        """Queue a run with these arguments; return its :class:`~liteq.Result` once it is stored."""
+        return self.app._send(self, args, kwargs)
+
+    def apply_async(
+        self,
+        args: tuple[Any, ...] | list[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        countdown: float | timedelta | None = None,
+        eta: datetime | None = None,
+        expires: float | timedelta | datetime | None = None,
+        priority: int | None = None,
+        queue: str | None = None,
+        retries: int | None = None,
+        idempotency_key: str | None = None,
+        result_ttl: float | timedelta | None = None,
+        task_id: str | None = None,
+    ) -> Result:
+        """Queue a run with per-call options (each overrides the task's own).
+
+        ``countdown`` (seconds) or ``eta`` (a timezone-aware datetime) delay the start; ``expires``
+        (seconds from now, or an aware datetime) makes a task that has not started by then
+        ``expired``; ``idempotency_key`` makes retried enqueues create one task only.
+        """
+        return self.app._send(
+            self,
+            tuple(args),
+            dict(kwargs or {}),
+            countdown=countdown,
+            eta=eta,
+            expires=expires,
+            priority=priority,
+            queue=queue,
+            retries=retries,
+            idempotency_key=idempotency_key,
+            result_ttl=result_ttl,
+            task_id=task_id,
+        )
+
+    def s(self, *args: Any, **kwargs: Any) -> Signature:
+        """A frozen call of this task, to enqueue later or to compose."""
+        return Signature(self.name, args, kwargs, app=self.app)
+
+    def si(self, *args: Any, **kwargs: Any) -> Signature:
+        """An immutable signature: in a chain it does not receive the previous result."""
+        return Signature(self.name, args, kwargs, app=self.app, immutable=True)
+
+
+def _task_by_name(app: LiteQ, name: str) -> Task[Any, Any]:
+    return app.get_task(name)
+
+
+@dataclass(frozen=True)
+class Signature:
+    """A task name with arguments and call options, ready to send (``sig.delay()``)."""
+
+    name: str
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+    app: LiteQ | None = field(default=None, compare=False, repr=False)
+    immutable: bool = False
+
+    def set(self, **options: Any) -> Signature:
+        """A copy with call options (``queue=``, ``priority=``, ``countdown=``...) added."""
+        return replace(self, options={**self.options, **options})
+
+    def _task(self) -> Task[Any, Any]:
+        if self.app is None:
+            raise ConfigurationError(f"signature of {self.name!r} is not bound to an app")
+        return self.app.get_task(self.name)
+
+    def delay(self, *args: Any, **kwargs: Any) -> Result:
+        """Send it, with extra arguments appended."""
+        return self.apply_async(args, kwargs)
+
+    def apply_async(self, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None, **options: Any) -> Result:
+        """Send it, with extra arguments and options."""
+        return self._task().apply_async(
+            (*self.args, *args), {**self.kwargs, **(kwargs or {})}, **{**self.options, **options}
+        )
+
+
+def now_plus(value: float | timedelta | datetime | None, what: str, now: float | None = None) -> float | None:
+    """An absolute epoch time from seconds-from-now, a timedelta or an aware datetime."""
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return aware(value, what)
+    delta = seconds(value, what)
+    assert delta is not None
+    return (time.time() if now is None else now) + delta

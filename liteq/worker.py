@@ -1,0 +1,268 @@
+"""Running tasks: :func:`execute` (one claimed task to one outcome) and :class:`Worker` (a loop in
+this process).
+
+``execute`` is the single place where a task's function is called; the in-process ``Worker``, the
+pool's child processes and immediate mode all go through it, so retries, errors, results and
+time limits behave the same everywhere.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+from .context import TaskContext, _enter, _leave
+from .exceptions import ConfigurationError, Retry, SerializationError, SoftTimeLimit, UnknownTask
+from .message import ErrorInfo, Progress, decode_call, new_id
+from .retries import backoff_delay
+from .storage.base import FAILED, SCHEDULED, SUCCEEDED, ClaimedTask, Outcome, WorkerInfo
+
+if TYPE_CHECKING:
+    from .app import LiteQ
+
+__all__ = ["DEFAULT_LEASE", "Worker", "execute"]
+
+logger = logging.getLogger("liteq.worker")
+
+#: Seconds a claim is leased for; running tasks get their lease extended long before it runs out.
+DEFAULT_LEASE = 60.0
+#: How often a worker looks for expired leases and prunes expired results.
+MAINTENANCE_INTERVAL = 30.0
+
+
+def _fail(claimed: ClaimedTask, error: ErrorInfo, reason: str) -> Outcome:
+    return Outcome(claimed.id, claimed.lease_token, FAILED, error=error.encode(), reason=reason)
+
+
+class _SoftLimit:
+    """Raise :class:`SoftTimeLimit` in the task after ``seconds`` (POSIX main thread only)."""
+
+    def __init__(self, seconds: float | None) -> None:
+        self.seconds = seconds
+        self.armed = False
+        self.previous: Any = None
+
+    def _fire(self, signum: int, frame: FrameType | None) -> None:
+        raise SoftTimeLimit(f"task ran past its soft_timeout of {self.seconds}s")
+
+    def __enter__(self) -> _SoftLimit:
+        if self.seconds and hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGALRM, self._fire)
+            signal.setitimer(signal.ITIMER_REAL, self.seconds)
+            self.armed = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.armed:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, self.previous)
+
+
+def execute(
+    app: LiteQ,
+    claimed: ClaimedTask,
+    *,
+    report: Callable[[Progress], None] | None = None,
+    now: Callable[[], float] = time.time,
+) -> Outcome:
+    """Run one claimed task in this thread and return the outcome to record. Never raises for the
+    task's sake: unknown names, undecodable payloads, exceptions and unserializable results all
+    become outcomes with a reason."""
+    try:
+        task = app.get_task(claimed.name)
+    except UnknownTask as exc:
+        return _fail(claimed, ErrorInfo.from_exception(exc), "unknown task")
+    try:
+        call = decode_call(claimed.payload, allow_pickle=app.serializer.name == "pickle")
+    except SerializationError as exc:
+        return _fail(claimed, ErrorInfo.from_exception(exc), "undecodable payload")
+    opts = task.options
+    retries = call.meta.get("retries", opts.retries)
+    retries_left = max(0, min(retries - claimed.attempt + 1, claimed.max_attempts - claimed.attempt))
+    ctx = TaskContext(claimed.id, claimed.name, claimed.queue, claimed.attempt, retries_left, report)
+    token = _enter(ctx)
+    try:
+        with _SoftLimit(opts.soft_timeout):
+            value = task.fn(*call.args, **call.kwargs)
+    except Retry as exc:
+        return _retry(app, claimed, opts, exc.exc or exc, ctx, exc, now())
+    except SoftTimeLimit as exc:
+        return _retry(app, claimed, opts, exc, ctx, None, now(), reason="soft timeout")
+    except (KeyboardInterrupt, SystemExit) as exc:
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        return _retry(app, claimed, opts, exc, ctx, None, now())
+    except Exception as exc:
+        return _retry(app, claimed, opts, exc, ctx, None, now())
+    finally:
+        _leave(token)
+    if opts.ignore_result:
+        return Outcome(claimed.id, claimed.lease_token, SUCCEEDED)
+    try:
+        data = app.serializer.dumps(value, what=f"result of {claimed.name}")
+    except SerializationError as exc:
+        error = ErrorInfo("liteq.exceptions.SerializationError", f"{exc} (value: {_safe_repr(value)})")
+        return _fail(claimed, error, "unserializable result")
+    return Outcome(claimed.id, claimed.lease_token, SUCCEEDED, result=data)
+
+
+def _safe_repr(value: Any, limit: int = 300) -> str:
+    try:
+        text = repr(value)
+    except Exception:
+        text = object.__repr__(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _retry(
+    app: LiteQ,
+    claimed: ClaimedTask,
+    opts: Any,
+    error: BaseException,
+    ctx: TaskContext,
+    request: Retry | None,
+    now: float,
+    reason: str = "error",
+) -> Outcome:
+    """Schedule another attempt if the budget allows, else fail with the last error."""
+    info = ErrorInfo.from_exception(error)
+    explicit = request is not None
+    if not (explicit or ctx.retries_left > 0) or claimed.attempt >= claimed.max_attempts:
+        if explicit:
+            reason = "retries exhausted"
+        return _fail(claimed, info, reason)
+    if request is not None and request.eta is not None:
+        run_at = request.eta.timestamp()
+    elif request is not None and request.countdown is not None:
+        run_at = now + request.countdown
+    else:
+        run_at = now + backoff_delay(
+            claimed.attempt, base=opts.retry_backoff, cap=opts.retry_backoff_max, jitter=opts.retry_jitter
+        )
+    logger.info("task %s %s attempt %d failed (%s); retrying", claimed.name, claimed.id, claimed.attempt, info.type)
+    return Outcome(claimed.id, claimed.lease_token, SCHEDULED, error=info.encode(), reason=reason, run_at=run_at)
+
+
+class Worker:
+    """Runs tasks in the current process, one at a time: ``run_once()`` is one iteration.
+
+    The pool's supervisor builds on the same operations; in-process use is for scripts, tests
+    (``app.run_until_empty()``) and immediate mode. ``batch`` tasks are claimed per iteration and
+    their outcomes written in one transaction.
+    """
+
+    def __init__(
+        self,
+        app: LiteQ,
+        *,
+        queues: Sequence[str] | None = None,
+        worker_id: str | None = None,
+        batch: int = 1,
+        lease: float = DEFAULT_LEASE,
+    ) -> None:
+        if batch < 1:
+            raise ConfigurationError(f"batch must be >= 1, not {batch!r}")
+        if lease <= 0:
+            raise ConfigurationError(f"lease must be > 0 seconds, not {lease!r}")
+        self.app = app
+        self.queues = list(queues) if queues else app.queues()
+        self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{new_id()[-8:]}"
+        self.batch = batch
+        self.lease = lease
+        self.tasks_done = 0
+        self._last_maintenance = float("-inf")
+        self._running: dict[str, str] = {}
+        self._keeper: threading.Thread | None = None
+        self._keeper_stop = threading.Event()
+        self._lock = threading.Lock()
+
+    def info(self) -> WorkerInfo:
+        """This worker as recorded in the store."""
+        now = time.time()
+        return WorkerInfo(self.id, socket.gethostname(), os.getpid(), 1, self.queues, now, now, self.tasks_done)
+
+    def maintain(self, now: float | None = None) -> None:
+        """Recover expired leases and prune expired results (at most every MAINTENANCE_INTERVAL)."""
+        mono = time.monotonic()
+        if now is None and mono - self._last_maintenance < MAINTENANCE_INTERVAL:
+            return
+        self._last_maintenance = mono
+        storage = self.app.storage
+        lost = storage.reap(now=now)
+        if lost:
+            logger.warning("returned %d task(s) with expired leases to the queue", len(lost))
+        storage.prune(now=now)
+
+    def _keep_leases(self) -> None:
+        # Runs beside long tasks so their leases do not run out while they work.
+        while not self._keeper_stop.wait(self.lease / 3):
+            with self._lock:
+                leases = list(self._running.items())
+            if leases:
+                try:
+                    self.app.storage.extend(self.id, leases, lease=self.lease)
+                except Exception:  # the next round tries again; the lease has slack
+                    logger.exception("could not extend leases")
+
+    def _start_keeper(self) -> None:
+        if self._keeper is None or not self._keeper.is_alive():
+            self._keeper_stop.clear()
+            self._keeper = threading.Thread(target=self._keep_leases, name="liteq-lease-keeper", daemon=True)
+            self._keeper.start()
+
+    def close(self) -> None:
+        """Stop the lease keeper thread."""
+        self._keeper_stop.set()
+        if self._keeper is not None:
+            self._keeper.join()
+            self._keeper = None
+
+    def run_once(self, now: float | None = None, *, ids: Sequence[str] | None = None) -> int:
+        """Claim up to ``batch`` due tasks, run them here, record the outcomes; return how many ran."""
+        self.maintain(now)
+        storage = self.app.storage
+        claimed = storage.claim(self.id, self.queues, limit=self.batch, lease=self.lease, now=now, ids=ids)
+        if not claimed:
+            return 0
+        with self._lock:
+            self._running.update((c.id, c.lease_token) for c in claimed)
+        self._start_keeper()
+        clock = (lambda: now) if now is not None else time.time
+        outcomes = []
+        try:
+            for c in claimed:
+
+                def report(progress: Progress, c: ClaimedTask = c) -> None:
+                    storage.set_progress(c.id, c.lease_token, progress.encode())
+
+                outcomes.append(execute(self.app, c, report=report, now=clock))
+        finally:
+            if len(outcomes) < len(claimed):  # interrupted: hand back what never ran
+                storage.release([(c.id, c.lease_token) for c in claimed[len(outcomes) + 1 :]])
+            applied = storage.complete(outcomes, now=now)
+            with self._lock:
+                for c in claimed:
+                    self._running.pop(c.id, None)
+        for o, ok in zip(outcomes, applied, strict=True):
+            if not ok:
+                logger.warning("outcome of task %s rejected: its lease was lost to another worker", o.id)
+        self.tasks_done += len(outcomes)
+        return len(outcomes)
+
+    def run_until_empty(self, *, now: float | None = None, max_tasks: int | None = None) -> int:
+        """Run due tasks until none is left (scheduled ones in the future stay); return how many ran."""
+        total = 0
+        self._last_maintenance = float("-inf")
+        while max_tasks is None or total < max_tasks:
+            n = self.run_once(now)
+            if not n:
+                break
+            total += n
+        return total
