@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import os
+import signal
+import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime, timedelta
-from typing import Any, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from .exceptions import ConfigurationError, UnknownTask
 from .message import encode_call, new_id
@@ -20,6 +23,9 @@ from .storage.base import NewTask
 from .storage.sqlite import DEFAULT_BLOB_THRESHOLD, DEFAULT_BUSY_TIMEOUT
 from .task import Signature, Task, TaskOptions, aware, now_plus, seconds
 from .worker import DEFAULT_LEASE, Worker
+
+if TYPE_CHECKING:
+    from .pool import WorkerPool
 
 __all__ = ["DEFAULT_QUEUE", "DEFAULT_RESULT_TTL", "DEFAULT_STORE", "LiteQ"]
 
@@ -94,11 +100,46 @@ class LiteQ:
             store, result_ttl=ttl, durability=durability, busy_timeout=busy_timeout, blob_threshold=blob_threshold
         )
         self.tasks: dict[str, Task[Any, Any]] = {}
+        self._options: dict[str, Any] = {
+            "serializer": self.serializer.name,
+            "durability": durability,
+            "result_ttl": ttl,
+            "default_queue": default_queue,
+            "busy_timeout": busy_timeout,
+            "lease": self.lease,
+            "max_payload_size": max_payload_size,
+            "blob_threshold": blob_threshold,
+        }
+        # The module that created the app, so a spawned child can find this very object there.
+        self._origin: str | None = sys._getframe(1).f_globals.get("__name__")
         self._immediate_worker: Worker | None = None
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"LiteQ({self.storage.location!r})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # An app travels to child processes as a recipe, never as open connections.
+        return (_rebuild_app, (self.spec(),))
+
+    def spec(self) -> dict[str, Any]:
+        """A picklable recipe that rebuilds this app in another process (see :func:`_rebuild_app`)."""
+        ref = None
+        module = sys.modules.get(self._origin or "")
+        if module is not None:
+            for attr, value in vars(module).items():
+                if value is self:
+                    ref = (self._origin, attr)
+                    break
+        tasks = {
+            name: (
+                getattr(t.fn, "__module__", None),
+                getattr(t.fn, "__qualname__", None),
+                dataclasses.asdict(t.options),
+            )
+            for name, t in self.tasks.items()
+        }
+        return {"location": self.storage.location, "options": self._options, "ref": ref, "tasks": tasks}
 
     def close(self) -> None:
         """Close the store's connections. Idempotent."""
@@ -160,7 +201,7 @@ class LiteQ:
             if not callable(f):
                 raise ConfigurationError(f"@app.task needs a function, not {f!r}")
             task_name = name or _task_name(f)
-            opts = TaskOptions.build(queue or self.default_queue, **options)
+            opts = TaskOptions.build(self.default_queue if queue is None else queue, **options)
             with self._lock:
                 if task_name in self.tasks:
                     raise ConfigurationError(
@@ -188,7 +229,7 @@ class LiteQ:
                 problem = f" (importing {module!r} failed: {exc})"
             except Exception as exc:  # a module that raises on import is reported, not propagated
                 problem = f" (importing {module!r} raised {type(exc).__name__}: {exc})"
-            task = self.tasks.get(name)
+            task = self.tasks.get(name) or self._adopt(name)
             if task is not None:
                 return task
         where = f"module {module!r}" if module else "the app's modules"
@@ -196,6 +237,24 @@ class LiteQ:
             f"no task named {name!r} is registered in this process; make sure {where} is importable here and "
             f"registers it with this app{problem}"
         )
+
+    def _adopt(self, name: str) -> Task[Any, Any] | None:
+        """Register here a task that its module registered on another app (``liteq worker STORE``)."""
+        parts = name.split(".")
+        for cut in range(len(parts) - 1, 0, -1):
+            module = sys.modules.get(".".join(parts[:cut]))
+            if module is None:
+                continue
+            obj: Any = module
+            try:
+                for part in parts[cut:]:
+                    obj = getattr(obj, part)
+            except AttributeError:
+                continue
+            if isinstance(obj, Task) and obj.name == name:
+                opts = dataclasses.asdict(obj.options)
+                return self.task(name=name, **opts)(obj.fn)
+        return None
 
     def queues(self) -> list[str]:
         """Every queue a registered task uses, the default queue first."""
@@ -300,6 +359,50 @@ class LiteQ:
         while worker.run_once(ids=ids):
             pass
 
+    # -- workers -------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def workers(
+        self, concurrency: int | None = None, *, queues: Sequence[str] | None = None, **options: Any
+    ) -> Iterator[WorkerPool]:
+        """Run a worker pool (child processes) while the ``with`` block runs.
+
+        Returns once the children are ready; on exit it stops gracefully: running tasks finish
+        (up to ``shutdown_timeout``), unstarted ones go back to the queue. Options are those of
+        :class:`~liteq.pool.WorkerPool` (``start_method``, ``prefetch``, ``max_tasks_per_child``...).
+        """
+        from .pool import WorkerPool
+
+        pool = WorkerPool(self, concurrency=concurrency, queues=queues, **options)
+        pool.start_background()
+        try:
+            yield pool
+        finally:
+            pool.stop()
+            pool.join()
+
+    def run_worker(
+        self, concurrency: int | None = None, *, queues: Sequence[str] | None = None, **options: Any
+    ) -> None:
+        """Run a worker pool in the foreground until SIGINT or SIGTERM (what ``liteq worker`` calls).
+
+        The first signal stops gracefully, a second one stops at once.
+        """
+        from .pool import WorkerPool
+
+        pool = WorkerPool(self, concurrency=concurrency, queues=queues, **options)
+        in_main = threading.current_thread() is threading.main_thread()
+        previous = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) if in_main else None
+        try:
+            if in_main:
+                pool.install_signal_handlers()
+            pool.start()
+            pool.run()
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous[0])
+                signal.signal(signal.SIGTERM, previous[1])
+
     # -- results and inspection --------------------------------------------------------------------
 
     def result(self, task_id: str) -> Result:
@@ -327,3 +430,53 @@ class LiteQ:
             return worker.run_until_empty(now=now)
         finally:
             worker.close()
+
+
+_rebuilt: dict[tuple[Any, ...], LiteQ] = {}
+
+
+def _resolve(module_name: str, qualname: str) -> Any:
+    if module_name == "__main__":
+        # A script run as __main__ is re-imported as __mp_main__ in spawned children.
+        module = sys.modules.get("__mp_main__") or sys.modules["__main__"]
+    else:
+        module = importlib.import_module(module_name)
+    obj: Any = module
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _rebuild_app(spec: dict[str, Any]) -> LiteQ:
+    """Find or rebuild the app described by :meth:`LiteQ.spec` in this process.
+
+    First the very object, by module and attribute (``module:app``, including a ``__main__``
+    script under spawn). Failing that (an app made inside a function, as tests do), a new app on the
+    same store with each task re-registered from its importable function; a task whose function
+    is not importable stays unknown here and fails with a message naming its module.
+    """
+    key = (spec["location"], spec["ref"], tuple(sorted(spec["tasks"])))
+    app = _rebuilt.get(key)
+    if app is not None:
+        return app
+    if spec["ref"] is not None:
+        try:
+            found = _resolve(*spec["ref"])
+        except (ImportError, AttributeError, KeyError):
+            found = None
+        if isinstance(found, LiteQ) and found.storage.location == spec["location"]:
+            _rebuilt[key] = found
+            return found
+    app = LiteQ(spec["location"], **spec["options"])
+    for name, (module_name, qualname, options) in spec["tasks"].items():
+        if not module_name or not qualname or "<locals>" in qualname:
+            continue
+        try:
+            fn = _resolve(module_name, qualname)
+        except (ImportError, AttributeError, KeyError):
+            continue
+        fn = getattr(fn, "fn", fn)  # a Task registered on another app: take its function
+        if callable(fn) and name not in app.tasks:
+            app.task(name=name, **options)(fn)
+    _rebuilt[key] = app
+    return app

@@ -133,6 +133,7 @@ class Result:
         storage = self.app.storage
         deadline = None if timeout is None else time.monotonic() + timeout
         interval = 0.001
+        storage.listen()
         while True:
             version = storage.version
             row = self._row()

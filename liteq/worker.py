@@ -48,6 +48,8 @@ class _SoftLimit:
         self.seconds = seconds
         self.armed = False
         self.previous: Any = None
+        self.outer: tuple[float, float] = (0.0, 0.0)
+        self.since = 0.0
 
     def _fire(self, signum: int, frame: FrameType | None) -> None:
         raise SoftTimeLimit(f"task ran past its soft_timeout of {self.seconds}s")
@@ -55,7 +57,8 @@ class _SoftLimit:
     def __enter__(self) -> _SoftLimit:
         if self.seconds and hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread():
             self.previous = signal.signal(signal.SIGALRM, self._fire)
-            signal.setitimer(signal.ITIMER_REAL, self.seconds)
+            self.outer = signal.setitimer(signal.ITIMER_REAL, self.seconds)
+            self.since = time.monotonic()
             self.armed = True
         return self
 
@@ -63,6 +66,10 @@ class _SoftLimit:
         if self.armed:
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, self.previous)
+            delay, interval = self.outer
+            if delay > 0:  # the caller had an alarm of its own running: put back what is left of it
+                left = max(delay - (time.monotonic() - self.since), 1e-6)
+                signal.setitimer(signal.ITIMER_REAL, left, interval)
 
 
 def execute(
@@ -133,9 +140,8 @@ def _retry(
 ) -> Outcome:
     """Schedule another attempt if the budget allows, else fail with the last error."""
     info = ErrorInfo.from_exception(error)
-    explicit = request is not None
-    if not (explicit or ctx.retries_left > 0) or claimed.attempt >= claimed.max_attempts:
-        if explicit:
+    if ctx.retries_left <= 0:
+        if request is not None:
             reason = "retries exhausted"
         return _fail(claimed, info, reason)
     if request is not None and request.eta is not None:

@@ -296,6 +296,9 @@ class Storage(abc.ABC):
     def close(self) -> None:
         """Release connections and files. Idempotent."""
 
+    def listen(self) -> None:
+        """Prepare to :meth:`wait` for writes by other processes (call before checking state)."""
+
     def notify(self) -> None:
         """Wake every waiter in this process (called after each write)."""
         with self._changed:

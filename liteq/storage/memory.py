@@ -150,7 +150,9 @@ class MemoryStorage(Storage):
                         e.row.state = PENDING
                 candidates = [e for e in self._tasks.values() if e.row.state == PENDING and e.row.queue in qs]
             candidates.sort(key=lambda e: (-e.row.priority, e.seq))
-            for e in candidates[: max(limit, 0)]:
+            for e in candidates:
+                if len(out) >= limit:
+                    break
                 r = e.row
                 r.attempts += 1
                 if r.expires_at is not None and r.expires_at <= now:

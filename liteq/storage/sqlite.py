@@ -40,6 +40,7 @@ from ..exceptions import (
     StoreMoved,
     StoreReadOnly,
 )
+from ..wake import DONE, WORK, Waker, broadcast, wake_dir
 from .base import (
     PENDING,
     SCHEDULED,
@@ -205,6 +206,8 @@ class SqliteStorage(Storage):
         self._blobs_pid = 0
         self._blob_lock = threading.Lock()
         self._closed = False
+        self.wake_dir = wake_dir(self.path)
+        self._waker: Waker | None = None
         self._conns: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
         try:
@@ -316,8 +319,12 @@ class SqliteStorage(Storage):
             return False
         return st.f_bavail * st.f_frsize < 64 * 1024
 
-    def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``fn`` in one ``BEGIN IMMEDIATE`` transaction; roll back and translate on error."""
+    def _write(self, fn: Callable[[sqlite3.Connection], T], wake: bytes = b"") -> T:
+        """Run ``fn`` in one ``BEGIN IMMEDIATE`` transaction; roll back and translate on error.
+
+        After the commit, ``wake`` (``wake.WORK`` and/or ``wake.DONE``) is sent to the processes
+        waiting on this store (see :mod:`liteq.wake`).
+        """
         conn = self._conn
         started = time.monotonic()
         try:
@@ -337,6 +344,8 @@ class SqliteStorage(Storage):
                 raise self._translate(exc, time.monotonic() - started) from exc
             raise
         self.notify()
+        if wake:
+            broadcast(self.wake_dir, wake)
         return out
 
     def _read(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[Any]:
@@ -375,9 +384,32 @@ class SqliteStorage(Storage):
             except sqlite3.Error:  # pragma: no cover - closing is best effort
                 pass
         self._local = threading.local()
+        if self._waker is not None:
+            if self._waker.pid == os.getpid():
+                self._waker.close()
+            else:
+                self._waker.forget()
+        self._waker = None
         if self._blobs is not None and self._blobs_pid == os.getpid():
             self._blobs.close()
         self._blobs = None
+
+    def listen(self) -> None:
+        """Bind this process's wake-up socket so :meth:`wait` sees other processes' commits."""
+        waker = self._waker
+        if waker is None or waker.pid != os.getpid():
+            if waker is not None:
+                waker.forget()  # inherited through fork; the parent still owns its socket file
+            self._waker = Waker(self.wake_dir)
+
+    def wait(self, version: int, timeout: float) -> int:
+        """Block until a commit that finishes or releases a task, or ``timeout``; see :meth:`Storage.wait`."""
+        waker = self._waker
+        if waker is None or waker.sock is None or waker.pid != os.getpid():
+            return super().wait(version, timeout)
+        if self._version == version:
+            waker.wait(timeout)
+        return self._version
 
     def integrity_check(self) -> list[str]:
         """Run ``PRAGMA integrity_check``; returns ``["ok"]`` for a healthy store."""
@@ -500,7 +532,7 @@ class SqliteStorage(Storage):
             return ids
 
         try:
-            ids = self._write(run)
+            ids = self._write(run, WORK)
         except BaseException:
             self._drop_blobs(refs)
             raise
@@ -552,14 +584,19 @@ class SqliteStorage(Storage):
 
         def run(conn: sqlite3.Connection) -> list[Any]:
             conn.execute("UPDATE tasks SET state = 'pending' WHERE state = 'scheduled' AND run_at <= ?", (now,))
-            rows = conn.execute(sql, params).fetchall()
-            dead = [r[0] for r in rows if r[10] is not None and r[10] <= now]
-            if dead:
-                conn.executemany(
-                    "UPDATE tasks SET state = 'expired', reason = 'expired', " + _FINISH + " WHERE id = :id",
-                    [{"now": now, "ttl": None, "default_ttl": self.result_ttl, "id": id_} for id_ in dead],
-                )
-            return rows
+            taken: list[Any] = []
+            while True:
+                rows = conn.execute(sql, params).fetchall()
+                taken += rows
+                dead = [r[0] for r in rows if r[10] is not None and r[10] <= now]
+                if dead:
+                    conn.executemany(
+                        "UPDATE tasks SET state = 'expired', reason = 'expired', " + _FINISH + " WHERE id = :id",
+                        [{"now": now, "ttl": None, "default_ttl": self.result_ttl, "id": id_} for id_ in dead],
+                    )
+                # A batch made only of expired tasks says nothing about what is behind it: look again.
+                if not rows or len(dead) < len(rows):
+                    return taken
 
         rows = self._write(run)
         rows.sort(key=lambda r: (-r[11], r[12]))  # RETURNING promises no order
@@ -661,8 +698,9 @@ class SqliteStorage(Storage):
                 applied.append(row is not None)
             return applied
 
+        wake = DONE + WORK if any(o.state in (SCHEDULED, PENDING) for o in outcomes) else DONE
         try:
-            applied = self._write(run)
+            applied = self._write(run, wake)
         except BaseException:
             self._drop_blobs(refs)
             raise
@@ -691,7 +729,7 @@ class SqliteStorage(Storage):
                 for id_, token in leases
             )
 
-        return self._write(run)
+        return self._write(run, WORK + DONE)
 
     def reap(self, *, now: float | None = None, owner: str | None = None) -> list[str]:
         """Recover lost leases; see :meth:`Storage.reap`."""
@@ -727,7 +765,7 @@ class SqliteStorage(Storage):
         probe = "SELECT 1 FROM tasks WHERE " + where + " LIMIT 1"
         if not self._read(probe, params):
             return []
-        return self._write(run)
+        return self._write(run, WORK + DONE)
 
     def set_progress(self, id: str, lease_token: str, progress: bytes) -> bool:
         """Record progress of a running task; see :meth:`Storage.set_progress`."""
@@ -765,7 +803,7 @@ class SqliteStorage(Storage):
                 states.update(conn.execute(f"SELECT id, state FROM tasks WHERE id IN ({marks})", chunk).fetchall())
             return states
 
-        states = self._write(run)
+        states = self._write(run, DONE)
         return [states.get(i) for i in ids]
 
     def retry(self, ids: Sequence[str], *, now: float | None = None) -> list[bool]:
@@ -787,7 +825,7 @@ class SqliteStorage(Storage):
                 for id_ in ids
             ]
 
-        return self._write(run)
+        return self._write(run, WORK)
 
     def _delete(self, where: str, params: Sequence[Any]) -> int:
         def run(conn: sqlite3.Connection) -> list[Any]:

@@ -1,0 +1,132 @@
+"""The pool's child process: receive claimed tasks over a pipe, run them, send outcomes back.
+
+Module-level and with picklable arguments only, so it works under ``fork``, ``forkserver`` and
+``spawn`` alike. The child never touches the store: the supervisor claims, extends and completes.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import os
+import signal
+import threading
+import time
+from multiprocessing.connection import Connection
+from typing import TYPE_CHECKING, Any
+
+from .context import _current
+
+if TYPE_CHECKING:
+    from .app import LiteQ
+
+__all__ = ["ChildOptions", "child_main"]
+
+#: How often a child checks that its supervisor is still alive (seconds).
+PARENT_CHECK_INTERVAL = 0.5
+#: Exit code of a child whose supervisor died.
+EXIT_ORPHANED = 70
+
+
+class TaskLogFilter(logging.Filter):
+    """Adds ``task_id`` and ``task_name`` (empty outside a task) to every record of a child."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Annotate ``record``; never drops it."""
+        ctx = _current.get()
+        record.task_id = ctx.id if ctx is not None else ""
+        record.task_name = ctx.name if ctx is not None else ""
+        return True
+
+
+class ChildOptions:
+    """What a child needs besides the app: the supervisor's pid and how to log."""
+
+    def __init__(
+        self, supervisor_pid: int, log_queue: Any = None, log_level: int = logging.WARNING, measure_memory: bool = False
+    ) -> None:
+        self.supervisor_pid = supervisor_pid
+        self.log_queue = log_queue
+        self.log_level = log_level
+        self.measure_memory = measure_memory
+
+
+def _watch_parent(supervisor_pid: int, parent_pid: int) -> None:
+    # Exit promptly once the supervisor is gone (SIGKILLed, crashed): an orphan must not keep
+    # running tasks whose leases nobody extends. getppid() changes on reparenting (fork, spawn);
+    # kill(pid, 0) covers forkserver, where the parent is the fork server, not the supervisor.
+    while True:
+        time.sleep(PARENT_CHECK_INTERVAL)
+        if os.getppid() != parent_pid:
+            os._exit(EXIT_ORPHANED)
+        try:
+            os.kill(supervisor_pid, 0)
+        except ProcessLookupError:
+            os._exit(EXIT_ORPHANED)
+        except PermissionError:
+            pass
+
+
+def _setup_logging(options: ChildOptions) -> None:
+    root = logging.getLogger()
+    task_filter = TaskLogFilter()
+    if options.log_queue is not None:
+        # spawn / forkserver: records travel to the supervisor's QueueListener.
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+        handler = logging.handlers.QueueHandler(options.log_queue)
+        handler.addFilter(task_filter)
+        root.addHandler(handler)
+        root.setLevel(options.log_level)
+    else:
+        # fork: the handlers inherited from the parent (wrapped by multiprocessing-logging).
+        for handler in root.handlers:
+            handler.addFilter(task_filter)
+
+
+def _rss() -> int:
+    try:
+        import psutil
+
+        return int(psutil.Process().memory_info().rss)
+    except Exception:  # memory limits are best effort where psutil cannot read
+        return 0
+
+
+def child_main(app: LiteQ, conn: Connection, options: ChildOptions) -> None:
+    """Serve tasks until told to stop or the pipe closes.
+
+    Messages in: ``("run", ClaimedTask)``, ``("stop",)``. Out: ``("ready", pid)``,
+    ``("progress", id, token, bytes)``, ``("done", Outcome, rss)``.
+    """
+    from .worker import execute
+
+    # Ctrl-C reaches the whole process group; only the supervisor decides how to stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _setup_logging(options)
+    watcher = threading.Thread(
+        target=_watch_parent, args=(options.supervisor_pid, os.getppid()), name="liteq-parent-watch", daemon=True
+    )
+    watcher.start()
+    send_lock = threading.Lock()
+
+    def send(message: tuple[Any, ...]) -> None:
+        with send_lock:
+            conn.send(message)
+
+    send(("ready", os.getpid()))
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return
+        if message[0] == "stop":
+            return
+        claimed = message[1]
+
+        def report(progress: Any, c: Any = claimed) -> None:
+            send(("progress", c.id, c.lease_token, progress.encode()))
+
+        outcome = execute(app, claimed, report=report)
+        send(("done", outcome, _rss() if options.measure_memory else 0))

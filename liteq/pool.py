@@ -1,0 +1,767 @@
+"""``WorkerPool``: a supervisor that owns child processes and feeds them tasks over pipes.
+
+Not ``multiprocessing.Pool`` or ``ProcessPoolExecutor``: both hang or break when a child dies. The
+supervisor here is a single-threaded loop (:meth:`WorkerPool.run_once` is one iteration) that
+waits on every child's pipe and process sentinel, the store's wake-up socket and its own
+self-pipe, with a timeout set by the nearest deadline (hard time limit, lease extension,
+heartbeat, scheduled task). It:
+
+- claims in small batches, keeping at most ``prefetch`` tasks beyond those the children hold, so
+  memory does not grow with the backlog;
+- hands each child up to ``child_depth`` tasks (the next one waits in the pipe, so a child never
+  idles on a round trip); the head of a child's queue is the running task;
+- writes the outcomes that arrive together in one transaction, guarded by lease tokens;
+- extends the leases it holds every ``lease / 3`` seconds and records a heartbeat;
+- replaces a child that dies, retrying only the task it was running (reason ``worker lost``);
+- SIGKILLs a child whose task passes its hard ``timeout`` (works inside C code and with SIGTERM
+  ignored) or is cancelled while running;
+- recycles children after ``max_tasks_per_child`` tasks or ``max_memory_per_child`` bytes,
+  one at a time and between tasks.
+
+Start methods. The default is ``forkserver`` on Linux and ``spawn`` on macOS and Windows: a pool
+started with ``app.workers()`` lives beside the application's threads, and forking a
+multi-threaded process can deadlock the child on a lock some other thread held. ``fork`` is
+available on request (fastest start-up) and then child logs go through multiprocessing-logging;
+otherwise children send records to a ``QueueListener`` in the supervisor.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import logging.handlers
+import multiprocessing
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from multiprocessing.connection import Connection, wait
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+from .child import ChildOptions, child_main
+from .exceptions import ConfigurationError, LiteQError
+from .message import ErrorInfo, new_id
+from .storage.base import CANCELLED, FAILED, PENDING, ClaimedTask, Outcome, WorkerInfo
+from .wake import Waker
+from .worker import DEFAULT_LEASE, MAINTENANCE_INTERVAL
+
+if TYPE_CHECKING:
+    from .app import LiteQ
+
+__all__ = ["WorkerPool", "default_start_method"]
+
+logger = logging.getLogger("liteq.pool")
+
+#: Seconds between heartbeats recorded in the store (``liteq status`` shows live workers).
+HEARTBEAT_INTERVAL = 5.0
+#: An idle pool looks at the store at least this often even without a wake-up (the fallback).
+IDLE_POLL_INTERVAL = 1.0
+#: Seconds between checks for cancel requests on running tasks.
+CANCEL_CHECK_INTERVAL = 1.0
+#: Seconds running tasks get to finish after a stop request.
+DEFAULT_SHUTDOWN_TIMEOUT = 30.0
+#: Seconds to wait for children to start before giving up.
+STARTUP_TIMEOUT = 60.0
+
+
+def default_start_method() -> str:
+    """``forkserver`` where available (Linux, BSD), else ``spawn`` (macOS, Windows)."""
+    methods = multiprocessing.get_all_start_methods()
+    if sys.platform.startswith("linux") and "forkserver" in methods:
+        return "forkserver"
+    return "spawn"
+
+
+class _Child:
+    """The supervisor's view of one child process."""
+
+    __slots__ = ("conn", "done", "index", "kill_reason", "pid", "process", "queue", "ready", "retiring", "started")
+
+    def __init__(self, index: int, process: Any, conn: Connection) -> None:
+        self.index = index
+        self.process = process
+        self.conn = conn
+        self.pid: int = process.pid or 0
+        self.queue: collections.deque[ClaimedTask] = collections.deque()
+        self.started = 0.0  # monotonic start of the head task
+        self.ready = False
+        self.retiring = False
+        self.kill_reason = ""
+        self.done = 0
+
+    @property
+    def head(self) -> ClaimedTask | None:
+        return self.queue[0] if self.queue else None
+
+
+class WorkerPool:
+    """Runs tasks of ``app`` in ``concurrency`` child processes.
+
+    Use ``app.workers(...)`` (a context manager, pool in a background thread) or
+    ``app.run_worker(...)`` / ``liteq worker`` (blocking, with signal handling). Options:
+
+    - ``concurrency``: child processes (default: CPU count).
+    - ``queues``: queues to serve (default: every queue the app's tasks use).
+    - ``start_method``: ``fork``, ``forkserver`` or ``spawn`` (default per platform, see module doc).
+    - ``prefetch``: tasks claimed ahead beyond what the children hold (default: ``concurrency``).
+    - ``child_depth``: tasks handed to one child at once (default 2; 1 with hard time limits in play
+      keeps the next task from waiting behind a slow one).
+    - ``shutdown_timeout``: seconds running tasks get to finish on a graceful stop.
+    - ``max_tasks_per_child`` / ``max_memory_per_child`` (bytes): recycle children.
+    - ``worker_id``: a stable id; a restarted pool with the same id takes back its old leases at once.
+    """
+
+    def __init__(
+        self,
+        app: LiteQ,
+        *,
+        concurrency: int | None = None,
+        queues: Sequence[str] | None = None,
+        start_method: str | None = None,
+        prefetch: int | None = None,
+        child_depth: int = 2,
+        lease: float | None = None,
+        shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
+        max_tasks_per_child: int | None = None,
+        max_memory_per_child: int | None = None,
+        worker_id: str | None = None,
+        heartbeat_interval: float = HEARTBEAT_INTERVAL,
+        reload: bool = False,
+    ) -> None:
+        from .storage.memory import MemoryStorage
+
+        if isinstance(app.storage, MemoryStorage):
+            raise ConfigurationError(
+                "a worker pool needs a store other processes can open; memory:// lives in one process. "
+                "Use a directory store, or immediate=True / app.run_until_empty() in tests"
+            )
+        concurrency = concurrency if concurrency is not None else (os.cpu_count() or 1)
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise ConfigurationError(f"concurrency must be an integer >= 1, not {concurrency!r}")
+        method = start_method or default_start_method()
+        if method not in multiprocessing.get_all_start_methods():
+            raise ConfigurationError(
+                f"start_method {method!r} is not available here; choose one of "
+                f"{', '.join(multiprocessing.get_all_start_methods())}"
+            )
+        if reload and method != "spawn":
+            method = "spawn"  # a forked or fork-server child would keep the old modules
+        for name, value in (
+            ("max_tasks_per_child", max_tasks_per_child),
+            ("max_memory_per_child", max_memory_per_child),
+        ):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ConfigurationError(f"{name} must be a positive integer or None, not {value!r}")
+        if child_depth < 1:
+            raise ConfigurationError(f"child_depth must be >= 1, not {child_depth!r}")
+        if shutdown_timeout < 0:
+            raise ConfigurationError(f"shutdown_timeout must be >= 0 seconds, not {shutdown_timeout!r}")
+        self.app = app
+        self.storage = app.storage
+        self.concurrency = concurrency
+        self.queues = list(queues) if queues else app.queues()
+        self.start_method = method
+        self.ctx = multiprocessing.get_context(method)
+        if method == "forkserver":
+            # Children fork from a server that has already imported liteq: fast, thread-free starts.
+            self.ctx.set_forkserver_preload(["liteq", "liteq.child", "liteq.worker"])
+        self.prefetch = concurrency if prefetch is None else max(0, prefetch)
+        self.child_depth = child_depth
+        self.lease = float(lease if lease is not None else getattr(app, "lease", DEFAULT_LEASE))
+        self.shutdown_timeout = float(shutdown_timeout)
+        self.max_tasks_per_child = max_tasks_per_child
+        self.max_memory_per_child = max_memory_per_child
+        self.heartbeat_interval = heartbeat_interval
+        self.reload = reload
+        self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{new_id()[-8:]}"
+        self.children: list[_Child] = []
+        self.buffer: collections.deque[ClaimedTask] = collections.deque()
+        self.outcomes: list[Outcome] = []
+        self.progress: dict[str, tuple[str, bytes]] = {}
+        self.tasks_done = 0
+        self._beat_done = 0
+        self._stop_level = 0  # 0 running, 1 graceful stop requested, 2 stop now
+        self._stop_deadline = 0.0
+        self._maybe_work = True
+        self._next_scheduled: float | None = None
+        self._last_claim = 0.0
+        self._next_extend = 0.0
+        self._next_beat = 0.0
+        self._next_maintenance = 0.0
+        self._next_cancel_check = 0.0
+        self._reload_pending = False
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._waker: Waker | None = None
+        self._log_queue: Any = None
+        self._log_listener: logging.handlers.QueueListener | None = None
+        self._mp_logging = False
+        self._observer: Any = None
+        self._thread: threading.Thread | None = None
+        self._started = threading.Event()
+        self._finished = threading.Event()
+        self._error: BaseException | None = None
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"<WorkerPool {self.id} concurrency={self.concurrency} {self.start_method}>"
+
+    # -- life cycle ----------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the children and return once every one is ready to run tasks."""
+        waker_dir = getattr(self.storage, "wake_dir", None)
+        if waker_dir:
+            self._waker = Waker(waker_dir)
+        self._setup_logging()
+        self._recover_local_leases()
+        now = time.time()
+        self.storage.register_worker(
+            WorkerInfo(self.id, socket.gethostname(), os.getpid(), self.concurrency, self.queues, now, now)
+        )
+        for i in range(self.concurrency):
+            self.children.append(self._spawn(i))
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while not all(c.ready for c in self.children):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self._abort(f"children did not start within {STARTUP_TIMEOUT}s")
+            self._poll(min(left, 0.5))
+            for c in self.children:
+                if not c.ready and not c.process.is_alive():
+                    code = c.process.exitcode
+                    self._abort(
+                        f"worker child exited with code {code} while starting; run the app module in a plain "
+                        "python process to see its import error"
+                    )
+        if self.reload:
+            self._start_reloader()
+        mono = time.monotonic()
+        self._next_extend = mono + self.lease / 3
+        self._next_beat = mono + self.heartbeat_interval
+        self._next_maintenance = mono
+        logger.info(
+            "worker %s started %d %s children on queues %s", self.id, self.concurrency, self.start_method, self.queues
+        )
+
+    def _abort(self, message: str) -> None:
+        self._kill_all()
+        self._teardown()
+        raise LiteQError(message)
+
+    def _recover_local_leases(self) -> None:
+        # A restarted pool with the same id, or a pool on this host whose process is gone, still
+        # owns leases in the store: hand those tasks back now instead of after the lease runs out.
+        host = socket.gethostname()
+        for w in self.storage.workers():
+            dead_here = w.host == host and w.pid != os.getpid() and not _pid_alive(w.pid)
+            if w.id == self.id or dead_here:
+                back = self.storage.reap(owner=w.id)
+                if back:
+                    logger.warning("took back %d task(s) leased by stopped worker %s", len(back), w.id)
+                if w.id != self.id:
+                    self.storage.unregister_worker(w.id)
+
+    def _setup_logging(self) -> None:
+        root = logging.getLogger()
+        if self.start_method == "fork":
+            try:
+                import multiprocessing_logging
+
+                multiprocessing_logging.install_mp_handler()
+                self._mp_logging = True
+            except Exception:  # logging must never stop the pool from starting
+                logger.exception("multiprocessing-logging is unavailable; child logs go to inherited handlers")
+            return
+        self._log_queue = self.ctx.Queue()
+        self._log_listener = logging.handlers.QueueListener(self._log_queue, *root.handlers, respect_handler_level=True)
+        self._log_listener.start()
+
+    def _spawn(self, index: int) -> _Child:
+        parent_conn, child_conn = self.ctx.Pipe(duplex=True)
+        level = logging.getLogger().getEffectiveLevel()
+        options = ChildOptions(os.getpid(), self._log_queue, level, self.max_memory_per_child is not None)
+        process = self.ctx.Process(  # type: ignore[attr-defined]
+            target=child_main, args=(self.app, child_conn, options), name=f"liteq-child-{index}", daemon=True
+        )
+        process.start()
+        child_conn.close()
+        return _Child(index, process, parent_conn)
+
+    def run(self) -> None:
+        """Run until :meth:`stop` is called (or a signal, with ``install_signals``), then shut down."""
+        try:
+            while self.run_once():
+                pass
+        finally:
+            self._shutdown()
+
+    def start_background(self) -> None:
+        """Start the pool and run its loop in a daemon thread; returns when the children are ready."""
+
+        def main() -> None:
+            try:
+                self.start()
+            except BaseException as exc:
+                self._error = exc
+                self._started.set()
+                self._finished.set()
+                return
+            self._started.set()
+            try:
+                self.run()
+            except BaseException as exc:  # surfaced by join()
+                self._error = exc
+                logger.exception("worker pool %s stopped on an error", self.id)
+            finally:
+                self._finished.set()
+
+        self._thread = threading.Thread(target=main, name=f"liteq-pool-{self.id}", daemon=True)
+        self._thread.start()
+        self._started.wait()
+        if self._error is not None:
+            raise self._error
+
+    def stop(self, *, now: bool = False) -> None:
+        """Ask the pool to stop: gracefully (running tasks finish, unstarted ones go back at once),
+        or with ``now`` (kill children; interrupted tasks are retried later). Thread- and
+        signal-safe; a second call escalates to ``now``."""
+        level = 2 if now or self._stop_level >= 1 else 1
+        self._stop_level = max(self._stop_level, level)
+        try:
+            self._wake_w.send(b"s")
+        except OSError:
+            pass
+
+    def join(self, timeout: float | None = None) -> None:
+        """Wait for a background pool to finish; re-raise the error that stopped it, if any."""
+        self._finished.wait(timeout)
+        if self._thread is not None:
+            self._thread.join(timeout)
+        if self._error is not None:
+            raise self._error
+
+    def install_signal_handlers(self) -> None:
+        """SIGINT/SIGTERM: the first stops gracefully, the second stops now (main thread only)."""
+
+        def handler(signum: int, frame: FrameType | None) -> None:
+            logger.warning(
+                "received %s: %s",
+                signal.Signals(signum).name,
+                "stopping now" if self._stop_level else "stopping gracefully",
+            )
+            self.stop()
+
+        signal.signal(signal.SIGINT, handler)
+        signal.signal(signal.SIGTERM, handler)
+
+    # -- one iteration -------------------------------------------------------------------------------
+
+    def run_once(self) -> bool:
+        """One supervisor iteration: handle messages and deaths, write outcomes, claim, assign,
+        extend leases, wait for the next event. Returns False once the pool has stopped."""
+        mono = time.monotonic()
+        self._flush()  # first: a producer is waiting for these
+        if self._stop_level:
+            if not self._stopping_step(mono):
+                return False
+        else:
+            self._assign()
+            self._claim(mono)
+            self._assign()
+        self._timers(mono)
+        self._poll(self._timeout(time.monotonic()))
+        return True
+
+    def _poll(self, timeout: float) -> None:
+        handles: list[Any] = [self._wake_r]
+        if self._waker is not None and self._waker.sock is not None:
+            handles.append(self._waker.sock)
+        by_handle: dict[Any, _Child] = {}
+        for c in self.children:
+            handles.append(c.conn)
+            handles.append(c.process.sentinel)
+            by_handle[c.conn] = c
+            by_handle[c.process.sentinel] = c
+        ready = wait(handles, timeout=max(timeout, 0))
+        dead: list[_Child] = []
+        for h in ready:
+            if h is self._wake_r:
+                _drain(self._wake_r)
+            elif self._waker is not None and h is self._waker.sock:
+                if b"w" in self._waker.drain():
+                    self._maybe_work = True
+            else:
+                c = by_handle[h]
+                if h is c.conn:
+                    self._receive(c)
+                elif c not in dead:
+                    dead.append(c)
+        for c in dead:
+            self._receive(c)  # a child may have reported its last outcome before exiting
+            self._buried(c)
+
+    def _receive(self, c: _Child) -> None:
+        try:
+            while c.conn.poll():
+                message = c.conn.recv()
+                kind = message[0]
+                if kind == "done":
+                    self._done(c, message[1], message[2])
+                elif kind == "progress":
+                    self.progress[message[1]] = (message[2], message[3])
+                elif kind == "ready":
+                    c.ready = True
+                    c.pid = message[1]
+        except (EOFError, OSError):
+            pass
+
+    def _done(self, c: _Child, outcome: Outcome, rss: int) -> None:
+        head = c.head
+        if head is None or head.id != outcome.id:
+            logger.error("child %s reported task %s it was not running", c.pid, outcome.id)
+            return
+        c.queue.popleft()
+        c.started = time.monotonic()  # the next queued task starts now
+        c.done += 1
+        self.tasks_done += 1
+        self.outcomes.append(outcome)
+        if self.max_tasks_per_child and c.done >= self.max_tasks_per_child:
+            self._retire(c, f"ran {c.done} tasks")
+        elif self.max_memory_per_child and rss > self.max_memory_per_child:
+            self._retire(c, f"uses {rss / 2**20:.0f} MiB")
+
+    def _retire(self, c: _Child, why: str) -> None:
+        if c.retiring or any(o.retiring for o in self.children):
+            return  # one child at a time; the others are checked again after their next task
+        logger.info("recycling child %s: it %s", c.pid, why)
+        c.retiring = True
+        self._requeue_unstarted(c)
+
+    def _requeue_unstarted(self, c: _Child) -> None:
+        while len(c.queue) > 1:
+            self.buffer.appendleft(c.queue.pop())
+
+    def _buried(self, c: _Child) -> None:
+        """A child process exited: record its running task's fate and start a replacement."""
+        c.process.join(0)
+        code = c.process.exitcode
+        head = c.head
+        if head is not None:
+            c.queue.popleft()
+            self.outcomes.append(self._lost_outcome(c, head, code))
+        while c.queue:
+            self.buffer.appendleft(c.queue.pop())
+        c.conn.close()
+        if c in self.children:
+            i = self.children.index(c)
+            if self._stop_level:
+                self.children.pop(i)
+            else:
+                if head is not None and not c.kill_reason:
+                    logger.error("child %s died (%s) running task %s %s", c.pid, _exit_text(code), head.name, head.id)
+                self.children[i] = self._spawn(c.index)
+
+    def _lost_outcome(self, c: _Child, task: ClaimedTask, code: int | None) -> Outcome:
+        if c.kill_reason == "timeout":
+            limit = self._timeout_of(task)
+            info = ErrorInfo(
+                "liteq.exceptions.TaskTimedOut",
+                f"task ran past its hard timeout of {limit}s; its worker process was killed",
+            )
+            return Outcome(task.id, task.lease_token, FAILED, error=info.encode(), reason="timeout")
+        if c.kill_reason == "cancelled":
+            info = ErrorInfo("liteq.exceptions.TaskCancelled", "cancelled while running; its worker process was killed")
+            return Outcome(task.id, task.lease_token, CANCELLED, error=info.encode(), reason="cancelled")
+        info = ErrorInfo(
+            "liteq.WorkerLost",
+            f"worker process {c.pid} {_exit_text(code)} while running the task (attempt {task.attempt} of "
+            f"{task.max_attempts})",
+        )
+        if c.kill_reason == "stop" or task.attempt < task.max_attempts:
+            return Outcome(task.id, task.lease_token, PENDING, error=info.encode(), reason="worker lost", run_at=0.0)
+        return Outcome(task.id, task.lease_token, FAILED, error=info.encode(), reason="worker lost")
+
+    def _timeout_of(self, task: ClaimedTask) -> float | None:
+        t = self.app.tasks.get(task.name)
+        return t.options.timeout if t is not None else None
+
+    # -- claiming and assigning ---------------------------------------------------------------------
+
+    def _capacity(self) -> int:
+        return sum(self.child_depth - len(c.queue) for c in self.children if c.ready and not c.retiring)
+
+    def _claim(self, mono: float) -> None:
+        want = self._capacity() + self.prefetch - len(self.buffer)
+        if want <= 0:
+            return
+        due = self._next_scheduled is not None and time.time() >= self._next_scheduled
+        if not (self._maybe_work or due or mono - self._last_claim >= IDLE_POLL_INTERVAL):
+            return
+        self._maybe_work = False
+        self._last_claim = mono
+        claimed = self.storage.claim(self.id, self.queues, limit=want, lease=self.lease)
+        self.buffer.extend(claimed)
+        if len(claimed) == want:
+            self._maybe_work = True  # probably more where these came from
+            self._next_scheduled = None
+        else:
+            self._next_scheduled = self.storage.next_run_at(self.queues)
+
+    def _assign(self) -> None:
+        if not self.buffer:
+            return
+        for c in sorted(self.children, key=lambda c: len(c.queue)):
+            while self.buffer and c.ready and not c.retiring and len(c.queue) < self._depth_for(c):
+                task = self.buffer.popleft()
+                if not c.queue:
+                    c.started = time.monotonic()
+                c.queue.append(task)
+                try:
+                    c.conn.send(("run", task))
+                except OSError:
+                    c.queue.pop()
+                    self.buffer.appendleft(task)
+                    break
+
+    def _depth_for(self, c: _Child) -> int:
+        # A task behind one with a hard limit would wait out that limit: queue only one then.
+        head = c.head
+        if head is not None and self._timeout_of(head) is not None:
+            return 1
+        return self.child_depth
+
+    # -- timers ---------------------------------------------------------------------------------------
+
+    def _timers(self, mono: float) -> None:
+        self._enforce_limits(mono)
+        if self.progress:
+            for task_id, (token, data) in list(self.progress.items()):
+                self.storage.set_progress(task_id, token, data)
+            self.progress.clear()
+        if mono >= self._next_extend:
+            self._next_extend = mono + self.lease / 3
+            leases = [(t.id, t.lease_token) for t in self._held()]
+            if leases:
+                lost = [
+                    lease
+                    for lease, ok in zip(leases, self.storage.extend(self.id, leases, lease=self.lease), strict=True)
+                    if not ok
+                ]
+                if lost:
+                    logger.warning("lost the lease of %d task(s); their outcomes will be rejected", len(lost))
+        if mono >= self._next_beat:
+            self._next_beat = mono + self.heartbeat_interval
+            self.storage.heartbeat(self.id, tasks_done=self.tasks_done - self._beat_done)
+            self._beat_done = self.tasks_done
+        if mono >= self._next_maintenance:
+            self._next_maintenance = mono + MAINTENANCE_INTERVAL
+            if self.storage.reap():
+                self._maybe_work = True
+            self.storage.prune()
+        if mono >= self._next_cancel_check:
+            self._next_cancel_check = mono + CANCEL_CHECK_INTERVAL
+            self._check_cancels()
+        if self._reload_pending:
+            self._reload_pending = False
+            for c in self.children:
+                c.retiring = True
+                self._requeue_unstarted(c)
+        for c in self.children:
+            if c.retiring and not c.queue and not c.kill_reason:
+                c.kill_reason = "retire"
+                try:
+                    c.conn.send(("stop",))
+                except OSError:
+                    pass
+
+    def _held(self) -> list[ClaimedTask]:
+        return [*self.buffer, *(t for c in self.children for t in c.queue)]
+
+    def _enforce_limits(self, mono: float) -> None:
+        for c in self.children:
+            head = c.head
+            if head is None or c.kill_reason:
+                continue
+            limit = self._timeout_of(head)
+            if limit is not None and mono - c.started >= limit:
+                logger.error("task %s %s ran past its %ss timeout: killing child %s", head.name, head.id, limit, c.pid)
+                self._kill(c, "timeout")
+
+    def _check_cancels(self) -> None:
+        running = {c.head.id: c for c in self.children if c.head is not None and not c.kill_reason}
+        if not running:
+            return
+        for row in self.storage.get(list(running)):
+            if row is not None and row.cancel_requested:
+                c = running[row.id]
+                logger.warning("task %s cancelled while running: killing child %s", row.id, c.pid)
+                self._kill(c, "cancelled")
+
+    def _kill(self, c: _Child, reason: str) -> None:
+        c.kill_reason = reason
+        self._requeue_unstarted(c)
+        try:
+            os.kill(c.process.pid, signal.SIGKILL)
+        except (ProcessLookupError, TypeError):
+            pass
+
+    def _timeout(self, mono: float) -> float:
+        deadlines = [self._next_extend, self._next_beat, self._next_maintenance]
+        if any(c.head is not None for c in self.children):
+            deadlines.append(self._next_cancel_check)
+        for c in self.children:
+            head = c.head
+            if head is not None:
+                limit = self._timeout_of(head)
+                if limit is not None:
+                    deadlines.append(c.started + limit)
+        if self._stop_level:
+            deadlines.append(self._stop_deadline)
+            if self.outcomes or self.buffer:
+                return 0.0
+        elif self._capacity() > 0:
+            if self._maybe_work and self.buffer == collections.deque():
+                return 0.0
+            deadlines.append(self._last_claim + IDLE_POLL_INTERVAL)
+            if self._next_scheduled is not None:
+                deadlines.append(mono + max(self._next_scheduled - time.time(), 0.0))
+        if self.outcomes:
+            return 0.0
+        return max(min(deadlines) - mono, 0.0)
+
+    def _flush(self) -> None:
+        if not self.outcomes:
+            return
+        outcomes, self.outcomes = self.outcomes, []
+        for o in outcomes:
+            if o.state == PENDING and o.run_at == 0.0:
+                o.run_at = None
+        applied = self.storage.complete(outcomes)
+        for o, ok in zip(outcomes, applied, strict=True):
+            if not ok:
+                logger.warning("outcome of task %s rejected: its lease had passed to another worker", o.id)
+        if any(o.state == PENDING for o in outcomes):
+            self._maybe_work = True
+
+    # -- stopping ---------------------------------------------------------------------------------------
+
+    def _stopping_step(self, mono: float) -> bool:
+        """One iteration of a stop in progress; False once every child is gone."""
+        if not self._stop_deadline:
+            self._stop_deadline = mono + self.shutdown_timeout
+            logger.info("worker %s stopping: waiting up to %ss for running tasks", self.id, self.shutdown_timeout)
+        # Unstarted tasks go back at once, uncounted, so another pool can take them.
+        for c in self.children:
+            self._requeue_unstarted(c)
+        if self.buffer:
+            self.storage.release([(t.id, t.lease_token) for t in self.buffer])
+            self.buffer.clear()
+        force = self._stop_level >= 2 or mono >= self._stop_deadline
+        for c in list(self.children):
+            if c.head is None and not c.kill_reason:
+                c.kill_reason = "stop"
+                try:
+                    c.conn.send(("stop",))
+                except OSError:
+                    pass
+            elif c.head is not None and force and c.kill_reason in ("", "retire"):
+                logger.warning("stopping now: killing child %s running task %s", c.pid, c.head.id)
+                self._kill(c, "stop")
+        return bool(self.children)
+
+    def _shutdown(self) -> None:
+        try:
+            self._flush()
+            leases = [(t.id, t.lease_token) for t in self._held()]
+            if leases:
+                self.storage.release(leases)
+                self.buffer.clear()
+        finally:
+            self._kill_all()
+            self._teardown()
+
+    def _kill_all(self) -> None:
+        for c in self.children:
+            if c.process.is_alive():
+                try:
+                    os.kill(c.process.pid, signal.SIGKILL)
+                except (ProcessLookupError, TypeError):
+                    pass
+            c.process.join(5)
+            c.conn.close()
+        self.children.clear()
+
+    def _teardown(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join()
+        try:
+            self.storage.unregister_worker(self.id)
+        except LiteQError:
+            logger.exception("could not unregister worker %s", self.id)
+        if self._waker is not None:
+            self._waker.close()
+        if self._log_listener is not None:
+            self._log_listener.stop()
+        if self._log_queue is not None:
+            self._log_queue.close()
+            self._log_queue.join_thread()
+        if self._mp_logging:
+            import multiprocessing_logging
+
+            multiprocessing_logging.uninstall_mp_handler()
+        self._wake_r.close()
+        self._wake_w.close()
+        logger.info("worker %s stopped after %d task(s)", self.id, self.tasks_done)
+
+    # -- reload ----------------------------------------------------------------------------------------
+
+    def _start_reloader(self) -> None:
+        from .reload import start_reloader
+
+        self._observer = start_reloader(self.app, self._on_source_change)
+
+    def _on_source_change(self) -> None:
+        self._reload_pending = True
+        try:
+            self._wake_w.send(b"r")
+        except OSError:
+            pass
+
+
+def _drain(sock: socket.socket) -> None:
+    try:
+        while sock.recv(4096):
+            pass
+    except (BlockingIOError, InterruptedError, OSError):
+        pass
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _exit_text(code: int | None) -> str:
+    if code is None:
+        return "vanished"
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
