@@ -56,27 +56,18 @@ def main() -> None:
     bad = divide.delay(1, 0)
     polled = poll_until_ready.delay("report")
 
-    runner = getattr(app, "workers", None)
-    if runner is not None:  # the process pool: child processes, stopped gracefully on exit
-        with runner(concurrency=2):
-            _report(results, retried, words, bad, polled)
-    else:  # no pool in this build: drain in this process
-        while app.run_until_empty():
-            pass
-        _report(results, retried, words, bad, polled)
+    # The process pool: two child processes, ready when the block starts, stopped gracefully at its end.
+    with app.workers(concurrency=2):
+        print("sums:", [r.get(timeout=30) for r in results])
+        print("retry:", retried.get(timeout=30))
+        print("words:", words.get(timeout=30), "progress:", words.progress)
+        print("poll:", polled.get(timeout=30))
+        try:
+            bad.get(timeout=30)
+        except TaskFailed as exc:
+            print(f"failure: {exc.type}: {exc.message} (state={bad.state})")
     print("stats:", app.stats()["states"])
     app.close()
-
-
-def _report(results: list, retried, words, bad, polled) -> None:  # type: ignore[no-untyped-def,type-arg]
-    print("sums:", [r.get(timeout=30) for r in results])
-    print("retry:", retried.get(timeout=30))
-    print("words:", words.get(timeout=30), "progress:", words.progress)
-    print("poll:", polled.get(timeout=30))
-    try:
-        bad.get(timeout=30)
-    except TaskFailed as exc:
-        print(f"failure: {exc.type}: {exc.message} (state={bad.state})")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import importlib
 import os
 import signal
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 from .exceptions import ConfigurationError, UnknownTask
 from .message import encode_call, new_id
 from .result import Result
+from .scheduler import Schedule
 from .serializer import DEFAULT_MAX_SIZE, Serializer, get_serializer
 from .storage import Storage, open_storage
 from .storage.base import NewTask
@@ -100,6 +102,7 @@ class LiteQ:
             store, result_ttl=ttl, durability=durability, busy_timeout=busy_timeout, blob_threshold=blob_threshold
         )
         self.tasks: dict[str, Task[Any, Any]] = {}
+        self.schedules: dict[str, Schedule] = {}
         self._options: dict[str, Any] = {
             "serializer": self.serializer.name,
             "durability": durability,
@@ -175,6 +178,9 @@ class LiteQ:
         result_ttl: float | timedelta | None = ...,
         ignore_result: bool | None = ...,
         max_attempts: int | None = ...,
+        unique: bool | Callable[..., Any] | None = ...,
+        lock: str | bool | None = ...,
+        rate_limit: str | float | None = ...,
     ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
     def task(  # type: ignore[misc]  # options are spelled out in the overload, taken as **options here
@@ -193,7 +199,10 @@ class LiteQ:
         ``retry_jitter``, ``timeout`` (hard limit; the pool kills the run), ``soft_timeout``
         (raises ``SoftTimeLimit`` inside), ``expires`` (seconds after enqueue it may still start),
         ``result_ttl``, ``ignore_result``, ``max_attempts`` (cap on runs of any kind, including
-        ones whose worker died; default ``retries + 3``). The name defaults to
+        ones whose worker died; default ``retries + 3``), ``unique`` (True, or a function of the
+        arguments giving a key: while a copy waits, ``delay()`` returns it), ``lock`` (True, or a key
+        template formatted with the arguments: one run at a time across all pools), ``rate_limit``
+        (``"100/m"``: starts across all pools; early tasks wait as scheduled). The name defaults to
         ``module.qualname``; two tasks with one name raise :class:`ConfigurationError`.
         """
 
@@ -214,6 +223,85 @@ class LiteQ:
         if fn is not None:
             return register(fn)
         return register
+
+    def periodic(
+        self,
+        *,
+        cron: str | None = None,
+        every: float | timedelta | None = None,
+        tz: str = "UTC",
+        args: tuple[Any, ...] | list[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        catch_up: str = "coalesce",
+        name: str | None = None,
+        **task_options: Any,
+    ) -> Callable[[Callable[..., Any]], Task[Any, Any]]:
+        """Run a task on a schedule: ``@app.periodic(cron="*/5 * * * *", tz="Europe/Paris")`` or
+        ``@app.periodic(every=timedelta(seconds=30))``.
+
+        Every running pool drives the schedules and each slot fires once however many pools run.
+        ``args``/``kwargs`` are passed to each run; ``catch_up`` is ``"coalesce"`` (missed slots run
+        once), ``"all"`` or ``"none"``. Other options are task options (``queue``, ``retries``...).
+        Applied to an existing task, it adds a schedule (``name`` tells two schedules apart).
+        An invalid cron expression or zone raises :class:`ConfigurationError` here.
+        """
+        interval = seconds(every, "every")
+
+        def register(fn: Callable[..., Any]) -> Task[Any, Any]:
+            task = fn if isinstance(fn, Task) else self.task(**task_options)(fn)
+            schedule_name = name or task.name
+            if schedule_name in self.schedules:
+                raise ConfigurationError(
+                    f"two schedules are named {schedule_name!r}; pass name=... to @app.periodic to tell them apart"
+                )
+            self.schedules[schedule_name] = Schedule(
+                schedule_name, task.name, cron, interval, tz, tuple(args), dict(kwargs or {}), catch_up
+            )
+            return task
+
+        return register
+
+    def pause_periodic(self, name: str) -> None:
+        """Stop firing schedule ``name`` (in every pool, across restarts) until resumed."""
+        self._schedule_op(name, True)
+
+    def resume_periodic(self, name: str) -> None:
+        """Fire schedule ``name`` again from its next slot (slots missed while paused are skipped)."""
+        self._schedule_op(name, False)
+
+    def _schedule_op(self, name: str, paused: bool) -> None:
+        if name not in self.schedules and name not in self.storage.schedule_states([name]):
+            raise ConfigurationError(f"no periodic schedule named {name!r}; known: {sorted(self.schedules)}")
+        self.storage.register_schedules([name])
+        self.storage.set_schedule_paused(name, paused)
+
+    def periodic_info(self, now: float | None = None) -> list[dict[str, Any]]:
+        """Each schedule with its task, timing, pause state, last and next fire times (epoch)."""
+        now = time.time() if now is None else now
+        states = self.storage.schedule_states(list(self.schedules))
+        out = []
+        for name, s in sorted(self.schedules.items()):
+            st = states.get(name)
+            out.append(
+                {
+                    "name": name,
+                    "task": s.task_name,
+                    "cron": s.cron,
+                    "every": s.every,
+                    "tz": s.tz,
+                    "catch_up": s.catch_up,
+                    "paused": bool(st and st.paused),
+                    "last_slot": st.last_slot if st else None,
+                    "last_fired_at": st.last_fired_at if st else None,
+                    "last_task_id": st.last_task_id if st else None,
+                    "next_slot": s.next_after(now),
+                }
+            )
+        return out
+
+    def rate_limits(self) -> dict[str, float]:
+        """``{task name: starts per second}`` for tasks with a ``rate_limit``."""
+        return {n: t.options.rate_limit for n, t in self.tasks.items() if t.options.rate_limit}
 
     def get_task(self, name: str) -> Task[Any, Any]:
         """The task registered as ``name``, importing its module first if it is not registered yet."""
@@ -307,11 +395,12 @@ class LiteQ:
         if idempotency_key is not None and not isinstance(idempotency_key, str):
             raise ConfigurationError(f"idempotency_key must be a string, not {idempotency_key!r}")
         ttl = seconds(result_ttl, "result_ttl") if result_ttl is not None else opts.result_ttl
+        payload = encode_call(self.serializer, args, kwargs, meta)
         return NewTask(
             id=task_id or new_id(),
             name=task.name,
             queue=queue or opts.queue,
-            payload=encode_call(self.serializer, args, kwargs, meta),
+            payload=payload,
             priority=opts.priority if priority is None else priority,
             run_at=run_at,
             expires_at=now_plus(expires, "expires", now),
@@ -319,6 +408,8 @@ class LiteQ:
             idempotency_key=idempotency_key,
             result_ttl=ttl,
             parent_id=parent_id,
+            unique_key=_unique_key(task, args, kwargs, payload) if opts.unique else None,
+            lock_key=_lock_key(task, args, kwargs) if opts.lock else None,
         )
 
     def _send(self, task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any], **options: Any) -> Result:
@@ -430,6 +521,25 @@ class LiteQ:
             return worker.run_until_empty(now=now)
         finally:
             worker.close()
+
+
+def _unique_key(task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any], payload: bytes) -> str:
+    unique = task.options.unique
+    if callable(unique) and not isinstance(unique, bool):
+        return f"{task.name}:{unique(*args, **kwargs)}"
+    return f"{task.name}:{hashlib.sha1(payload).hexdigest()}"
+
+
+def _lock_key(task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    lock = task.options.lock
+    if lock is True:
+        return task.name
+    try:
+        return str(lock).format(*args, **kwargs)
+    except (IndexError, KeyError) as exc:
+        raise ConfigurationError(
+            f"lock template {lock!r} of task {task.name!r} names {exc} that this call does not pass"
+        ) from None
 
 
 _rebuilt: dict[tuple[Any, ...], LiteQ] = {}

@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 from .child import ChildOptions, child_main
 from .exceptions import ConfigurationError, LiteQError
 from .message import ErrorInfo, new_id
+from .scheduler import Scheduler
 from .storage.base import CANCELLED, FAILED, PENDING, ClaimedTask, Outcome, WorkerInfo
 from .wake import Waker
 from .worker import DEFAULT_LEASE, MAINTENANCE_INTERVAL
@@ -113,6 +114,7 @@ class WorkerPool:
     - ``shutdown_timeout``: seconds running tasks get to finish on a graceful stop.
     - ``max_tasks_per_child`` / ``max_memory_per_child`` (bytes): recycle children.
     - ``worker_id``: a stable id; a restarted pool with the same id takes back its old leases at once.
+    - ``scheduler``: fire the app's periodic tasks from this pool (default True; safe in every pool).
     """
 
     def __init__(
@@ -131,6 +133,7 @@ class WorkerPool:
         worker_id: str | None = None,
         heartbeat_interval: float = HEARTBEAT_INTERVAL,
         reload: bool = False,
+        scheduler: bool = True,
     ) -> None:
         from .storage.memory import MemoryStorage
 
@@ -178,6 +181,8 @@ class WorkerPool:
         self.heartbeat_interval = heartbeat_interval
         self.reload = reload
         self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{new_id()[-8:]}"
+        self._limits = app.rate_limits()
+        self.scheduler = Scheduler(app) if scheduler and app.schedules else None
         self.children: list[_Child] = []
         self.buffer: collections.deque[ClaimedTask] = collections.deque()
         self.outcomes: list[Outcome] = []
@@ -505,7 +510,7 @@ class WorkerPool:
             return
         self._maybe_work = False
         self._last_claim = mono
-        claimed = self.storage.claim(self.id, self.queues, limit=want, lease=self.lease)
+        claimed = self.storage.claim(self.id, self.queues, limit=want, lease=self.lease, limits=self._limits or None)
         self.buffer.extend(claimed)
         if len(claimed) == want:
             self._maybe_work = True  # probably more where these came from
@@ -540,10 +545,6 @@ class WorkerPool:
 
     def _timers(self, mono: float) -> None:
         self._enforce_limits(mono)
-        if self.progress:
-            for task_id, (token, data) in list(self.progress.items()):
-                self.storage.set_progress(task_id, token, data)
-            self.progress.clear()
         if mono >= self._next_extend:
             self._next_extend = mono + self.lease / 3
             leases = [(t.id, t.lease_token) for t in self._held()]
@@ -564,6 +565,15 @@ class WorkerPool:
             if self.storage.reap():
                 self._maybe_work = True
             self.storage.prune()
+        if self.scheduler is not None:
+            due = self.scheduler.next_due()
+            if due is not None and time.time() >= due:
+                try:
+                    if self.scheduler.tick():
+                        self._maybe_work = True
+                except LiteQError:  # the store is busy or full: the slot fires on a later tick
+                    logger.exception("periodic tick failed; retrying")
+                    self.scheduler._next = {n: time.time() + 1.0 for n in self.scheduler.schedules}
         if mono >= self._next_cancel_check:
             self._next_cancel_check = mono + CANCEL_CHECK_INTERVAL
             self._check_cancels()
@@ -613,6 +623,10 @@ class WorkerPool:
 
     def _timeout(self, mono: float) -> float:
         deadlines = [self._next_extend, self._next_beat, self._next_maintenance]
+        if self.scheduler is not None and not self._stop_level:
+            due = self.scheduler.next_due()
+            if due is not None:
+                deadlines.append(mono + max(due - time.time(), 0.0))
         if any(c.head is not None for c in self.children):
             deadlines.append(self._next_cancel_check)
         for c in self.children:
@@ -631,11 +645,15 @@ class WorkerPool:
             deadlines.append(self._last_claim + IDLE_POLL_INTERVAL)
             if self._next_scheduled is not None:
                 deadlines.append(mono + max(self._next_scheduled - time.time(), 0.0))
-        if self.outcomes:
+        if self.outcomes or self.progress:
             return 0.0
         return max(min(deadlines) - mono, 0.0)
 
     def _flush(self) -> None:
+        if self.progress:  # before outcomes: a finished task's last progress must still land
+            for task_id, (token, data) in list(self.progress.items()):
+                self.storage.set_progress(task_id, token, data)
+            self.progress.clear()
         if not self.outcomes:
             return
         outcomes, self.outcomes = self.outcomes, []

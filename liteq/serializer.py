@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import pickle
+import threading
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -71,8 +72,24 @@ def _default(obj: Any) -> Any:
     raise TypeError(f"cannot serialize object of type {type(obj).__qualname__}")
 
 
+_packers = threading.local()
+# A packer's buffer keeps the size of the largest value it packed: one that grew past this is dropped.
+_KEEP_PACKER_BELOW = 1 << 20
+
+
 def _pack(obj: Any) -> bytes:
-    return msgpack.packb(obj, default=_default, **_packer_opts)  # type: ignore[no-any-return]
+    # msgpack.packb builds (and allocates a buffer for) a new Packer per call, over half the cost
+    # of encoding a small call; each thread reuses one instead. A Packer is not reentrant and
+    # ``_default`` calls back in here for tuples, sets and timedeltas, so the packer leaves its
+    # slot while it packs: a nested call finds the slot empty and makes a fresh one. After an
+    # exception the packer is simply not put back.
+    packer = _packers.__dict__.pop("packer", None)
+    if packer is None:
+        packer = msgpack.Packer(default=_default, **_packer_opts)
+    data: bytes = packer.pack(obj)
+    if len(data) < _KEEP_PACKER_BELOW:
+        _packers.packer = packer
+    return data
 
 
 def _ext_hook(code: int, data: bytes) -> Any:

@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from .exceptions import ConfigurationError
+from .ratelimit import parse_rate
 from .retries import DEFAULT_BACKOFF, DEFAULT_BACKOFF_MAX
 
 if TYPE_CHECKING:
@@ -49,6 +50,12 @@ def aware(when: datetime, what: str) -> float:
     return when.timestamp()
 
 
+def _positive(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or not math.isfinite(value):
+        raise ConfigurationError(f"{what} must be a positive number, not {value!r}")
+    return float(value)
+
+
 def _int(value: Any, what: str, low: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or (low is not None and value < low):
         bound = f" >= {low}" if low is not None else ""
@@ -72,6 +79,13 @@ class TaskOptions:
     result_ttl: float | None = None
     ignore_result: bool = False
     max_attempts: int | None = None
+    unique: bool | Callable[..., Any] = False
+    """True: one waiting copy per (name, arguments); a function of the arguments: one per key."""
+    lock: str | bool | None = None
+    """True: one run of this task at a time; a template (``"report-{0}"``, ``"user-{user_id}"``)
+    formatted with the arguments names the lock, shared by any task using the same key."""
+    rate_limit: float | None = None
+    """Starts per second across every worker of the store (given as ``"100/m"``)."""
 
     @classmethod
     def build(cls, queue: str, **opts: Any) -> TaskOptions:
@@ -94,6 +108,16 @@ class TaskOptions:
                 out[key] = seconds(value, key)
             elif key in ("retry_jitter", "ignore_result"):
                 out[key] = bool(value)
+            elif key == "unique":
+                if not (isinstance(value, bool) or callable(value)):
+                    raise ConfigurationError(f"unique must be True/False or a function of the arguments, not {value!r}")
+                out[key] = value
+            elif key == "lock":
+                if not isinstance(value, (bool, str)) or value == "":
+                    raise ConfigurationError(f"lock must be True or a key template such as 'user-{{0}}', not {value!r}")
+                out[key] = value
+            elif key == "rate_limit":
+                out[key] = parse_rate(value) if isinstance(value, str) else _positive(value, key)
             else:
                 raise ConfigurationError(f"unknown task option {key!r}")
         o = cls(**out)
@@ -174,6 +198,38 @@ class Task(Generic[P, R]):
             result_ttl=result_ttl,
             task_id=task_id,
         )
+
+    def repeat(
+        self,
+        *args: Any,
+        every: float | timedelta,
+        times: int | None = None,
+        until: datetime | None = None,
+        start: datetime | None = None,
+        **kwargs: Any,
+    ) -> list[Result]:
+        """Queue ``times`` runs (or runs up to ``until``), ``every`` apart, from ``start`` (default now).
+
+        "Send this reminder 3 times, every hour": ``remind.repeat(user, every=3600, times=3)``.
+        All runs are stored at once, in one transaction; cancel the ones left with ``Result.cancel()``.
+        """
+        step = seconds(every, "every")
+        if not step:
+            raise ConfigurationError("every must be a positive duration")
+        first = aware(start, "start") if start is not None else time.time()
+        if times is None:
+            if until is None:
+                raise ConfigurationError("repeat() needs times=N or until=aware_datetime")
+            times = int((aware(until, "until") - first) // step) + 1
+        if isinstance(times, bool) or not isinstance(times, int) or times < 1:
+            raise ConfigurationError(f"times must be an integer >= 1, not {times!r}")
+        from datetime import timezone
+
+        calls = [
+            self.s(*args, **kwargs).set(eta=datetime.fromtimestamp(first + i * step, timezone.utc))
+            for i in range(times)
+        ]
+        return self.app.enqueue_many(calls)
 
     def s(self, *args: Any, **kwargs: Any) -> Signature:
         """A frozen call of this task, to enqueue later or to compose."""

@@ -234,7 +234,10 @@ class Worker:
         """Claim up to ``batch`` due tasks, run them here, record the outcomes; return how many ran."""
         self.maintain(now)
         storage = self.app.storage
-        claimed = storage.claim(self.id, self.queues, limit=self.batch, lease=self.lease, now=now, ids=ids)
+        limits = self.app.rate_limits() if ids is None else None
+        claimed = storage.claim(
+            self.id, self.queues, limit=self.batch, lease=self.lease, now=now, ids=ids, limits=limits or None
+        )
         if not claimed:
             return 0
         with self._lock:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from liteq.storage.base import Storage
+
+if TYPE_CHECKING:
+    from liteq import LiteQ
 
 #: Every store the contract suite (``tests/test_storage_contract.py``) runs against.
 STORAGE_KINDS = ("sqlite", "memory")
@@ -55,3 +59,53 @@ def storage(request: pytest.FixtureRequest, store_dir: Path) -> Iterator[Storage
         yield store
     finally:
         store.close()
+
+
+# -- apps ----------------------------------------------------------------------------------------
+
+#: The stores the app-level tests run against: a directory (SQLite) and ``memory://``.
+APP_KINDS = ("sqlite", "memory")
+
+
+@pytest.fixture
+def make_app(tmp_path: Path) -> Iterator[Callable[..., LiteQ]]:
+    """A factory of apps: ``make_app(**options)`` opens ``LiteQ(tmp_path / "store", **options)``.
+
+    ``make_app(store, **options)`` opens another store (``"memory://"``, a URL, a second app on the
+    same directory). Every app it made is closed after the test, newest first.
+    """
+    apps: list[LiteQ] = []
+
+    def make(store: str | Path | None = None, **options: Any) -> LiteQ:
+        from liteq import LiteQ  # lazily, like the stores above
+
+        app = LiteQ(tmp_path / "store" if store is None else store, **options)
+        apps.append(app)
+        return app
+
+    try:
+        yield make
+    finally:
+        for app in reversed(apps):
+            app.close()
+
+
+@pytest.fixture
+def make_memory_app(make_app: Callable[..., LiteQ]) -> Callable[..., LiteQ]:
+    """Like :func:`make_app`, on a fresh ``memory://`` store."""
+
+    def make(**options: Any) -> LiteQ:
+        return make_app("memory://", **options)
+
+    return make
+
+
+@pytest.fixture(params=APP_KINDS)
+def make_any_app(request: pytest.FixtureRequest, make_app: Callable[..., LiteQ]) -> Callable[..., LiteQ]:
+    """Like :func:`make_app`, once per kind of store in :data:`APP_KINDS`."""
+    kind: str = request.param
+
+    def make(**options: Any) -> LiteQ:
+        return make_app("memory://" if kind == "memory" else None, **options)
+
+    return make

@@ -26,7 +26,7 @@ import abc
 import builtins
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 __all__ = [
@@ -36,6 +36,7 @@ __all__ = [
     "ClaimedTask",
     "NewTask",
     "Outcome",
+    "ScheduleState",
     "Storage",
     "TaskRow",
     "WorkerInfo",
@@ -74,6 +75,23 @@ class NewTask:
     result_ttl: float | None = None
     """Seconds a finished task and its result are kept; ``None`` uses the store's default."""
     parent_id: str | None = None
+    unique_key: str | None = None
+    """While a task with this key is pending or scheduled, enqueueing another returns its id."""
+    lock_key: str | None = None
+    """At most one task holding this key runs at a time, across every worker of the store."""
+    slot: tuple[str, float] | None = None
+    """``(schedule, slot time)`` of a periodic firing: stored once; a second firing writes nothing."""
+
+
+@dataclass(slots=True)
+class ScheduleState:
+    """What the store remembers of a periodic schedule: pause state and the last slot fired."""
+
+    name: str
+    paused: bool
+    last_slot: float | None
+    last_fired_at: float | None = None
+    last_task_id: str | None = None
 
 
 @dataclass(slots=True)
@@ -141,6 +159,8 @@ class TaskRow:
     progress: bytes | None = None
     cancel_requested: bool = False
     parent_id: str | None = None
+    unique_key: str | None = None
+    lock_key: str | None = None
     errors: list[bytes] = field(default_factory=list)
     """Errors of earlier attempts, oldest first (``get(..., history=True)`` only)."""
 
@@ -189,8 +209,13 @@ class Storage(abc.ABC):
         lease: float = 60.0,
         now: float | None = None,
         ids: Sequence[str] | None = None,
+        limits: Mapping[str, float] | None = None,
     ) -> list[ClaimedTask]:
         """Lease up to ``limit`` due tasks from ``queues`` (highest priority, then oldest first).
+
+        A task whose ``lock_key`` is held by a running task is left waiting. ``limits`` maps task
+        names to a rate (tasks per second) shared by every worker of the store: a task over its
+        rate goes back to ``scheduled`` at the time its turn comes, without counting an attempt.
 
         Scheduled tasks whose ``run_at`` has passed become due first. A claimed task whose
         ``expires_at`` has passed is marked ``expired`` instead of being returned. ``ids`` restricts
@@ -272,6 +297,20 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     def next_run_at(self, queues: Sequence[str]) -> float | None:
         """The earliest ``run_at`` of a scheduled task in ``queues``, so idle workers know when to wake."""
+
+    # -- periodic schedules --------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def register_schedules(self, names: Sequence[str], *, now: float | None = None) -> None:
+        """Record schedules not seen before, with ``now`` as their last slot (nothing older fires)."""
+
+    @abc.abstractmethod
+    def schedule_states(self, names: Sequence[str] | None = None) -> dict[str, ScheduleState]:
+        """The recorded state of the named schedules (all of them with ``None``)."""
+
+    @abc.abstractmethod
+    def set_schedule_paused(self, name: str, paused: bool, *, now: float | None = None) -> bool:
+        """Pause or resume a schedule; resuming skips the slots missed while paused. False if unknown."""
 
     # -- workers ------------------------------------------------------------------------------
 

@@ -13,10 +13,11 @@ import itertools
 import os
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from ..exceptions import StorageError
+from ..ratelimit import admit
 from .base import (
     FAILED,
     FINISHED_STATES,
@@ -26,6 +27,7 @@ from .base import (
     ClaimedTask,
     NewTask,
     Outcome,
+    ScheduleState,
     Storage,
     TaskRow,
     WorkerInfo,
@@ -59,6 +61,9 @@ class MemoryStorage(Storage):
         self._tasks: dict[str, _Entry] = {}
         self._keys: dict[str, str] = {}
         self._workers: dict[str, WorkerInfo] = {}
+        self._slots: dict[tuple[str, float], str] = {}
+        self._schedules: dict[str, ScheduleState] = {}
+        self._rates: dict[str, float] = {}
         self._seq = itertools.count(1)
 
     def __repr__(self) -> str:
@@ -101,6 +106,26 @@ class MemoryStorage(Storage):
                 if t.idempotency_key is not None and t.idempotency_key in self._keys:
                     ids.append(self._keys[t.idempotency_key])
                     continue
+                if t.unique_key is not None:
+                    twin = next(
+                        (
+                            e.row.id
+                            for e in self._tasks.values()
+                            if e.row.unique_key == t.unique_key and e.row.state in (PENDING, SCHEDULED)
+                        ),
+                        None,
+                    )
+                    if twin is not None:
+                        ids.append(twin)
+                        continue
+                if t.slot is not None:
+                    if t.slot in self._slots:
+                        ids.append(self._slots[t.slot])
+                        continue
+                    self._slots[t.slot] = t.id
+                    st = self._schedules.setdefault(t.slot[0], ScheduleState(t.slot[0], False, None))
+                    st.last_slot = max(st.last_slot or t.slot[1], t.slot[1])
+                    st.last_fired_at, st.last_task_id = now, t.id
                 run_at = now if t.run_at is None else t.run_at
                 row = TaskRow(
                     id=t.id,
@@ -116,6 +141,8 @@ class MemoryStorage(Storage):
                     expires_at=t.expires_at,
                     idempotency_key=t.idempotency_key,
                     parent_id=t.parent_id,
+                    unique_key=t.unique_key,
+                    lock_key=t.lock_key,
                 )
                 self._tasks[t.id] = _Entry(next(self._seq), row, t.result_ttl)
                 if t.idempotency_key is not None:
@@ -133,6 +160,7 @@ class MemoryStorage(Storage):
         lease: float = 60.0,
         now: float | None = None,
         ids: Sequence[str] | None = None,
+        limits: Mapping[str, float] | None = None,
     ) -> list[ClaimedTask]:
         """Lease due tasks; see :meth:`Storage.claim`."""
         now = time.time() if now is None else now
@@ -150,15 +178,27 @@ class MemoryStorage(Storage):
                         e.row.state = PENDING
                 candidates = [e for e in self._tasks.values() if e.row.state == PENDING and e.row.queue in qs]
             candidates.sort(key=lambda e: (-e.row.priority, e.seq))
+            held = {e.row.lock_key for e in self._tasks.values() if e.row.state == RUNNING and e.row.lock_key}
             for e in candidates:
                 if len(out) >= limit:
                     break
                 r = e.row
-                r.attempts += 1
+                if r.lock_key is not None and r.lock_key in held:
+                    continue
                 if r.expires_at is not None and r.expires_at <= now:
+                    r.attempts += 1
                     r.reason = "expired"
                     self._finish(e, "expired", now)
                     continue
+                rate = limits.get(r.name) if limits else None
+                if rate is not None:
+                    ok, when, self._rates[r.name] = admit(self._rates.get(r.name), now, rate)
+                    if not ok:
+                        r.state, r.run_at = SCHEDULED, when
+                        continue
+                r.attempts += 1
+                if r.lock_key is not None:
+                    held.add(r.lock_key)
                 r.state = RUNNING
                 r.lease_owner = owner
                 r.lease_token = os.urandom(12).hex()
@@ -430,6 +470,35 @@ class MemoryStorage(Storage):
         with self._lock:
             times = [e.row.run_at for e in self._tasks.values() if e.row.state == SCHEDULED and e.row.queue in qs]
         return min(times) if times else None
+
+    # -- periodic schedules ---------------------------------------------------------------------------
+
+    def register_schedules(self, names: Sequence[str], *, now: float | None = None) -> None:
+        """Record new schedules; see :meth:`Storage.register_schedules`."""
+        now = time.time() if now is None else now
+        with self._lock:
+            for name in names:
+                self._schedules.setdefault(name, ScheduleState(name, False, now))
+
+    def schedule_states(self, names: Sequence[str] | None = None) -> dict[str, ScheduleState]:
+        """Schedule states; see :meth:`Storage.schedule_states`."""
+        with self._lock:
+            wanted = (
+                self._schedules if names is None else {n: self._schedules[n] for n in names if n in self._schedules}
+            )
+            return {n: copy.copy(s) for n, s in wanted.items()}
+
+    def set_schedule_paused(self, name: str, paused: bool, *, now: float | None = None) -> bool:
+        """Pause or resume; see :meth:`Storage.set_schedule_paused`."""
+        now = time.time() if now is None else now
+        with self._lock:
+            st = self._schedules.get(name)
+            if st is None:
+                return False
+            if st.paused and not paused:
+                st.last_slot = max(st.last_slot or now, now)
+            st.paused = paused
+            return True
 
     # -- workers -----------------------------------------------------------------------------------
 

@@ -21,13 +21,14 @@ Why it is shaped this way:
 from __future__ import annotations
 
 import builtins
+import contextlib
 import json
 import os
 import sqlite3
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 from ..exceptions import (
@@ -40,6 +41,7 @@ from ..exceptions import (
     StoreMoved,
     StoreReadOnly,
 )
+from ..ratelimit import admit
 from ..wake import DONE, WORK, Waker, broadcast, wake_dir
 from .base import (
     PENDING,
@@ -47,6 +49,7 @@ from .base import (
     ClaimedTask,
     NewTask,
     Outcome,
+    ScheduleState,
     Storage,
     TaskRow,
     WorkerInfo,
@@ -58,7 +61,7 @@ T = TypeVar("T")
 
 DB_FILENAME = "liteq.sqlite3"
 BLOB_DIRNAME = "blobs"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DEFAULT_BUSY_TIMEOUT = 5.0
 DEFAULT_BLOB_THRESHOLD = 64 * 1024
 DEFAULT_RESULT_TTL = 24 * 3600.0
@@ -125,17 +128,48 @@ CREATE TABLE workers (
 CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB);
 """
 
+# Version 2: task controls (unique, lock, rate limit) and periodic schedules.
+_SCHEMA_V2 = """
+ALTER TABLE tasks ADD COLUMN unique_key TEXT;
+ALTER TABLE tasks ADD COLUMN lock_key TEXT;
+CREATE INDEX tasks_unique ON tasks(unique_key) WHERE unique_key IS NOT NULL AND state IN ('pending', 'scheduled');
+CREATE INDEX tasks_lock   ON tasks(lock_key) WHERE lock_key IS NOT NULL AND state = 'running';
+CREATE TABLE periodic_slots (
+    schedule TEXT NOT NULL,
+    slot     REAL NOT NULL,
+    task_id  TEXT NOT NULL,
+    fired_at REAL NOT NULL,
+    PRIMARY KEY (schedule, slot)
+) WITHOUT ROWID;
+CREATE INDEX periodic_slots_fired ON periodic_slots(fired_at);
+CREATE TABLE schedules (
+    name          TEXT PRIMARY KEY,
+    paused        INTEGER NOT NULL DEFAULT 0,
+    last_slot     REAL,
+    last_fired_at REAL,
+    last_task_id  TEXT
+);
+CREATE TABLE rate_limits (name TEXT PRIMARY KEY, next_at REAL NOT NULL);
+"""
+
 #: ``MIGRATIONS[v]`` upgrades a store from version ``v`` to ``v + 1``.
-MIGRATIONS: dict[int, str] = {0: _SCHEMA_V1}
+MIGRATIONS: dict[int, str] = {0: _SCHEMA_V1, 1: _SCHEMA_V2}
+#: How long fired periodic slots are remembered (a slot older than this can no longer race).
+SLOT_MEMORY = 7 * 86400.0
 
 _CLAIM_COLUMNS = (
     "id, name, queue, payload, payload_ref, attempts, max_attempts, lease_token, lease_deadline, "
-    "enqueued_at, expires_at, priority, seq"
+    "enqueued_at, expires_at, priority, seq, lock_key"
+)
+# A pending task whose lock is held by a running task stays where it is.
+_UNLOCKED = (
+    "AND (lock_key IS NULL OR lock_key NOT IN "
+    "(SELECT lock_key FROM tasks WHERE state = 'running' AND lock_key IS NOT NULL))"
 )
 _ROW_COLUMNS = (
     "id, name, queue, state, priority, run_at, enqueued_at, attempts, max_attempts, expires_at, "
     "started_at, finished_at, lease_owner, lease_token, lease_deadline, idempotency_key, "
-    "result_expires_at, reason, cancel_requested, parent_id"
+    "result_expires_at, reason, cancel_requested, parent_id, unique_key, lock_key"
 )
 _CLEAR_LEASE = "lease_owner = NULL, lease_token = NULL, lease_deadline = NULL"
 _FINISH = "finished_at = :now, result_expires_at = :now + COALESCE(:ttl, result_ttl, :default_ttl), " + _CLEAR_LEASE
@@ -270,14 +304,14 @@ class SqliteStorage(Storage):
             local.conn, local.pid = conn, os.getpid()
         return conn
 
-    def _translate(self, exc: BaseException, waited: float) -> StorageError:
-        """Map a sqlite3 or OS error to the liteq error that says what to do."""
+    def _translate(self, exc: BaseException, waited: float, where: str = "") -> StorageError:
+        """Map a sqlite3 or OS error to the liteq error that says what to do (``where``: the file)."""
         if isinstance(exc, StorageError):
             return exc
         code = getattr(exc, "sqlite_errorcode", None)
         primary = code & 0xFF if isinstance(code, int) else None
         text = str(exc).lower()
-        where = self.db_path
+        where = where or self.db_path
         if not os.path.isdir(self.path):
             return StoreMoved(f"store directory {self.path} no longer exists; was it moved or deleted?", path=self.path)
         if primary in (5, 6) or "locked" in text or "busy" in text:
@@ -425,15 +459,21 @@ class SqliteStorage(Storage):
                 if self._blobs is None or self._blobs_pid != os.getpid():
                     import diskcache
 
+                    # Built in two steps so that a cache whose __init__ fails half-way (disk full)
+                    # still has its connection closed instead of holding the file open.
+                    cache = diskcache.Cache.__new__(diskcache.Cache)
                     try:
-                        self._blobs = diskcache.Cache(
+                        cache.__init__(
                             os.path.join(self.path, BLOB_DIRNAME),
                             eviction_policy="none",
                             timeout=self.busy_timeout,
                             size_limit=2**62,
                         )
                     except (sqlite3.Error, OSError) as exc:
-                        raise self._translate(exc, 0.0) from exc
+                        with contextlib.suppress(Exception):
+                            cache.close()
+                        raise self._translate(exc, 0.0, where=os.path.join(self.path, BLOB_DIRNAME)) from exc
+                    self._blobs = cache
                     self._blobs_pid = os.getpid()
         return self._blobs
 
@@ -441,7 +481,7 @@ class SqliteStorage(Storage):
         try:
             self.blobs.set(key, value)
         except (sqlite3.Error, OSError) as exc:
-            raise self._translate(exc, 0.0) from exc
+            raise self._translate(exc, 0.0, where=os.path.join(self.path, BLOB_DIRNAME)) from exc
 
     def _get_blob(self, key: str) -> bytes | None:
         value = self.blobs.get(key)
@@ -492,13 +532,16 @@ class SqliteStorage(Storage):
                     ref,
                     t.result_ttl,
                     t.parent_id,
+                    t.unique_key,
+                    t.lock_key,
                 )
             )
-
+        special = any(t.unique_key is not None or t.slot is not None for t in tasks)
         unused: list[str] = []
 
         def run(conn: sqlite3.Connection) -> list[str]:
             unused.clear()
+            unique: dict[str, str] = {}
             existing: dict[str, str] = {}
             if keys:
                 for chunk in _chunks(keys):
@@ -516,14 +559,20 @@ class SqliteStorage(Storage):
                     if row[11]:
                         unused.append(row[11])
                     continue
+                twin = self._twin(conn, t, now, unique) if special else None
+                if twin is not None:
+                    ids.append(twin)
+                    if row[11]:
+                        unused.append(row[11])
+                    continue
                 if key is not None:
                     existing[key] = t.id
                 ids.append(t.id)
                 insert.append(row)
             sql = (
                 "INSERT INTO tasks (id, name, queue, priority, state, run_at, expires_at, enqueued_at, "
-                "max_attempts, idempotency_key, payload, payload_ref, result_ttl, parent_id) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+                "max_attempts, idempotency_key, payload, payload_ref, result_ttl, parent_id, unique_key, lock_key) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
             )
             if len(insert) == 1:
                 conn.execute(sql, insert[0])
@@ -539,6 +588,91 @@ class SqliteStorage(Storage):
         self._drop_blobs(unused)  # blobs of entries that an idempotency key turned into no-ops
         return ids
 
+    @staticmethod
+    def _twin(conn: sqlite3.Connection, t: NewTask, now: float, unique: dict[str, str]) -> str | None:
+        """The id of a task that makes ``t`` a no-op (unique key waiting, periodic slot fired), or None.
+
+        A periodic slot is claimed by inserting its row; the insert and the task's own insert
+        commit together, so a slot fires once however many schedulers race for it.
+        """
+        if t.unique_key is not None:
+            if t.unique_key in unique:
+                return unique[t.unique_key]
+            found = conn.execute(
+                "SELECT id FROM tasks WHERE unique_key = ? AND state IN ('pending', 'scheduled') LIMIT 1",
+                (t.unique_key,),
+            ).fetchone()
+            if found is not None:
+                return str(found[0])
+            unique[t.unique_key] = t.id
+        if t.slot is not None:
+            schedule, slot = t.slot
+            if not conn.execute(
+                "INSERT OR IGNORE INTO periodic_slots (schedule, slot, task_id, fired_at) VALUES (?,?,?,?)",
+                (schedule, slot, t.id, now),
+            ).rowcount:
+                row = conn.execute(
+                    "SELECT task_id FROM periodic_slots WHERE schedule = ? AND slot = ?", (schedule, slot)
+                ).fetchone()
+                return str(row[0])
+            conn.execute("INSERT OR IGNORE INTO schedules (name, last_slot) VALUES (?, ?)", (schedule, slot))
+            conn.execute(
+                "UPDATE schedules SET last_slot = max(COALESCE(last_slot, ?), ?), last_fired_at = ?, last_task_id = ? "
+                "WHERE name = ?",
+                (slot, slot, now, t.id, schedule),
+            )
+        return None
+
+    def _hold_back(
+        self, conn: sqlite3.Connection, rows: list[Any], now: float, limits: Mapping[str, float] | None
+    ) -> list[Any]:
+        """Undo claims that break a lock (two holders in one batch) or a rate limit, in the claim's
+        transaction: the task waits (``pending`` for a lock, ``scheduled`` at its turn for a rate),
+        and the claim is not counted as an attempt."""
+        if not any(r[13] is not None for r in rows) and not (limits and any(r[1] in limits for r in rows)):
+            return rows
+        keep: list[Any] = []
+        locks: set[str] = set()
+        undo: list[tuple[str, float | None]] = []
+        for r in sorted(rows, key=lambda r: (-r[11], r[12])):
+            if r[13] is not None:
+                if r[13] in locks:
+                    undo.append((r[0], None))
+                    continue
+                locks.add(r[13])
+            keep.append(r)
+        if limits:
+            names = sorted({r[1] for r in keep if r[1] in limits})
+            next_at = dict(
+                conn.execute(
+                    f"SELECT name, next_at FROM rate_limits WHERE name IN ({_marks(len(names))})", names
+                ).fetchall()
+            )
+            admitted = []
+            for r in keep:
+                rate = limits.get(r[1])
+                if rate is None or (r[10] is not None and r[10] <= now):
+                    admitted.append(r)
+                    continue
+                ok, when, next_at[r[1]] = admit(next_at.get(r[1]), now, rate)
+                if ok:
+                    admitted.append(r)
+                else:
+                    undo.append((r[0], when))
+            keep = admitted
+            conn.executemany(
+                "INSERT INTO rate_limits (name, next_at) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET next_at = excluded.next_at",
+                [(n, next_at[n]) for n in names],
+            )
+        conn.executemany(
+            "UPDATE tasks SET state = CASE WHEN ? IS NULL THEN 'pending' ELSE 'scheduled' END, "
+            "run_at = COALESCE(?, run_at), attempts = attempts - 1, started_at = NULL, "
+            + _CLEAR_LEASE
+            + " WHERE id = ?",
+            [(when, when, id_) for id_, when in undo],
+        )
+        return keep
+
     def claim(
         self,
         owner: str,
@@ -548,6 +682,7 @@ class SqliteStorage(Storage):
         lease: float = 60.0,
         now: float | None = None,
         ids: Sequence[str] | None = None,
+        limits: Mapping[str, float] | None = None,
     ) -> list[ClaimedTask]:
         """Lease due tasks in one ``UPDATE ... RETURNING``; see :meth:`Storage.claim`."""
         if limit < 1 or (not queues and ids is None):
@@ -562,12 +697,12 @@ class SqliteStorage(Storage):
             )
             params += [*ids, limit]
         elif len(queues) == 1:
-            pick = "SELECT seq FROM tasks WHERE state = 'pending' AND queue = ? ORDER BY priority DESC, seq LIMIT ?"
+            pick = f"SELECT seq FROM tasks WHERE state = 'pending' AND queue = ? {_UNLOCKED} ORDER BY priority DESC, seq LIMIT ?"
             params += [queues[0], limit]
         else:
             # Each queue's best rows come from its own index range; the merge takes the best overall.
             part = (
-                "SELECT * FROM (SELECT seq, priority FROM tasks WHERE state = 'pending' AND queue = ? "
+                f"SELECT * FROM (SELECT seq, priority FROM tasks WHERE state = 'pending' AND queue = ? {_UNLOCKED} "
                 "ORDER BY priority DESC, seq LIMIT ?)"
             )
             pick = (
@@ -596,7 +731,7 @@ class SqliteStorage(Storage):
                     )
                 # A batch made only of expired tasks says nothing about what is behind it: look again.
                 if not rows or len(dead) < len(rows):
-                    return taken
+                    return self._hold_back(conn, taken, now, limits)
 
         rows = self._write(run)
         rows.sort(key=lambda r: (-r[11], r[12]))  # RETURNING promises no order
@@ -660,12 +795,12 @@ class SqliteStorage(Storage):
             "UPDATE tasks SET state = :state, result = :result, result_ref = :ref, error = :error, "
             "reason = :reason, "
             + _FINISH
-            + " WHERE id = :id AND lease_token = :token AND state = 'running' RETURNING attempts"
+            + " WHERE id = :id AND lease_token = :token AND state = 'running' RETURNING attempts, lock_key"
         )
         retry_sql = (
             "UPDATE tasks SET state = CASE WHEN :run_at <= :now THEN 'pending' ELSE 'scheduled' END, "
             "run_at = :run_at, error = :error, reason = :reason, " + _CLEAR_LEASE + " "
-            "WHERE id = :id AND lease_token = :token AND state = 'running' RETURNING attempts"
+            "WHERE id = :id AND lease_token = :token AND state = 'running' RETURNING attempts, lock_key"
         )
 
         def run(conn: sqlite3.Connection) -> list[bool]:
@@ -695,9 +830,12 @@ class SqliteStorage(Storage):
                         "INSERT INTO task_errors (task_id, attempt, at, error) VALUES (?,?,?,?)",
                         (o.id, row[0], now, o.error),
                     )
+                if row is not None and row[1] is not None:
+                    freed.append(row[1])
                 applied.append(row is not None)
             return applied
 
+        freed: list[str] = []
         wake = DONE + WORK if any(o.state in (SCHEDULED, PENDING) for o in outcomes) else DONE
         try:
             applied = self._write(run, wake)
@@ -705,6 +843,8 @@ class SqliteStorage(Storage):
             self._drop_blobs(refs)
             raise
         self._drop_blobs(ref for ref, ok in zip(refs, applied, strict=True) if not ok)
+        if freed and WORK not in wake:
+            broadcast(self.wake_dir, WORK)  # a lock came free: tasks waiting for it can run now
         return applied
 
     def release(self, leases: Sequence[tuple[str, str]], *, uncount: bool = True) -> int:
@@ -868,6 +1008,10 @@ class SqliteStorage(Storage):
     def prune(self, *, now: float | None = None, limit: int = 10_000) -> int:
         """Delete finished tasks past their TTL; see :meth:`Storage.prune`."""
         now = time.time() if now is None else now
+        if self._read("SELECT 1 FROM periodic_slots WHERE fired_at <= ? LIMIT 1", (now - SLOT_MEMORY,)):
+            self._write(
+                lambda conn: conn.execute("DELETE FROM periodic_slots WHERE fired_at <= ?", (now - SLOT_MEMORY,))
+            )
         if not self._read("SELECT 1 FROM tasks WHERE result_expires_at <= ? LIMIT 1", (now,)):
             return 0
         return self._delete(
@@ -900,6 +1044,8 @@ class SqliteStorage(Storage):
             reason=r[17],
             cancel_requested=bool(r[18]),
             parent_id=r[19],
+            unique_key=r[20],
+            lock_key=r[21],
         )
         if extra is not None:
             payload, payload_ref, result, result_ref, error, progress = extra
@@ -919,7 +1065,7 @@ class SqliteStorage(Storage):
                 chunk,
             )
             for r in rows:
-                found[r[0]] = self._row(r[:20], r[20:])
+                found[r[0]] = self._row(r[:22], r[22:])
         if history and found:
             for chunk in _chunks(list(found)):
                 for task_id, error in self._read(
@@ -974,6 +1120,49 @@ class SqliteStorage(Storage):
             list(queues),
         )
         return rows[0][0] if rows else None
+
+    # -- periodic schedules ---------------------------------------------------------------------------
+
+    def register_schedules(self, names: Sequence[str], *, now: float | None = None) -> None:
+        """Record new schedules; see :meth:`Storage.register_schedules`."""
+        now = time.time() if now is None else now
+        known = set(self.schedule_states(names))
+        fresh = [(n, now) for n in names if n not in known]
+        if fresh:
+            self._write(
+                lambda conn: conn.executemany("INSERT OR IGNORE INTO schedules (name, last_slot) VALUES (?, ?)", fresh)
+            )
+
+    def schedule_states(self, names: Sequence[str] | None = None) -> dict[str, ScheduleState]:
+        """Schedule states; see :meth:`Storage.schedule_states`."""
+        sql = "SELECT name, paused, last_slot, last_fired_at, last_task_id FROM schedules"
+        out: dict[str, ScheduleState] = {}
+        if names is None:
+            rows = self._read(sql)
+        else:
+            rows = []
+            for chunk in _chunks(list(names)):
+                rows += self._read(f"{sql} WHERE name IN ({_marks(len(chunk))})", chunk)
+        for name, paused, last_slot, fired, task_id in rows:
+            out[name] = ScheduleState(name, bool(paused), last_slot, fired, task_id)
+        return out
+
+    def set_schedule_paused(self, name: str, paused: bool, *, now: float | None = None) -> bool:
+        """Pause or resume; see :meth:`Storage.set_schedule_paused`."""
+        now = time.time() if now is None else now
+
+        def run(conn: sqlite3.Connection) -> bool:
+            if paused:
+                sql, params = "UPDATE schedules SET paused = 1 WHERE name = ?", (name,)
+            else:  # resuming skips what was missed while paused
+                sql = (
+                    "UPDATE schedules SET last_slot = CASE WHEN paused THEN max(COALESCE(last_slot, ?), ?) "
+                    "ELSE last_slot END, paused = 0 WHERE name = ?"
+                )
+                params = (now, now, name)  # type: ignore[assignment]
+            return conn.execute(sql, params).rowcount == 1
+
+        return self._write(run)
 
     # -- workers -----------------------------------------------------------------------------------
 

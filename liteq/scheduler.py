@@ -1,0 +1,212 @@
+"""Periodic tasks: schedule maths (pure, tested with tables) and the ``Scheduler`` every pool runs.
+
+Exactly once per slot, however many pools run: each firing is an enqueue whose transaction also
+inserts the unique row ``(schedule, slot time)``; a second pool firing the same slot inserts
+nothing. No ``beat`` process to keep single, nothing to configure per worker.
+
+Cron expressions (croniter) are evaluated on wall-clock time in the schedule's zone (zoneinfo)
+and each match is converted to a UTC instant, the slot's identity:
+
+- a wall time that does not exist (spring-forward gap) maps to the instant just after the gap,
+  so ``30 2 * * *`` runs at 03:30 that day, once;
+- a wall time that happens twice (fall-back) maps to its first occurrence, and the repeat maps to
+  the same instant, so it runs once;
+- slots are strictly increasing: a later wall time that maps to an instant already fired is skipped.
+
+Missed slots (machine asleep, no pool running) are handled by ``catch_up``: ``"coalesce"`` (the
+default) runs the latest missed slot once, ``"all"`` runs each (at most ``MAX_CATCH_UP`` per
+tick, oldest first), ``"none"`` skips them and only fires slots reached on time.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from .exceptions import ConfigurationError
+from .message import new_id
+
+if TYPE_CHECKING:
+    from .app import LiteQ
+    from .result import Result
+
+__all__ = ["CATCH_UP", "MAX_CATCH_UP", "Schedule", "Scheduler", "due_slots"]
+
+logger = logging.getLogger("liteq.scheduler")
+
+CATCH_UP = ("coalesce", "all", "none")
+#: With ``catch_up="all"``, slots fired per schedule per tick (the rest follow on the next ticks).
+MAX_CATCH_UP = 1000
+#: With ``catch_up="none"``, how late (seconds) a slot may still fire.
+ON_TIME_GRACE = 5.0
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """When a periodic task fires: ``cron`` in zone ``tz``, or ``every`` seconds (epoch-aligned)."""
+
+    name: str
+    task_name: str
+    cron: str | None = None
+    every: float | None = None
+    tz: str = "UTC"
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    catch_up: str = "coalesce"
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if (self.cron is None) == (self.every is None):
+            raise ConfigurationError(f"periodic {self.name!r}: pass exactly one of cron='...' or every=timedelta(...)")
+        if self.catch_up not in CATCH_UP:
+            raise ConfigurationError(
+                f"periodic {self.name!r}: catch_up must be one of {CATCH_UP}, not {self.catch_up!r}"
+            )
+        try:
+            ZoneInfo(self.tz)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ConfigurationError(f"periodic {self.name!r}: unknown time zone {self.tz!r} ({exc})") from None
+        if self.cron is not None:
+            from croniter import croniter
+
+            if not isinstance(self.cron, str) or not croniter.is_valid(self.cron):
+                raise ConfigurationError(
+                    f"periodic {self.name!r}: invalid cron expression {self.cron!r}; expected five fields "
+                    "'minute hour day month weekday', e.g. '*/5 * * * *'"
+                )
+        elif self.every is not None and (not math.isfinite(self.every) or self.every <= 0):
+            raise ConfigurationError(f"periodic {self.name!r}: every must be a positive duration, not {self.every!r}")
+
+    def slots(self, after: float) -> Iterator[float]:
+        """Slot instants (epoch seconds) strictly after ``after``, in increasing order, forever."""
+        if self.every is not None:
+            k = math.floor(after / self.every) + 1
+            while True:
+                yield k * self.every
+                k += 1
+        yield from self._cron_slots(after)
+
+    def _cron_slots(self, after: float) -> Iterator[float]:
+        from croniter import croniter
+
+        zone = ZoneInfo(self.tz)
+        # Start an hour early in wall time: around a fall-back the same wall time is two instants.
+        start = datetime.fromtimestamp(after, zone).replace(tzinfo=None) - timedelta(hours=1)
+        assert self.cron is not None
+        it = croniter(self.cron, start)
+        last = after
+        while True:
+            wall: datetime = it.get_next(datetime)
+            instant = wall.replace(tzinfo=zone).timestamp()  # fold=0: first occurrence; a gap maps past it
+            if instant > last:
+                last = instant
+                yield instant
+
+    def next_after(self, t: float) -> float:
+        """The first slot strictly after ``t``."""
+        return next(self.slots(t))
+
+    def latest_at_or_before(self, now: float, after: float) -> float | None:
+        """The latest slot in ``(after, now]``, or None; cheap even after a long sleep."""
+        if self.every is not None:
+            k = math.floor(now / self.every)
+            slot = k * self.every
+            return slot if slot > after else None
+        # Step back in generous wall-time windows instead of walking forward over every missed slot.
+        window = 3600.0
+        lo = max(after, now - window)
+        while True:
+            found = None
+            for s in self.slots(lo):
+                if s > now:
+                    break
+                found = s
+            if found is not None or lo <= after:
+                return found
+            window *= 8
+            lo = max(after, now - window)
+
+
+def due_slots(schedule: Schedule, last_slot: float, now: float) -> list[float]:
+    """The slots to fire now, given the last slot fired (or the registration time)."""
+    if schedule.catch_up == "all":
+        out: list[float] = []
+        for s in schedule.slots(last_slot):
+            if s > now or len(out) >= MAX_CATCH_UP:
+                break
+            out.append(s)
+        return out
+    latest = schedule.latest_at_or_before(now, last_slot)
+    if latest is None:
+        return []
+    if schedule.catch_up == "none" and now - latest > ON_TIME_GRACE:
+        return []
+    return [latest]
+
+
+class Scheduler:
+    """Fires an app's periodic tasks. ``tick(now)`` is one iteration; ``next_due()`` says when
+    the next one is needed. Every pool drives one; ``liteq scheduler`` runs one alone."""
+
+    def __init__(self, app: LiteQ) -> None:
+        self.app = app
+        self._next: dict[str, float] = {}
+        self._registered = False
+
+    @property
+    def schedules(self) -> dict[str, Schedule]:
+        """The app's schedules by name."""
+        return self.app.schedules
+
+    def next_due(self) -> float | None:
+        """Epoch time of the next slot of any schedule (None without schedules)."""
+        if not self.schedules:
+            return None
+        if not self._registered:
+            return time.time()
+        return min(self._next.values(), default=None)
+
+    def tick(self, now: float | None = None) -> list[Result]:
+        """Enqueue every due slot (each at most once across all pools); return the new Results."""
+        from .result import Result
+
+        if not self.schedules:
+            return []
+        now = time.time() if now is None else now
+        storage = self.app.storage
+        if not self._registered:
+            storage.register_schedules(list(self.schedules), now=now)
+            self._registered = True
+        due = [name for name in self.schedules if self._next.get(name, -math.inf) <= now]
+        if not due:
+            return []
+        states = storage.schedule_states(due)
+        messages = []
+        for name in due:
+            schedule = self.schedules[name]
+            state = states.get(name)
+            last = state.last_slot if state is not None and state.last_slot is not None else now
+            if state is not None and state.paused:
+                self._next[name] = schedule.next_after(now)
+                continue
+            task = self.app.get_task(schedule.task_name)
+            for slot in due_slots(schedule, last, now):
+                message = self.app._message(
+                    task, schedule.args, schedule.kwargs, now=now, task_id=new_id(), **schedule.options
+                )
+                message.slot = (name, slot)
+                messages.append(message)
+            self._next[name] = schedule.next_after(max(now, last))
+        if not messages:
+            return []
+        ids = storage.enqueue(messages, now=now)
+        fresh = [Result(self.app, i) for i, m in zip(ids, messages, strict=True) if i == m.id]
+        if fresh:
+            logger.info("fired %d periodic slot(s)", len(fresh))
+        return fresh
