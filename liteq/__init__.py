@@ -7,6 +7,7 @@ Tasks and results live in a local SQLite store; a process pool runs them. See th
 from __future__ import annotations
 
 from .app import DEFAULT_QUEUE, DEFAULT_RESULT_TTL, DEFAULT_STORE, LiteQ
+from .canvas import chain, chord, group
 from .context import TaskContext, current
 from .exceptions import (
     AuthenticationError,
@@ -34,7 +35,7 @@ from .exceptions import (
     UnknownTask,
 )
 from .message import ErrorInfo, Progress
-from .result import Result
+from .result import GroupResult, Result
 from .storage import MemoryStorage, SqliteStorage, Storage
 from .task import Signature, Task
 from .worker import Worker
@@ -47,12 +48,17 @@ __all__ = [
     "Task",
     "Signature",
     "Result",
+    "GroupResult",
     "Progress",
     "ErrorInfo",
     "current",
     "TaskContext",
     "Retry",
     "Worker",
+    # canvas
+    "chain",
+    "group",
+    "chord",
     # stores
     "Storage",
     "SqliteStorage",

@@ -15,15 +15,15 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
-from .exceptions import ConfigurationError, UnknownTask
+from .exceptions import ConfigurationError, ResultExpired, UnknownTask
 from .message import encode_call, new_id
-from .result import Result
+from .result import GroupResult, Result
 from .scheduler import Schedule
 from .serializer import DEFAULT_MAX_SIZE, Serializer, get_serializer
 from .storage import Storage, open_storage
 from .storage.base import NewTask
 from .storage.sqlite import DEFAULT_BLOB_THRESHOLD, DEFAULT_BUSY_TIMEOUT
-from .task import Signature, Task, TaskOptions, aware, now_plus, seconds
+from .task import CHUNK_TASK, Signature, Task, TaskOptions, aware, now_plus, run_chunk, seconds
 from .worker import DEFAULT_LEASE, Worker
 
 if TYPE_CHECKING:
@@ -246,6 +246,8 @@ class LiteQ:
         An invalid cron expression or zone raises :class:`ConfigurationError` here.
         """
         interval = seconds(every, "every")
+        # Checked before anything is registered, so a corrected declaration can simply be retried.
+        Schedule(name or "periodic", "", cron, interval, tz, tuple(args), dict(kwargs or {}), catch_up)
 
         def register(fn: Callable[..., Any]) -> Task[Any, Any]:
             task = fn if isinstance(fn, Task) else self.task(**task_options)(fn)
@@ -308,6 +310,8 @@ class LiteQ:
         task = self.tasks.get(name)
         if task is not None:
             return task
+        if name == CHUNK_TASK:  # built in, registered on first use
+            return self.task(name=CHUNK_TASK)(run_chunk)
         module = name.rpartition(".")[0]
         problem = ""
         if module and module != "__main__":
@@ -495,6 +499,15 @@ class LiteQ:
                 signal.signal(signal.SIGTERM, previous[1])
 
     # -- results and inspection --------------------------------------------------------------------
+
+    def group_result(self, group_id: str) -> GroupResult:
+        """A :class:`GroupResult` for a group (or chord header) id, in any process."""
+        ids = self.storage.group_members(group_id)
+        if not ids:
+            raise ResultExpired(
+                f"no group {group_id} in store {self.storage.location}: its results outlived result_ttl, or the id is wrong"
+            )
+        return GroupResult(self, group_id, [Result(self, i) for i in ids])
 
     def result(self, task_id: str) -> Result:
         """A :class:`Result` handle for a task id, in any process that opens the same store."""

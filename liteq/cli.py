@@ -508,6 +508,70 @@ def enqueue(
     click.echo(result.id)
 
 
+@cli.command()
+@click.argument("app")
+@click.option(
+    "--pause", "pause", default=None, metavar="NAME", help="Pause this schedule (in every pool, across restarts)."
+)
+@click.option("--resume", "resume", default=None, metavar="NAME", help="Resume this schedule from its next slot.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_guard
+def periodic(app: str, pause: str | None, resume: str | None, as_json: bool) -> None:
+    """List APP's periodic schedules with last and next fire times; pause or resume one."""
+    the_app = load_app(app)
+    try:
+        if pause:
+            the_app.pause_periodic(pause)
+            click.echo(f"paused {pause}")
+        if resume:
+            the_app.resume_periodic(resume)
+            click.echo(f"resumed {resume}")
+        info = the_app.periodic_info()
+        if as_json:
+            click.echo(json.dumps(info, indent=2))
+            return
+        if not info:
+            click.echo("no periodic schedules")
+            return
+        _table(
+            ["name", "when", "tz", "paused", "last fired", "next slot"],
+            [
+                [i["name"], i["cron"] or f"every {i['every']}s", i["tz"], "yes" if i["paused"] else "no",
+                 _when(i["last_fired_at"]), _when(i["next_slot"])]
+                for i in info
+            ],
+        )  # fmt: skip
+    finally:
+        the_app.close()
+
+
+@cli.command()
+@click.argument("app")
+@click.option(
+    "--loglevel",
+    "-l",
+    default="INFO",
+    show_default=True,
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+)
+@_guard
+def scheduler(app: str, loglevel: str) -> None:
+    """Only fire APP's periodic tasks (pools do this too; running both is safe)."""
+    import signal
+    import threading
+
+    from .scheduler import Scheduler
+
+    logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    the_app = load_app(app)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    click.echo(f"scheduler for {len(the_app.schedules)} schedule(s) on {the_app.storage.location}", err=True)
+    Scheduler(the_app).run(stop)
+    the_app.close()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code instead of exiting (for tests and ``python -m liteq``)."""
     try:

@@ -5,9 +5,13 @@ from __future__ import annotations
 import contextvars
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .exceptions import LiteQError
 from .message import Progress
+
+if TYPE_CHECKING:
+    from .app import LiteQ
 
 __all__ = ["TaskContext", "current"]
 
@@ -24,6 +28,8 @@ class TaskContext:
     attempt: int
     retries_left: int
     _report: Callable[[Progress], None] | None = field(default=None, repr=False)
+    app: LiteQ | None = field(default=None, repr=False)
+    """The app running the task."""
 
     def progress(self, fraction: float, message: str = "") -> None:
         """Report progress; the caller sees it as ``Result.progress``. ``fraction`` is clamped to [0, 1]."""

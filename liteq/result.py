@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from .exceptions import (
@@ -19,7 +20,7 @@ from .storage.base import CANCELLED, EXPIRED, FINISHED_STATES, SUCCEEDED, TaskRo
 if TYPE_CHECKING:
     from .app import LiteQ
 
-__all__ = ["Result"]
+__all__ = ["GroupResult", "Result"]
 
 # Waiting starts by re-checking every millisecond and backs off to this; a write by this process
 # wakes the waiter at once.
@@ -60,11 +61,13 @@ class Result:
     :class:`~liteq.ResultExpired` rather than returning ``None``.
     """
 
-    __slots__ = ("app", "id")
+    __slots__ = ("app", "id", "parent")
 
-    def __init__(self, app: LiteQ, id: str) -> None:
+    def __init__(self, app: LiteQ, id: str, parent: Result | GroupResult | None = None) -> None:
         self.app = app
         self.id = id
+        #: The previous step's handle when this task is part of a chain (``None`` otherwise).
+        self.parent = parent
 
     def __repr__(self) -> str:
         return f"<Result {self.id}>"
@@ -164,3 +167,96 @@ class Result:
         if row.result is None:
             return None
         return self.app.serializer.loads(row.result)
+
+
+class GroupResult:
+    """The handle of a group (or a chord's header): member results in order.
+
+    ``app.group_result(id)`` rebuilds it from its id in any process, for as long as the members'
+    results are kept.
+    """
+
+    def __init__(self, app: LiteQ, id: str, results: list[Result], parent: Result | GroupResult | None = None) -> None:
+        self.app = app
+        self.id = id
+        self.results = results
+        #: The previous step's handle when this group is part of a chain.
+        self.parent = parent
+
+    def __repr__(self) -> str:
+        return f"<GroupResult {self.id} of {len(self.results)}>"
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    def __iter__(self) -> Iterator[Result]:
+        return iter(self.results)
+
+    def __getitem__(self, i: int) -> Result:
+        return self.results[i]
+
+    def _rows(self) -> list[TaskRow]:
+        rows = self.app.storage.get([r.id for r in self.results])
+        return [r._check(row) for r, row in zip(self.results, rows, strict=True)]
+
+    def completed_count(self) -> int:
+        """How many members finished successfully."""
+        return sum(1 for row in self._rows() if row.state == SUCCEEDED)
+
+    def finished_count(self) -> int:
+        """How many members finished, whatever the outcome."""
+        return sum(1 for row in self._rows() if row.state in FINISHED_STATES)
+
+    @property
+    def progress(self) -> float:
+        """Fraction of members finished, for a progress bar (1.0 for an empty group)."""
+        return self.finished_count() / len(self.results) if self.results else 1.0
+
+    def ready(self) -> bool:
+        """True once every member finished."""
+        return all(row.state in FINISHED_STATES for row in self._rows())
+
+    def successful(self) -> bool:
+        """True once every member succeeded."""
+        return all(row.state == SUCCEEDED for row in self._rows())
+
+    def failed(self) -> bool:
+        """True when any member finished without success."""
+        return any(row.state in FINISHED_STATES - {SUCCEEDED} for row in self._rows())
+
+    def cancel(self) -> int:
+        """Cancel every member not finished yet; returns how many were (or will be) cancelled."""
+        states = self.app.storage.cancel([r.id for r in self.results])
+        return sum(1 for s in states if s in (CANCELLED, "running"))
+
+    def get(self, timeout: float | None = None, *, propagate: bool = True) -> list[Any]:
+        """Wait for every member; return their values in order.
+
+        The first failed member (in order) raises its :class:`~liteq.TaskFailed` (with
+        ``propagate=False`` the exception takes its place in the list).
+        """
+        storage = self.app.storage
+        deadline = None if timeout is None else time.monotonic() + timeout
+        interval = 0.001
+        storage.listen()
+        while True:
+            version = storage.version
+            rows = self._rows()
+            pending = [row for row in rows if row.state not in FINISHED_STATES]
+            failed = next((row for row in rows if row.state in FINISHED_STATES - {SUCCEEDED}), None)
+            if failed is not None and propagate:
+                raise failure(failed)
+            if not pending:
+                return [
+                    (self.app.serializer.loads(row.result) if row.result is not None else None)
+                    if row.state == SUCCEEDED
+                    else failure(row)
+                    for row in rows
+                ]
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise ResultTimeout(
+                    f"group {self.id}: {len(pending)} of {len(rows)} member(s) still unfinished after {timeout}s"
+                )
+            storage.wait(version, interval if left is None else min(interval, left))
+            interval = min(interval * 2, MAX_POLL_INTERVAL)

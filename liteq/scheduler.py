@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from .exceptions import ConfigurationError
+from .exceptions import ConfigurationError, LiteQError
 from .message import new_id
 
 if TYPE_CHECKING:
@@ -210,3 +211,15 @@ class Scheduler:
         if fresh:
             logger.info("fired %d periodic slot(s)", len(fresh))
         return fresh
+
+    def run(self, stop: threading.Event, *, idle: float = 1.0) -> None:
+        """Tick until ``stop`` is set (``liteq scheduler``): sleep until the next slot, at most ``idle``
+        seconds so pause/resume from other processes is noticed."""
+        while not stop.is_set():
+            try:
+                self.tick()
+            except LiteQError:  # busy or full store: this slot fires on a later tick
+                logger.exception("periodic tick failed; retrying")
+            due = self.next_due()
+            wait = idle if due is None else min(max(due - time.time(), 0.0), idle)
+            stop.wait(wait)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
@@ -16,7 +16,7 @@ from .retries import DEFAULT_BACKOFF, DEFAULT_BACKOFF_MAX
 
 if TYPE_CHECKING:
     from .app import LiteQ
-    from .result import Result
+    from .result import GroupResult, Result
 
 __all__ = ["DEFAULT_LOST_RETRIES", "Signature", "Task", "TaskOptions"]
 
@@ -25,6 +25,18 @@ R = TypeVar("R")
 
 #: Extra runs a task gets, beyond its ``retries``, when its worker dies under it (crash, OOM kill).
 DEFAULT_LOST_RETRIES = 2
+#: The built-in task that runs one chunk of ``Task.chunks``.
+CHUNK_TASK = "liteq.chunks"
+
+
+def run_chunk(name: str, items: list[Any], star: bool) -> list[Any]:
+    """Run task ``name``'s function over each item of a chunk, in this worker; return the results."""
+    from .context import current
+
+    app = current().app
+    assert app is not None
+    fn = app.get_task(name).fn
+    return [fn(*item) if star else fn(item) for item in items]
 
 
 def seconds(value: float | timedelta | None, what: str) -> float | None:
@@ -231,6 +243,31 @@ class Task(Generic[P, R]):
         ]
         return self.app.enqueue_many(calls)
 
+    def map(self, items: Iterable[Any]) -> GroupResult:
+        """Run the task once per item, in parallel: a group of ``task.s(item)``."""
+        from .canvas import group
+
+        return group([self.s(item) for item in items]).delay()  # type: ignore[no-any-return]
+
+    def starmap(self, items: Iterable[Iterable[Any]]) -> GroupResult:
+        """Run the task once per argument tuple: a group of ``task.s(*item)``."""
+        from .canvas import group
+
+        return group([self.s(*item) for item in items]).delay()  # type: ignore[no-any-return]
+
+    def chunks(self, items: Iterable[Any], n: int, *, star: bool = False) -> GroupResult:
+        """Run the task over many items in tasks of ``n`` items each (one task per chunk, not per
+        item); ``get()`` returns one list of results per chunk. ``star`` unpacks each item."""
+        from .canvas import group
+
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ConfigurationError(f"chunk size must be an integer >= 1, not {n!r}")
+        runner = self.app.get_task(CHUNK_TASK)
+        batch = [list(item) if star else item for item in items]
+        parts = [batch[i : i + n] for i in range(0, len(batch), n)]
+        sigs = [runner.s(self.name, part, star).set(queue=self.options.queue) for part in parts]
+        return group(sigs).delay()  # type: ignore[no-any-return]
+
     def s(self, *args: Any, **kwargs: Any) -> Signature:
         """A frozen call of this task, to enqueue later or to compose."""
         return Signature(self.name, args, kwargs, app=self.app)
@@ -254,6 +291,11 @@ class Signature:
     options: dict[str, Any] = field(default_factory=dict)
     app: LiteQ | None = field(default=None, compare=False, repr=False)
     immutable: bool = False
+
+    def __or__(self, other: Any) -> Any:
+        from .canvas import chain
+
+        return chain(self, other)
 
     def set(self, **options: Any) -> Signature:
         """A copy with call options (``queue=``, ``priority=``, ``countdown=``...) added."""

@@ -19,7 +19,15 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from .context import TaskContext, _enter, _leave
-from .exceptions import ConfigurationError, Retry, SerializationError, SoftTimeLimit, UnknownTask
+from .exceptions import (
+    ConfigurationError,
+    LiteQError,
+    ResultExpired,
+    Retry,
+    SerializationError,
+    SoftTimeLimit,
+    UnknownTask,
+)
 from .message import ErrorInfo, Progress, decode_call, new_id
 from .retries import backoff_delay
 from .storage.base import FAILED, SCHEDULED, SUCCEEDED, ClaimedTask, Outcome, WorkerInfo
@@ -91,9 +99,14 @@ def execute(
     except SerializationError as exc:
         return _fail(claimed, ErrorInfo.from_exception(exc), "undecodable payload")
     opts = task.options
+    if "prev" in call.meta or "chord" in call.meta:
+        try:
+            call.args = (_inputs(app, call.meta), *call.args)
+        except LiteQError as exc:
+            return _fail(claimed, ErrorInfo.from_exception(exc), "dependency result missing")
     retries = call.meta.get("retries", opts.retries)
     retries_left = max(0, min(retries - claimed.attempt + 1, claimed.max_attempts - claimed.attempt))
-    ctx = TaskContext(claimed.id, claimed.name, claimed.queue, claimed.attempt, retries_left, report)
+    ctx = TaskContext(claimed.id, claimed.name, claimed.queue, claimed.attempt, retries_left, report, app)
     token = _enter(ctx)
     try:
         with _SoftLimit(opts.soft_timeout):
@@ -118,6 +131,22 @@ def execute(
         error = ErrorInfo("liteq.exceptions.SerializationError", f"{exc} (value: {_safe_repr(value)})")
         return _fail(claimed, error, "unserializable result")
     return Outcome(claimed.id, claimed.lease_token, SUCCEEDED, result=data)
+
+
+def _inputs(app: LiteQ, meta: dict[str, Any]) -> Any:
+    """The result a canvas step receives: its parent's (``prev``) or its group's list (``chord``)."""
+    storage = app.storage
+    ids = [meta["prev"]] if "prev" in meta else storage.group_members(meta["chord"])
+    rows = storage.get(ids)
+    values = []
+    for task_id, row in zip(ids, rows, strict=True):
+        if row is None or row.state != SUCCEEDED:
+            raise ResultExpired(
+                f"the result of task {task_id}, which this task takes as input, is gone ("
+                f"{'pruned' if row is None else row.state}); raise result_ttl above the workflow's duration"
+            )
+        values.append(app.serializer.loads(row.result) if row.result is not None else None)
+    return values[0] if "prev" in meta else values
 
 
 def _safe_repr(value: Any, limit: int = 300) -> str:

@@ -81,6 +81,12 @@ class NewTask:
     """At most one task holding this key runs at a time, across every worker of the store."""
     slot: tuple[str, float] | None = None
     """``(schedule, slot time)`` of a periodic firing: stored once; a second firing writes nothing."""
+    depends_on: list[str] | None = None
+    """Ids this task waits for (canvas). It stays ``scheduled`` until each has succeeded, then
+    becomes ``pending``; if one ends otherwise, this task fails at once with that task's error."""
+    group_id: str | None = None
+    group_index: int | None = None
+    """Membership of a group (canvas), so ``group_members`` can list it in order."""
 
 
 @dataclass(slots=True)
@@ -244,7 +250,8 @@ class Storage(abc.ABC):
     def reap(self, *, now: float | None = None, owner: str | None = None) -> list[str]:
         """Return tasks whose lease expired (or, with ``owner``, every lease of that owner) to
         ``pending``; those at ``max_attempts`` end ``failed`` with reason ``worker lost``.
-        A task with a pending cancel request ends ``cancelled`` instead. Returns the ids touched."""
+        A task with a pending cancel request ends ``cancelled`` instead. Returns the ids touched.
+        Tasks that depend on one that ends here fail with it (see ``NewTask.depends_on``)."""
 
     @abc.abstractmethod
     def set_progress(self, id: str, lease_token: str, progress: bytes) -> bool:
@@ -297,6 +304,10 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     def next_run_at(self, queues: Sequence[str]) -> float | None:
         """The earliest ``run_at`` of a scheduled task in ``queues``, so idle workers know when to wake."""
+
+    @abc.abstractmethod
+    def group_members(self, group_id: str) -> builtins.list[str]:
+        """Task ids of a group in order (empty for an unknown or pruned group)."""
 
     # -- periodic schedules --------------------------------------------------------------------
 

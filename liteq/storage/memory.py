@@ -64,6 +64,9 @@ class MemoryStorage(Storage):
         self._slots: dict[tuple[str, float], str] = {}
         self._schedules: dict[str, ScheduleState] = {}
         self._rates: dict[str, float] = {}
+        self._dependents: dict[str, list[str]] = {}
+        self._waiting: dict[str, int] = {}
+        self._groups: dict[str, dict[int, str]] = {}
         self._seq = itertools.count(1)
 
     def __repr__(self) -> str:
@@ -73,6 +76,24 @@ class MemoryStorage(Storage):
         return (_reopen, (self.result_ttl,))
 
     def _finish(self, e: _Entry, state: str, now: float, ttl: float | None = None) -> None:
+        self._settle(e, state, now, ttl)
+        # Dependents (canvas) move on in the same step: one more success counted, or a failure passed on.
+        for dep_id in self._dependents.pop(e.row.id, []):
+            d = self._tasks.get(dep_id)
+            if d is None or d.row.state != SCHEDULED or self._waiting.get(dep_id, 0) <= 0:
+                continue
+            if state == "succeeded":
+                self._waiting[dep_id] -= 1
+                if not self._waiting[dep_id]:
+                    del self._waiting[dep_id]
+                    d.row.state, d.row.run_at = PENDING, now
+            else:
+                self._waiting.pop(dep_id, None)
+                d.row.error = e.row.error
+                d.row.reason = f"dependency failed: {e.row.id}"
+                self._finish(d, FAILED, now)
+
+    def _settle(self, e: _Entry, state: str, now: float, ttl: float | None = None) -> None:
         r = e.row
         r.state = state
         r.finished_at = now
@@ -144,12 +165,38 @@ class MemoryStorage(Storage):
                     unique_key=t.unique_key,
                     lock_key=t.lock_key,
                 )
-                self._tasks[t.id] = _Entry(next(self._seq), row, t.result_ttl)
+                entry = _Entry(next(self._seq), row, t.result_ttl)
+                self._tasks[t.id] = entry
+                if t.group_id is not None:
+                    self._groups.setdefault(t.group_id, {})[t.group_index or 0] = t.id
+                if t.depends_on:
+                    self._wait_for(entry, t.depends_on, now)
                 if t.idempotency_key is not None:
                     self._keys[t.idempotency_key] = t.id
                 ids.append(t.id)
         self.notify()
         return ids
+
+    def _wait_for(self, e: _Entry, deps: Sequence[str], now: float) -> None:
+        waiting = 0
+        for dep_id in deps:
+            d = self._tasks.get(dep_id)
+            if d is not None and d.row.state in FINISHED_STATES - {"succeeded"}:
+                e.row.error, e.row.reason = d.row.error, f"dependency failed: {dep_id}"
+                self._finish(e, FAILED, now)
+                return
+            if d is None or d.row.state != "succeeded":
+                waiting += 1
+                self._dependents.setdefault(dep_id, []).append(e.row.id)
+        if waiting:
+            self._waiting[e.row.id] = waiting
+            e.row.state, e.row.run_at = SCHEDULED, float("inf")
+
+    def group_members(self, group_id: str) -> builtins.list[str]:
+        """Member ids in order; see :meth:`Storage.group_members`."""
+        with self._lock:
+            members = self._groups.get(group_id, {})
+            return [members[i] for i in sorted(members) if members[i] in self._tasks]
 
     def claim(
         self,
@@ -169,7 +216,9 @@ class MemoryStorage(Storage):
             if ids is not None:
                 wanted = set(ids)
                 candidates = [
-                    e for e in self._tasks.values() if e.row.id in wanted and e.row.state in (PENDING, SCHEDULED)
+                    e
+                    for e in self._tasks.values()
+                    if e.row.id in wanted and e.row.state in (PENDING, SCHEDULED) and e.row.id not in self._waiting
                 ]
             else:
                 qs = set(queues)
@@ -468,7 +517,11 @@ class MemoryStorage(Storage):
         """Earliest scheduled ``run_at``; see :meth:`Storage.next_run_at`."""
         qs = set(queues)
         with self._lock:
-            times = [e.row.run_at for e in self._tasks.values() if e.row.state == SCHEDULED and e.row.queue in qs]
+            times = [
+                e.row.run_at
+                for e in self._tasks.values()
+                if e.row.state == SCHEDULED and e.row.queue in qs and e.row.id not in self._waiting
+            ]
         return min(times) if times else None
 
     # -- periodic schedules ---------------------------------------------------------------------------

@@ -1,0 +1,223 @@
+"""Canvas: ``chain``, ``group``, ``chord`` and their nesting, compiled to tasks with dependencies.
+
+A canvas is sent as one batch: every task it will ever need is stored in one transaction, each
+with the ids it waits for. A waiting task is ``scheduled`` with no start time; the store counts
+down its dependencies in the same transaction as each one's completion and makes it ``pending``
+when the count reaches zero, or fails it (with the failed dependency's error) at once. So a crash
+at any point neither loses nor double-fires a callback, and a failed member never leaves a chord
+hanging.
+
+What flows where (as in Celery):
+
+- in a chain, each task's result becomes the next task's first argument (``si()`` opts out);
+- a group after a task gives that result to every member;
+- a task after a group (a chord) receives the list of the members' results, in order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+from .exceptions import ConfigurationError
+from .message import new_id
+from .result import GroupResult, Result
+from .storage.base import NewTask
+from .task import Signature
+
+if TYPE_CHECKING:
+    from .app import LiteQ
+
+__all__ = ["Canvas", "chain", "chord", "group"]
+
+Node: TypeAlias = "Signature | Canvas"
+Handle: TypeAlias = "Result | GroupResult"
+
+
+@dataclass(frozen=True)
+class _Input:
+    """Where a node's first argument comes from: one task's result, or a group's list of results."""
+
+    ids: tuple[str, ...]
+    group_id: str | None = None
+
+
+def _input_of(handle: Handle) -> _Input:
+    if isinstance(handle, GroupResult):
+        return _Input(tuple(r.id for r in handle.results), handle.id)
+    return _Input((handle.id,))
+
+
+class Canvas:
+    """Base of ``chain``, ``group`` and ``chord``: ``delay()`` sends the whole workflow at once."""
+
+    def _app(self) -> LiteQ:
+        raise NotImplementedError
+
+    def delay(self) -> Any:
+        """Send the workflow; returns the handle of its last step (a Result or GroupResult)."""
+        return self.apply_async()
+
+    def apply_async(self) -> Any:
+        """Send the workflow in one transaction (see :meth:`delay`)."""
+        app = self._app()
+        compiler = _Compiler(app)
+        handle = compiler.node(self, None)
+        compiler.send()
+        return handle
+
+    def __or__(self, other: Node) -> chain:
+        return chain(self, other)
+
+
+def _app_of(nodes: Iterable[Node]) -> LiteQ:
+    for n in nodes:
+        if isinstance(n, Signature):
+            if n.app is not None:
+                return n.app
+        else:
+            try:
+                return n._app()
+            except ConfigurationError:
+                continue
+    raise ConfigurationError("this canvas has no task signature bound to an app (build it with task.s(...))")
+
+
+class chain(Canvas):  # noqa: N801 - named like Celery's canvas primitives
+    """Run steps one after another, each result feeding the next: ``chain(a.s(1), b.s(), c.s())``.
+
+    ``delay()`` returns the last step's handle; ``.parent`` walks back along the chain.
+    """
+
+    def __init__(self, *steps: Node) -> None:
+        self.steps: list[Node]
+        flat: list[Node] = []
+        for s in steps:
+            flat.extend(s.steps if isinstance(s, chain) else [s])
+        if not flat:
+            raise ConfigurationError("chain() needs at least one step")
+        self.steps = flat
+
+    def __repr__(self) -> str:
+        return " | ".join(map(repr, self.steps))
+
+    def _app(self) -> LiteQ:
+        return _app_of(self.steps)
+
+    def __or__(self, other: Node) -> chain:
+        return chain(*self.steps, other)
+
+
+class group(Canvas):  # noqa: N801
+    """Run members in parallel: ``group(square.s(i) for i in range(10)).delay().get()`` → list in order."""
+
+    def __init__(self, *members: Node | Iterable[Node]) -> None:
+        items: list[Node] = []
+        for m in members:
+            if isinstance(m, (Signature, Canvas)):
+                items.append(m)
+            else:
+                items.extend(m)
+        self.members = items
+
+    def __repr__(self) -> str:
+        return f"group({self.members!r})"
+
+    def _app(self) -> LiteQ:
+        return _app_of(self.members)
+
+    def __or__(self, other: Node) -> chain:
+        return chain(self, other)
+
+
+class chord(Canvas):  # noqa: N801
+    """Run a header group, then ``body`` once with the list of their results.
+
+    The body runs exactly once, and only when every member succeeded; a failed member fails the
+    chord's result with that member's error. An empty header calls the body with ``[]``.
+    """
+
+    def __init__(self, header: Iterable[Node] | group, body: Node) -> None:
+        self.header = header if isinstance(header, group) else group(list(header))
+        self.body = body
+
+    def __repr__(self) -> str:
+        return f"chord({self.header!r}, {self.body!r})"
+
+    def _app(self) -> LiteQ:
+        return _app_of([self.body, *self.header.members])
+
+
+class _Compiler:
+    """Turns a canvas into tasks with dependencies, sent in one batch."""
+
+    def __init__(self, app: LiteQ) -> None:
+        import time
+
+        self.app = app
+        self.now = time.time()
+        self.messages: dict[str, NewTask] = {}
+
+    def send(self) -> None:
+        messages = list(self.messages.values())
+        self.app.storage.enqueue(messages, now=self.now)
+        if self.app.immediate:
+            self.app._run_now(list(self.messages))
+
+    def node(self, node: Node, inp: _Input | None) -> Handle:
+        if isinstance(node, Signature):
+            return self.signature(node, inp)
+        if isinstance(node, chain):
+            handle: Handle | None = None
+            for step in node.steps:
+                prev = handle
+                handle = self.node(step, inp)
+                handle.parent = prev
+                inp = _input_of(handle)
+            assert handle is not None
+            return handle
+        if isinstance(node, chord):
+            header = self.group(node.header, inp)
+            body = self.node(node.body, _input_of(header))
+            body.parent = header
+            return body
+        if isinstance(node, group):
+            return self.group(node, inp)
+        raise ConfigurationError(f"not a canvas node: {node!r}")
+
+    def group(self, node: group, inp: _Input | None) -> GroupResult:
+        group_id = new_id()
+        results: list[Result] = []
+        for i, member in enumerate(node.members):
+            handle = self.node(member, inp)
+            if isinstance(handle, GroupResult):
+                raise ConfigurationError(
+                    "a group member must end in one task; end the nested chain with a task (e.g. a chord body)"
+                )
+            message = self.messages[handle.id]
+            message.group_id, message.group_index = group_id, i
+            results.append(handle)
+        return GroupResult(self.app, group_id, results)
+
+    def signature(self, sig: Signature, inp: _Input | None) -> Result:
+        app = self.app
+        task = app.get_task(sig.name)
+        meta: dict[str, Any] = {}
+        options = dict(sig.options)
+        if inp is not None and not sig.immutable:
+            if inp.group_id is not None:
+                meta["chord"] = inp.group_id
+            else:
+                meta["prev"] = inp.ids[0]
+        message = app._message(task, tuple(sig.args), dict(sig.kwargs), now=self.now, meta=meta, **options)
+        if inp is not None:
+            message.depends_on = list(inp.ids)
+            if inp.ids:
+                message.parent_id = inp.ids[-1]
+            elif inp.group_id is not None:  # an empty chord header: nothing to wait for
+                message.parent_id = None
+        if message.id in self.messages:
+            raise ConfigurationError(f"task id {message.id} is used twice in this canvas")
+        self.messages[message.id] = message
+        return Result(app, message.id)
