@@ -57,14 +57,24 @@ def _watch_parent(supervisor_pid: int, parent_pid: int) -> None:
     # kill(pid, 0) covers forkserver, where the parent is the fork server, not the supervisor.
     while True:
         time.sleep(PARENT_CHECK_INTERVAL)
-        if os.getppid() != parent_pid:
+        if os.getppid() != parent_pid or not _alive(supervisor_pid):
             os._exit(EXIT_ORPHANED)
-        try:
-            os.kill(supervisor_pid, 0)
-        except ProcessLookupError:
-            os._exit(EXIT_ORPHANED)
-        except PermissionError:
-            pass
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` runs; a zombie (dead, not yet reaped by its parent) counts as dead."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            # The state letter follows the command name in parentheses, which may hold spaces.
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True
 
 
 def _setup_logging(options: ChildOptions) -> None:
@@ -82,6 +92,16 @@ def _setup_logging(options: ChildOptions) -> None:
         # fork: the handlers inherited from the parent (wrapped by multiprocessing-logging).
         for handler in root.handlers:
             handler.addFilter(task_filter)
+
+
+def _cancel_running_task(signum: int, frame: Any) -> None:
+    """SIGUSR1 from the supervisor: the running task was cancelled. Raise inside it so it can clean
+    up; the supervisor kills the child if the task does not stop within the grace."""
+    from .exceptions import TaskCancelled
+
+    ctx = _current.get()
+    if ctx is not None:
+        raise TaskCancelled(ctx.id, message="cancelled while running", reason="cancelled", state="cancelled")
 
 
 def _rss() -> int:
@@ -104,6 +124,7 @@ def child_main(app: LiteQ, conn: Connection, options: ChildOptions) -> None:
     # Ctrl-C reaches the whole process group; only the supervisor decides how to stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGUSR1, _cancel_running_task)
     _setup_logging(options)
     watcher = threading.Thread(
         target=_watch_parent, args=(options.supervisor_pid, os.getppid()), name="liteq-parent-watch", daemon=True

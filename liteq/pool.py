@@ -63,6 +63,8 @@ HEARTBEAT_INTERVAL = 5.0
 IDLE_POLL_INTERVAL = 1.0
 #: Seconds between checks for cancel requests on running tasks.
 CANCEL_CHECK_INTERVAL = 1.0
+#: Seconds a cancelled running task gets to stop by itself before its child is killed.
+CANCEL_GRACE = 3.0
 #: Seconds running tasks get to finish after a stop request.
 DEFAULT_SHUTDOWN_TIMEOUT = 30.0
 #: Seconds to wait for children to start before giving up.
@@ -80,7 +82,20 @@ def default_start_method() -> str:
 class _Child:
     """The supervisor's view of one child process."""
 
-    __slots__ = ("conn", "done", "index", "kill_reason", "pid", "process", "queue", "ready", "retiring", "started")
+    __slots__ = (
+        "cancel_deadline",
+        "cancel_id",
+        "conn",
+        "done",
+        "index",
+        "kill_reason",
+        "pid",
+        "process",
+        "queue",
+        "ready",
+        "retiring",
+        "started",
+    )
 
     def __init__(self, index: int, process: Any, conn: Connection) -> None:
         self.index = index
@@ -93,6 +108,8 @@ class _Child:
         self.retiring = False
         self.kill_reason = ""
         self.done = 0
+        self.cancel_id = ""  # the running task asked to stop (SIGUSR1), killed at cancel_deadline
+        self.cancel_deadline = 0.0
 
     @property
     def head(self) -> ClaimedTask | None:
@@ -432,6 +449,11 @@ class WorkerPool:
             logger.error("child %s reported task %s it was not running", c.pid, outcome.id)
             return
         c.queue.popleft()
+        if c.cancel_id == outcome.id:
+            # It stopped within the grace after being asked to: record the cancel, whatever it raised.
+            c.cancel_id = ""
+            info = ErrorInfo("liteq.exceptions.TaskCancelled", "cancelled while running; the task stopped")
+            outcome = Outcome(outcome.id, outcome.lease_token, CANCELLED, error=info.encode(), reason="cancelled")
         c.started = time.monotonic()  # the next queued task starts now
         c.done += 1
         self.tasks_done += 1
@@ -521,8 +543,13 @@ class WorkerPool:
     def _assign(self) -> None:
         if not self.buffer:
             return
-        for c in sorted(self.children, key=lambda c: len(c.queue)):
-            while self.buffer and c.ready and not c.retiring and len(c.queue) < self._depth_for(c):
+        # Level by level: every idle child gets a task before any child gets a second one.
+        for level in range(1, self.child_depth + 1):
+            for c in self.children:
+                if not self.buffer:
+                    return
+                if not c.ready or c.retiring or len(c.queue) >= min(level, self._depth_for(c)):
+                    continue
                 task = self.buffer.popleft()
                 if not c.queue:
                     c.started = time.monotonic()
@@ -532,9 +559,10 @@ class WorkerPool:
                 except OSError:
                     c.queue.pop()
                     self.buffer.appendleft(task)
-                    break
 
     def _depth_for(self, c: _Child) -> int:
+        if c.cancel_id:
+            return 0
         # A task behind one with a hard limit would wait out that limit: queue only one then.
         head = c.head
         if head is not None and self._timeout_of(head) is not None:
@@ -598,20 +626,32 @@ class WorkerPool:
             head = c.head
             if head is None or c.kill_reason:
                 continue
+            if c.cancel_id and c.cancel_id == head.id and mono >= c.cancel_deadline:
+                logger.warning(
+                    "cancelled task %s did not stop within %ss: killing child %s", head.id, CANCEL_GRACE, c.pid
+                )
+                self._kill(c, "cancelled")
+                continue
             limit = self._timeout_of(head)
             if limit is not None and mono - c.started >= limit:
                 logger.error("task %s %s ran past its %ss timeout: killing child %s", head.name, head.id, limit, c.pid)
                 self._kill(c, "timeout")
 
     def _check_cancels(self) -> None:
-        running = {c.head.id: c for c in self.children if c.head is not None and not c.kill_reason}
+        running = {c.head.id: c for c in self.children if c.head is not None and not c.kill_reason and not c.cancel_id}
         if not running:
             return
         for row in self.storage.get(list(running)):
             if row is not None and row.cancel_requested:
                 c = running[row.id]
-                logger.warning("task %s cancelled while running: killing child %s", row.id, c.pid)
-                self._kill(c, "cancelled")
+                # Ask first (TaskCancelled is raised inside the task, which may clean up), kill after a grace.
+                logger.warning("task %s cancelled while running: stopping it in child %s", row.id, c.pid)
+                c.cancel_id, c.cancel_deadline = row.id, time.monotonic() + CANCEL_GRACE
+                self._requeue_unstarted(c)
+                try:
+                    os.kill(c.process.pid, signal.SIGUSR1)
+                except (ProcessLookupError, TypeError):
+                    pass
 
     def _kill(self, c: _Child, reason: str) -> None:
         c.kill_reason = reason
@@ -635,6 +675,8 @@ class WorkerPool:
                 limit = self._timeout_of(head)
                 if limit is not None:
                     deadlines.append(c.started + limit)
+                if c.cancel_id:
+                    deadlines.append(c.cancel_deadline)
         if self._stop_level:
             deadlines.append(self._stop_deadline)
             if self.outcomes or self.buffer:
