@@ -433,13 +433,38 @@ class LiteQ:
         """
         now = time.time()
         messages = []
+        tasks: dict[str, Task[Any, Any]] = {}
+        plain: dict[str, tuple[Any, ...] | None] = {}
+        serializer = self.serializer
         for call in calls:
             if isinstance(call, Signature):
-                task = self.get_task(call.name)
-                messages.append(self._message(task, tuple(call.args), dict(call.kwargs), now=now, **call.options))
+                name, args, kwargs, options = call.name, call.args, call.kwargs, call.options
+                task = tasks.get(name) or tasks.setdefault(name, self.get_task(name))
             else:
                 task, args, kwargs = call
+                name, options = task.name, {}
+            if options:
+                messages.append(self._message(task, tuple(args), dict(kwargs), now=now, **options))
+                continue
+            # The common case (a plain call, a task without unique/lock): everything but the id and
+            # the arguments is the same for every call of the task, so it is worked out once.
+            if name not in plain:
+                o = task.options
+                simple = not o.unique and not o.lock
+                plain[name] = (
+                    (o.queue, o.priority, now_plus(o.expires, "expires", now), o.attempts_for(), o.result_ttl)
+                    if simple
+                    else None
+                )
+            base = plain[name]
+            if base is None:
                 messages.append(self._message(task, tuple(args), dict(kwargs), now=now))
+                continue
+            queue, priority, expires_at, max_attempts, ttl = base
+            payload = encode_call(serializer, tuple(args), dict(kwargs), {})
+            messages.append(
+                NewTask(new_id(), name, queue, payload, priority, None, expires_at, max_attempts, None, ttl)
+            )
         ids = self.storage.enqueue(messages, now=now)
         if self.immediate:
             self._run_now(ids)

@@ -8,9 +8,9 @@ whatever the app's serializer, so any process (and the CLI) can read them.
 
 from __future__ import annotations
 
+import random
 import time
 import traceback as tb
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +27,9 @@ def new_id() -> str:
 
     Time-ordered ids keep the store's id index appending at its right edge (flat enqueue cost).
     """
-    return f"{int(time.time() * 1000):012x}{uuid.uuid4().hex[:20]}"
+    # random (reseeded in every forked child) rather than os.urandom: ids need uniqueness, not
+    # secrecy, and a system call per id was a tenth of enqueue_many's time.
+    return f"{int(time.time() * 1000):012x}{random.getrandbits(80):020x}"
 
 
 @dataclass(slots=True)

@@ -30,11 +30,15 @@ import os
 import socket
 import tempfile
 import threading
+import time
 
 __all__ = ["Waker", "broadcast", "wake_dir"]
 
 # The kernel keeps at most this many unread wake bytes per listener; more would say nothing new.
 _MAX_PATH = 100
+#: With no listener, a sender looks at the directory again only after this many seconds. A waiter
+#: that binds just then misses at most that much; it re-checks state on its own short interval.
+LISTING_TTL = 0.001
 WORK = b"w"
 DONE = b"d"
 HAVE_UNIX = hasattr(socket, "AF_UNIX")
@@ -58,14 +62,20 @@ class _Senders:
         self.targets: list[str] = []
         self.sock: socket.socket | None = None
         self.pid = 0
+        self.fresh_until = 0.0
         self.lock = threading.Lock()
 
     def send(self, kind: bytes) -> None:
+        now = time.monotonic()
+        if now < self.fresh_until and not self.targets:
+            return  # nobody listened a moment ago: skip even the stat (it is on every commit's path)
         try:
             st = os.stat(self.directory)
         except OSError:
+            self.fresh_until = now + LISTING_TTL
             return  # nobody ever listened
         with self.lock:
+            self.fresh_until = now + LISTING_TTL
             if st.st_mtime_ns != self.mtime:
                 self.mtime = st.st_mtime_ns
                 try:

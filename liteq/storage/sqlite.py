@@ -89,7 +89,7 @@ CREATE TABLE tasks (
     lease_owner       TEXT,
     lease_token       TEXT,
     lease_deadline    REAL,
-    idempotency_key   TEXT UNIQUE,
+    idempotency_key   TEXT,
     payload           BLOB,
     payload_ref       TEXT,
     result            BLOB,
@@ -102,6 +102,8 @@ CREATE TABLE tasks (
     cancel_requested  INTEGER NOT NULL DEFAULT 0,
     parent_id         TEXT
 );
+-- Partial, so the many tasks without a key cost no index write.
+CREATE UNIQUE INDEX tasks_idempotency ON tasks(idempotency_key) WHERE idempotency_key IS NOT NULL;
 CREATE INDEX tasks_pending   ON tasks(queue, priority DESC, seq) WHERE state = 'pending';
 CREATE INDEX tasks_scheduled ON tasks(run_at, queue) WHERE state = 'scheduled';
 CREATE INDEX tasks_running   ON tasks(lease_deadline) WHERE state = 'running';
@@ -522,9 +524,12 @@ class SqliteStorage(Storage):
         refs: list[str] = []
         keys = [t.idempotency_key for t in tasks if t.idempotency_key is not None]
         threshold = self.blob_threshold
+        special = False
         for t in tasks:
             payload: bytes | None = t.payload
             ref = None
+            if t.unique_key is not None or t.slot is not None or t.depends_on or t.group_id is not None:
+                special = True
             if len(t.payload) > threshold:
                 # Keyed by write, not by id: a refused or duplicate enqueue never touches a stored blob.
                 ref = f"p:{t.id}:{os.urandom(8).hex()}"
@@ -556,9 +561,6 @@ class SqliteStorage(Storage):
             "INSERT INTO tasks (id, name, queue, priority, state, run_at, expires_at, enqueued_at, "
             "max_attempts, idempotency_key, payload, payload_ref, result_ttl, parent_id, unique_key, lock_key) "
             "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
-        )
-        special = any(
-            t.unique_key is not None or t.slot is not None or t.depends_on or t.group_id is not None for t in tasks
         )
         if len(rows) == 1 and not keys and not special:
             # One plain task, which is what every delay() sends: nothing to look up before the
