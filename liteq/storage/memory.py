@@ -110,6 +110,7 @@ class MemoryStorage(Storage):
         now = time.time() if now is None else now
         ids = []
         with self._lock:
+            linked: list[tuple[_Entry, list[str]]] = []
             # Check the whole batch first: a refused batch writes nothing.
             seen_ids: set[str] = set()
             seen_keys: set[str] = set()
@@ -170,10 +171,13 @@ class MemoryStorage(Storage):
                 if t.group_id is not None:
                     self._groups.setdefault(t.group_id, {})[t.group_index or 0] = t.id
                 if t.depends_on:
-                    self._wait_for(entry, t.depends_on, now)
+                    linked.append((entry, t.depends_on))
                 if t.idempotency_key is not None:
                     self._keys[t.idempotency_key] = t.id
                 ids.append(t.id)
+            # Dependencies once the whole batch is in: a task may wait for one stored after it.
+            for entry, deps in linked:
+                self._wait_for(entry, deps, now)
         self.notify()
         return ids
 
@@ -185,7 +189,8 @@ class MemoryStorage(Storage):
                 e.row.error, e.row.reason = d.row.error, f"dependency failed: {dep_id}"
                 self._finish(e, FAILED, now)
                 return
-            if d is None or d.row.state != "succeeded":
+            # A dependency already gone (pruned after it finished) or succeeded is not waited for.
+            if d is not None and d.row.state != "succeeded":
                 waiting += 1
                 self._dependents.setdefault(dep_id, []).append(e.row.id)
         if waiting:

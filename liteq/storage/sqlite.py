@@ -727,6 +727,7 @@ class SqliteStorage(Storage):
                     {"reason": f"dependency failed: {bad}", "dep": bad, "id": t.id, "now": now, "ttl": None,
                      "default_ttl": self.result_ttl},
                 )  # fmt: skip
+                self._cascade(conn, t.id, "failed", now)  # dependents linked earlier in this batch
                 continue
             # A dependency already gone (pruned after it finished) or succeeded is not waited for.
             open_deps = [d for d in deps if d in states and states[d] != "succeeded"]
