@@ -197,13 +197,17 @@ class Scheduler:
                 self._next[name] = schedule.next_after(now)
                 continue
             task = self.app.get_task(schedule.task_name)
-            for slot in due_slots(schedule, last, now):
+            slots = due_slots(schedule, last, now)
+            for slot in slots:
                 message = self.app._message(
                     task, schedule.args, schedule.kwargs, now=now, task_id=new_id(), **schedule.options
                 )
                 message.slot = (name, slot)
                 messages.append(message)
-            self._next[name] = schedule.next_after(max(now, last))
+            if len(slots) >= MAX_CATCH_UP:
+                self._next[name] = now  # a capped catch-up continues on the very next tick
+            else:
+                self._next[name] = schedule.next_after(max(now, slots[-1] if slots else last))
         if not messages:
             return []
         ids = storage.enqueue(messages, now=now)

@@ -804,7 +804,7 @@ class SqliteStorage(Storage):
                 return []
             pick = (
                 f"SELECT seq FROM tasks WHERE id IN ({_marks(len(ids))}) AND state IN ('pending','scheduled') "
-                "AND waiting = 0 LIMIT ?"
+                f"AND waiting = 0 {_UNLOCKED} LIMIT ?"
             )
             params += [*ids, limit]
         elif len(queues) == 1:
