@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python examples/quickstart.py
+	$(BIN)/python examples/quickstart/quickstart.py
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
@@ -40,3 +40,4 @@ format: $(STAMP)
 clean:
 	rm -rf $(VENV) liteq-data build *.egg-info .pytest_cache .mypy_cache .ruff_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+	find examples -name liteq-data -type d -prune -exec rm -rf {} +

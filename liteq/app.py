@@ -209,6 +209,8 @@ class LiteQ:
         def register(f: Callable[..., Any]) -> Task[Any, Any]:
             if not callable(f):
                 raise ConfigurationError(f"@app.task needs a function, not {f!r}")
+            if isinstance(f, Task):  # a task of another app: register its function here
+                f = f.fn
             task_name = name or _task_name(f)
             opts = TaskOptions.build(self.default_queue if queue is None else queue, **options)
             with self._lock:

@@ -24,7 +24,7 @@ from .exceptions import ConfigurationError
 from .message import new_id
 from .result import GroupResult, Result
 from .storage.base import NewTask
-from .task import Signature
+from .task import Signature, seconds
 
 if TYPE_CHECKING:
     from .app import LiteQ
@@ -43,6 +43,15 @@ class _Input:
     group_id: str | None = None
 
 
+def _root(handle: Handle) -> Handle:
+    """The first step of the steps that produced ``handle`` (where an earlier step links in)."""
+    seen = set()
+    while handle.parent is not None and id(handle.parent) not in seen:
+        seen.add(id(handle))
+        handle = handle.parent
+    return handle
+
+
 def _input_of(handle: Handle) -> _Input:
     if isinstance(handle, GroupResult):
         return _Input(tuple(r.id for r in handle.results), handle.id)
@@ -59,9 +68,10 @@ class Canvas:
         """Send the workflow; returns the handle of its last step (a Result or GroupResult)."""
         return self.apply_async()
 
-    def apply_async(self) -> Any:
-        """Send the workflow in one transaction (see :meth:`delay`)."""
-        app = self._app()
+    def apply_async(self, *, app: LiteQ | None = None) -> Any:
+        """Send the workflow in one transaction (see :meth:`delay`); ``app`` for a canvas with no
+        signature to take it from (an empty group)."""
+        app = app or self._app()
         compiler = _Compiler(app)
         handle = compiler.node(self, None)
         compiler.send()
@@ -173,14 +183,14 @@ class _Compiler:
             for step in node.steps:
                 prev = handle
                 handle = self.node(step, inp)
-                handle.parent = prev
+                _root(handle).parent = prev
                 inp = _input_of(handle)
             assert handle is not None
             return handle
         if isinstance(node, chord):
             header = self.group(node.header, inp)
             body = self.node(node.body, _input_of(header))
-            body.parent = header
+            _root(body).parent = header
             return body
         if isinstance(node, group):
             return self.group(node, inp)
@@ -205,6 +215,17 @@ class _Compiler:
         task = app.get_task(sig.name)
         meta: dict[str, Any] = {}
         options = dict(sig.options)
+        if options.get("idempotency_key") is not None or task.options.unique:
+            # A step deduplicated against an earlier task would leave its successors waiting on an
+            # id that was never stored.
+            raise ConfigurationError(
+                f"{sig.name}: idempotency_key and unique tasks cannot be canvas steps; make the whole "
+                "workflow's first call idempotent instead"
+            )
+        delay = 0.0
+        if inp is not None and options.get("countdown") is not None:
+            # A countdown on a later step counts from when its input is ready, as in Celery.
+            delay = seconds(options.pop("countdown"), "countdown") or 0.0
         if inp is not None and not sig.immutable:
             if inp.group_id is not None:
                 meta["chord"] = inp.group_id
@@ -213,6 +234,7 @@ class _Compiler:
         message = app._message(task, tuple(sig.args), dict(sig.kwargs), now=self.now, meta=meta, **options)
         if inp is not None:
             message.depends_on = list(inp.ids)
+            message.release_delay = delay
             if inp.ids:
                 message.parent_id = inp.ids[-1]
             elif inp.group_id is not None:  # an empty chord header: nothing to wait for

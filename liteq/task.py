@@ -159,7 +159,9 @@ class Task(Generic[P, R]):
         self.fn = fn
         self.name = name
         self.options = options
-        functools.update_wrapper(self, fn)
+        # Name and docs of the function, but not its __dict__: a Task wrapping another app's Task
+        # must keep its own app and name.
+        functools.update_wrapper(self, fn, updated=())
 
     def __repr__(self) -> str:
         return f"<Task {self.name} queue={self.options.queue!r}>"
@@ -247,13 +249,13 @@ class Task(Generic[P, R]):
         """Run the task once per item, in parallel: a group of ``task.s(item)``."""
         from .canvas import group
 
-        return group([self.s(item) for item in items]).delay()  # type: ignore[no-any-return]
+        return group([self.s(item) for item in items]).apply_async(app=self.app)  # type: ignore[no-any-return]
 
     def starmap(self, items: Iterable[Iterable[Any]]) -> GroupResult:
         """Run the task once per argument tuple: a group of ``task.s(*item)``."""
         from .canvas import group
 
-        return group([self.s(*item) for item in items]).delay()  # type: ignore[no-any-return]
+        return group([self.s(*item) for item in items]).apply_async(app=self.app)  # type: ignore[no-any-return]
 
     def chunks(self, items: Iterable[Any], n: int, *, star: bool = False) -> GroupResult:
         """Run the task over many items in tasks of ``n`` items each (one task per chunk, not per
@@ -266,7 +268,7 @@ class Task(Generic[P, R]):
         batch = [list(item) if star else item for item in items]
         parts = [batch[i : i + n] for i in range(0, len(batch), n)]
         sigs = [runner.s(self.name, part, star).set(queue=self.options.queue) for part in parts]
-        return group(sigs).delay()  # type: ignore[no-any-return]
+        return group(sigs).apply_async(app=self.app)  # type: ignore[no-any-return]
 
     def s(self, *args: Any, **kwargs: Any) -> Signature:
         """A frozen call of this task, to enqueue later or to compose."""

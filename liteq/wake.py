@@ -24,6 +24,7 @@ that path is too long for ``sun_path`` (108 bytes), then under the temp dir keye
 
 from __future__ import annotations
 
+import atexit
 import errno
 import hashlib
 import os
@@ -110,6 +111,15 @@ class _Senders:
 
 _senders: dict[str, _Senders] = {}
 _senders_lock = threading.Lock()
+
+
+@atexit.register
+def _close_senders() -> None:
+    """Close this process's sending sockets at exit (no ResourceWarning for a cached socket)."""
+    for senders in list(_senders.values()):
+        if senders.sock is not None and senders.pid == os.getpid():
+            senders.sock.close()
+            senders.sock = None
 
 
 def broadcast(directory: str, kind: bytes = WORK) -> None:

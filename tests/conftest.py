@@ -109,3 +109,38 @@ def make_any_app(request: pytest.FixtureRequest, make_app: Callable[..., LiteQ])
         return make_app("memory://" if kind == "memory" else None, **options)
 
     return make
+
+
+# -- processes (pool tests) ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def reaper(tmp_path: Path) -> Iterator[Any]:
+    """A :class:`tests.pool_support.Reaper`: processes the test starts, killed by pid at teardown."""
+    from tests.pool_support import Reaper
+
+    r = Reaper(tmp_path)
+    try:
+        yield r
+    finally:
+        r.cleanup()
+
+
+@pytest.fixture
+def runlog(tmp_path: Path) -> Any:
+    """A :class:`tests.pool_support.RunLog` at ``tmp_path / "runs.log"``: what tasks ran, where, which attempt."""
+    from tests.pool_support import RunLog
+
+    return RunLog(tmp_path / "runs.log")
+
+
+@pytest.fixture
+def gate(tmp_path: Path) -> Any:
+    """A :class:`tests.pool_support.Gate`: release files for blocking tasks; everything is released at teardown."""
+    from tests.pool_support import Gate
+
+    g = Gate(tmp_path / "gate")
+    try:
+        yield g
+    finally:
+        g.release_all()

@@ -1,13 +1,23 @@
 """liteq quickstart: define tasks, start a local worker pool, enqueue, read results, see a failure
-and a retry. Run with `make demo`; it keeps its store in ./liteq-data and ends by itself."""
+and a retry.
+
+Run with `make demo` (or `python examples/quickstart/quickstart.py` from any directory). It keeps
+its store in examples/quickstart/liteq-data/store (or $LITEQ_EXAMPLE_DIR/store), empties it at the
+start of every run, and ends by itself.
+"""
 
 from __future__ import annotations
 
+import os
 import random
+from pathlib import Path
 
 from liteq import LiteQ, Retry, TaskFailed, current
 
-app = LiteQ("liteq-data")
+# The store's path is computed from this file, not the working directory, so the pool's child
+# processes (which import this script again) open the very same store.
+DATA = Path(os.environ.get("LITEQ_EXAMPLE_DIR") or Path(__file__).resolve().parent / "liteq-data")
+app = LiteQ(DATA / "store")
 
 
 @app.task
@@ -67,6 +77,7 @@ def main() -> None:
         except TaskFailed as exc:
             print(f"failure: {exc.type}: {exc.message} (state={bad.state})")
     print("stats:", app.stats()["states"])
+    print("quickstart done")
     app.close()
 
 

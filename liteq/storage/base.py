@@ -84,6 +84,9 @@ class NewTask:
     depends_on: list[str] | None = None
     """Ids this task waits for (canvas). It stays ``scheduled`` until each has succeeded, then
     becomes ``pending``; if one ends otherwise, this task fails at once with that task's error."""
+    release_delay: float = 0.0
+    """With ``depends_on``: seconds to wait after the last dependency succeeded (a countdown on a
+    later canvas step). An eta (``run_at``) is kept as the earliest start."""
     group_id: str | None = None
     group_index: int | None = None
     """Membership of a group (canvas), so ``group_members`` can list it in order."""

@@ -45,6 +45,10 @@ class _Entry:
     result_ttl: float | None
 
 
+def _cascaded(reason: str | None) -> bool:
+    return bool(reason and reason.startswith("dependency failed: "))
+
+
 def _reopen(result_ttl: float) -> MemoryStorage:
     return MemoryStorage(result_ttl=result_ttl)
 
@@ -66,6 +70,7 @@ class MemoryStorage(Storage):
         self._rates: dict[str, float] = {}
         self._dependents: dict[str, list[str]] = {}
         self._waiting: dict[str, int] = {}
+        self._holds: dict[str, tuple[float, float | None]] = {}
         self._groups: dict[str, dict[int, str]] = {}
         self._seq = itertools.count(1)
 
@@ -86,14 +91,20 @@ class MemoryStorage(Storage):
                 self._waiting[dep_id] -= 1
                 if not self._waiting[dep_id]:
                     del self._waiting[dep_id]
-                    d.row.state, d.row.run_at = PENDING, now
+                    delay, not_before = self._holds.pop(dep_id, (0.0, None))
+                    d.row.run_at = max(now + delay, not_before or 0.0)
+                    d.row.state = PENDING if d.row.run_at <= now else SCHEDULED
             else:
                 self._waiting.pop(dep_id, None)
+                self._holds.pop(dep_id, None)
                 d.row.error = e.row.error
-                d.row.reason = f"dependency failed: {e.row.id}"
+                reason = e.row.reason or ""
+                root = reason[len("dependency failed: ") :] if _cascaded(reason) else e.row.id
+                d.row.reason = f"dependency failed: {root}"
                 self._finish(d, FAILED, now)
 
     def _settle(self, e: _Entry, state: str, now: float, ttl: float | None = None) -> None:
+        self._waiting.pop(e.row.id, None)
         r = e.row
         r.state = state
         r.finished_at = now
@@ -110,7 +121,7 @@ class MemoryStorage(Storage):
         now = time.time() if now is None else now
         ids = []
         with self._lock:
-            linked: list[tuple[_Entry, list[str]]] = []
+            linked: list[tuple[_Entry, list[str], float]] = []
             # Check the whole batch first: a refused batch writes nothing.
             seen_ids: set[str] = set()
             seen_keys: set[str] = set()
@@ -171,17 +182,17 @@ class MemoryStorage(Storage):
                 if t.group_id is not None:
                     self._groups.setdefault(t.group_id, {})[t.group_index or 0] = t.id
                 if t.depends_on:
-                    linked.append((entry, t.depends_on))
+                    linked.append((entry, t.depends_on, t.release_delay))
                 if t.idempotency_key is not None:
                     self._keys[t.idempotency_key] = t.id
                 ids.append(t.id)
             # Dependencies once the whole batch is in: a task may wait for one stored after it.
-            for entry, deps in linked:
-                self._wait_for(entry, deps, now)
+            for entry, deps, delay in linked:
+                self._wait_for(entry, deps, now, delay)
         self.notify()
         return ids
 
-    def _wait_for(self, e: _Entry, deps: Sequence[str], now: float) -> None:
+    def _wait_for(self, e: _Entry, deps: Sequence[str], now: float, delay: float = 0.0) -> None:
         waiting = 0
         for dep_id in deps:
             d = self._tasks.get(dep_id)
@@ -195,6 +206,8 @@ class MemoryStorage(Storage):
                 self._dependents.setdefault(dep_id, []).append(e.row.id)
         if waiting:
             self._waiting[e.row.id] = waiting
+            not_before = e.row.run_at if e.row.run_at > e.row.enqueued_at else None
+            self._holds[e.row.id] = (delay, not_before)
             e.row.state, e.row.run_at = SCHEDULED, float("inf")
 
     def group_members(self, group_id: str) -> builtins.list[str]:

@@ -159,6 +159,8 @@ CREATE TABLE rate_limits (name TEXT PRIMARY KEY, next_at REAL NOT NULL);
 _SCHEMA_V3 = """
 ALTER TABLE tasks ADD COLUMN waiting INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE tasks ADD COLUMN dependents INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE tasks ADD COLUMN release_delay REAL NOT NULL DEFAULT 0;
+ALTER TABLE tasks ADD COLUMN not_before REAL;
 CREATE TABLE task_deps (task_id TEXT NOT NULL, dependent_id TEXT NOT NULL);
 CREATE INDEX task_deps_task ON task_deps(task_id);
 CREATE TABLE task_groups (
@@ -733,9 +735,11 @@ class SqliteStorage(Storage):
             open_deps = [d for d in deps if d in states and states[d] != "succeeded"]
             if not open_deps:
                 continue
+            # Its own start time (an eta, or a countdown counted from its release) waits with it.
             conn.execute(
-                "UPDATE tasks SET state = 'scheduled', run_at = ?, waiting = ? WHERE id = ?",
-                (float("inf"), len(open_deps), t.id),
+                "UPDATE tasks SET state = 'scheduled', not_before = CASE WHEN run_at > enqueued_at THEN run_at END, "
+                "release_delay = ?, run_at = ?, waiting = ? WHERE id = ?",
+                (t.release_delay, float("inf"), len(open_deps), t.id),
             )
             conn.executemany(
                 "INSERT INTO task_deps (task_id, dependent_id) VALUES (?, ?)", [(d, t.id) for d in open_deps]
@@ -753,8 +757,13 @@ class SqliteStorage(Storage):
                 "RETURNING id, waiting",
                 (task_id,),
             ).fetchall()
-            ready = [(now, r[0]) for r in rows if r[1] == 0]
-            conn.executemany("UPDATE tasks SET state = 'pending', run_at = ? WHERE id = ?", ready)
+            ready = [{"now": now, "id": r[0]} for r in rows if r[1] == 0]
+            conn.executemany(
+                "UPDATE tasks SET run_at = max(:now + release_delay, COALESCE(not_before, 0)), "
+                "state = CASE WHEN max(:now + release_delay, COALESCE(not_before, 0)) <= :now "
+                "THEN 'pending' ELSE 'scheduled' END WHERE id = :id",
+                ready,
+            )
             return bool(ready)
         params = {"reason": f"dependency failed: {task_id}", "root": task_id, "now": now, "ttl": None,
                   "default_ttl": self.result_ttl}  # fmt: skip

@@ -1,0 +1,171 @@
+"""Every example under ``examples/`` runs to the end, from a foreign working directory, on small
+inputs, and prints its key line. So none of them rots.
+
+Each script runs in its own process (session) with ``LITEQ_EXAMPLE_DIR`` pointing at a temporary
+directory; a script that outlives its timeout is killed with its whole process group.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.timeout(180)
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+RUN_TIMEOUT = 120.0
+
+
+def run_example(
+    script: str, tmp_path: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``examples/<script>`` with ``args`` from ``tmp_path``; kill its process group on timeout."""
+    full_env = {**os.environ, "LITEQ_EXAMPLE_DIR": str(tmp_path / "data"), **(env or {})}
+    full_env.pop("PYTHONPATH", None)  # the example must find liteq as installed, not through the tests
+    cwd = tmp_path / "elsewhere"
+    cwd.mkdir(exist_ok=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(EXAMPLES / script), *args],
+        cwd=cwd,
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=RUN_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"{script} did not finish within {RUN_TIMEOUT}s\nstdout:\n{out}\nstderr:\n{err}")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def check(result: subprocess.CompletedProcess[str], *lines: str) -> None:
+    """Exit code 0 and each of ``lines`` somewhere in stdout."""
+    detail = f"\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    assert result.returncode == 0, f"exit code {result.returncode}{detail}"
+    for line in lines:
+        assert line in result.stdout, f"{line!r} missing{detail}"
+
+
+def test_quickstart(tmp_path: Path) -> None:
+    result = run_example("quickstart/quickstart.py", tmp_path)
+    check(
+        result,
+        "retry: item 7 fetched on attempt 2",
+        "poll: report ready after 3 checks",
+        "failure: ZeroDivisionError: division by zero (state=failed)",
+        "quickstart done",
+    )
+    assert (tmp_path / "data" / "store").is_dir()
+    assert not (tmp_path / "elsewhere" / "liteq-data").exists()
+
+
+def test_quickstart_twice_starts_from_an_empty_store(tmp_path: Path) -> None:
+    run_example("quickstart/quickstart.py", tmp_path)
+    check(run_example("quickstart/quickstart.py", tmp_path), "stats: {'failed': 1, 'succeeded': 8}")
+
+
+def test_makefile_demo_runs_the_quickstart() -> None:
+    makefile = (ROOT / "Makefile").read_text()
+    assert "examples/quickstart/quickstart.py" in makefile
+    assert (EXAMPLES / "quickstart" / "quickstart.py").is_file()
+
+
+def test_web_order_email(tmp_path: Path) -> None:
+    result = run_example("web_order_email/web_order_email.py", tmp_path)
+    check(result, "POST /orders -> 202", "-> 400: a valid email is required", "sent 3 confirmation emails")
+    assert result.stdout.count("-> succeeded") == 3
+    emails = sorted((tmp_path / "data" / "outbox").glob("*.eml"))
+    assert len(emails) == 3
+    assert "Subject: Your order" in emails[0].read_text()
+
+
+@pytest.mark.slow
+def test_news_refresh(tmp_path: Path) -> None:
+    result = run_example("news_refresh/news_refresh.py", tmp_path)
+    check(result, "refresh 3:", "paused=True", "resumed, refresh 4:", "news refresh done")
+    assert (tmp_path / "data" / "news.json").is_file()
+
+
+@pytest.mark.slow
+def test_map_reduce(tmp_path: Path) -> None:
+    result = run_example("map_reduce/map_reduce.py", tmp_path, "--size-mb", "0.5", "--chunk-kb", "64")
+    check(result, "chord result matches single-process count: True")
+
+
+def _has_tkinter() -> bool:
+    probe = subprocess.run([sys.executable, "-c", "import tkinter"], capture_output=True, timeout=30)
+    return probe.returncode == 0
+
+
+@pytest.fixture
+def xvfb_display() -> Iterator[str]:
+    """A private X display from Xvfb (the server picks a free number with -displayfd); stopped after."""
+    xvfb = shutil.which("Xvfb")
+    if xvfb is None:
+        pytest.skip("Xvfb is not installed (apt-get install xvfb): the Tk example needs a display")
+    read_fd, write_fd = os.pipe()
+    proc = subprocess.Popen(
+        [xvfb, "-displayfd", str(write_fd), "-screen", "0", "640x480x24", "-nolisten", "tcp"],
+        pass_fds=(write_fd,),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    os.close(write_fd)
+    try:
+        ready, _, _ = select.select([read_fd], [], [], 30)
+        number = os.read(read_fd, 64).decode().strip() if ready else ""
+        if not number:
+            proc.kill()
+            _, err = proc.communicate(timeout=30)
+            pytest.fail(f"Xvfb did not report a display within 30 s: {err.decode(errors='replace')}")
+        yield f":{number}"
+    finally:
+        os.close(read_fd)
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+        if proc.stderr is not None:
+            proc.stderr.close()
+
+
+@pytest.mark.slow
+def test_desktop_progress_selftest(tmp_path: Path, xvfb_display: str) -> None:
+    if not _has_tkinter():
+        pytest.skip("tkinter is not available in this Python build")
+    result = run_example(
+        "desktop_progress/desktop_progress.py",
+        tmp_path,
+        "--selftest",
+        "--steps",
+        "6",
+        "--step-seconds",
+        "0.1",
+        env={"DISPLAY": xvfb_display},
+    )
+    check(result, "selftest passed: progress bar reached 100%")
+
+
+def test_desktop_progress_without_a_display_says_so(tmp_path: Path) -> None:
+    result = run_example("desktop_progress/desktop_progress.py", tmp_path, "--selftest", env={"DISPLAY": ""})
+    if not _has_tkinter():
+        check(result, "tkinter not available")
+    else:
+        check(result, "no display available", "xvfb-run")
