@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .exceptions import (
     ResultExpired,
@@ -45,6 +45,30 @@ def failure(row: TaskRow) -> TaskFailed:
     if reason == "timeout":
         return TaskTimedOut(row.id, **kwargs)
     return TaskFailed(row.id, **kwargs)
+
+
+T = TypeVar("T")
+
+
+def _wait_until(app: LiteQ, check: Callable[[], T | None], timeout: float | None, late: Callable[[], str]) -> T:
+    """Re-run ``check`` after every write to the store until it returns a value, or raise
+    :class:`ResultTimeout` with ``late()`` as the message. Writes by this process wake the waiter at
+    once, other processes' through the store's wake-up socket; the re-check interval only bounds
+    the wait where no wake-up can arrive."""
+    storage = app.storage
+    deadline = None if timeout is None else time.monotonic() + timeout
+    interval = 0.001
+    storage.listen()
+    while True:
+        version = storage.version
+        out = check()
+        if out is not None:
+            return out
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            raise ResultTimeout(late())
+        storage.wait(version, interval if left is None else min(interval, left))
+        interval = min(interval * 2, MAX_POLL_INTERVAL)
 
 
 _REASONS = {
@@ -133,22 +157,21 @@ class Result:
 
     def wait(self, timeout: float | None = None) -> TaskRow:
         """Block until the task finishes; return its row. Raises :class:`ResultTimeout`."""
-        storage = self.app.storage
-        deadline = None if timeout is None else time.monotonic() + timeout
-        interval = 0.001
-        storage.listen()
-        while True:
-            version = storage.version
+        last: list[TaskRow] = []
+
+        def finished() -> TaskRow | None:
             row = self._row()
-            if row.state in FINISHED_STATES:
-                return row
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                raise ResultTimeout(
-                    f"task {self.id} is still {row.state} after {timeout}s; call get() again later, or raise timeout"
-                )
-            storage.wait(version, interval if left is None else min(interval, left))
-            interval = min(interval * 2, MAX_POLL_INTERVAL)
+            last[:] = [row]
+            return row if row.state in FINISHED_STATES else None
+
+        return _wait_until(
+            self.app,
+            finished,
+            timeout,
+            lambda: (
+                f"task {self.id} is still {last[0].state} after {timeout}s; call get() again later, or raise timeout"
+            ),
+        )
 
     def get(self, timeout: float | None = None, *, propagate: bool = True) -> Any:
         """Wait for the task and return its value.
@@ -235,28 +258,27 @@ class GroupResult:
         The first failed member (in order) raises its :class:`~liteq.TaskFailed` (with
         ``propagate=False`` the exception takes its place in the list).
         """
-        storage = self.app.storage
-        deadline = None if timeout is None else time.monotonic() + timeout
-        interval = 0.001
-        storage.listen()
-        while True:
-            version = storage.version
+        unfinished = [0]
+
+        def finished() -> list[TaskRow] | None:
             rows = self._rows()
-            pending = [row for row in rows if row.state not in FINISHED_STATES]
             failed = next((row for row in rows if row.state in FINISHED_STATES - {SUCCEEDED}), None)
             if failed is not None and propagate:
                 raise failure(failed)
-            if not pending:
-                return [
-                    (self.app.serializer.loads(row.result) if row.result is not None else None)
-                    if row.state == SUCCEEDED
-                    else failure(row)
-                    for row in rows
-                ]
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                raise ResultTimeout(
-                    f"group {self.id}: {len(pending)} of {len(rows)} member(s) still unfinished after {timeout}s"
-                )
-            storage.wait(version, interval if left is None else min(interval, left))
-            interval = min(interval * 2, MAX_POLL_INTERVAL)
+            unfinished[0] = sum(1 for row in rows if row.state not in FINISHED_STATES)
+            return None if unfinished[0] else rows
+
+        rows = _wait_until(
+            self.app,
+            finished,
+            timeout,
+            lambda: (
+                f"group {self.id}: {unfinished[0]} of {len(self.results)} member(s) still unfinished after {timeout}s"
+            ),
+        )
+        return [
+            (self.app.serializer.loads(row.result) if row.result is not None else None)
+            if row.state == SUCCEEDED
+            else failure(row)
+            for row in rows
+        ]

@@ -23,22 +23,11 @@ import pytest
 from liteq import ConfigurationError, LiteQ, TaskCancelled
 from tests import control_tasks, tasks
 from tests.control_tasks import Interval, intervals
+from tests.support import wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
 MakeApp = Callable[..., LiteQ]
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.02) -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail naming ``what`` after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 def states(app: LiteQ, name: str) -> list[str]:

@@ -36,6 +36,7 @@ from liteq.cli import main as cli_main
 from liteq.scheduler import MAX_CATCH_UP, ON_TIME_GRACE, Schedule, Scheduler, due_slots
 from liteq.storage.sqlite import DB_FILENAME
 from tests import control_tasks, tasks
+from tests.support import wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -45,18 +46,6 @@ UTC = timezone.utc
 
 
 # -- helpers -------------------------------------------------------------------------------------
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.02) -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail naming ``what`` after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 def ts(text: str, tz: str = "UTC") -> float:

@@ -37,24 +37,13 @@ from liteq.message import new_id
 from liteq.storage.base import NewTask, Outcome
 from liteq.storage.sqlite import DB_FILENAME, SqliteStorage
 from tests import faultprocs
+from tests.support import wait_for
 
 CTX = multiprocessing.get_context("spawn")
 QUEUE = faultprocs.QUEUE
 
 
 # -- helpers -------------------------------------------------------------------------------------
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.002) -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail naming ``what`` after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 class Procs:
