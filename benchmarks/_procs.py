@@ -76,13 +76,29 @@ def processes(pid: int) -> list[psutil.Process]:
         return []
 
 
+def role(p: psutil.Process, root: int) -> str:
+    """What a process of a pool's tree is: supervisor, fork server, resource tracker or a child."""
+    if p.pid == root:
+        return "supervisor"
+    try:
+        cmd = " ".join(p.cmdline())
+        parent = p.ppid()
+    except psutil.Error:
+        return f"{p.pid}"
+    if "resource_tracker" in cmd:
+        return "resource tracker"
+    if "forkserver" in cmd and parent == root:
+        return "fork server"
+    return f"child {p.pid}"
+
+
 def cpu_snapshot(pid: int) -> dict[int, tuple[str, float]]:
-    """``{pid: (name, user+system CPU seconds)}`` for the tree under ``pid``."""
+    """``{pid: (role, user+system CPU seconds)}`` for the tree under ``pid``."""
     out: dict[int, tuple[str, float]] = {}
     for p in processes(pid):
         try:
             t = p.cpu_times()
-            out[p.pid] = (" ".join(p.cmdline()[:6])[:120], t.user + t.system)
+            out[p.pid] = (role(p, pid), t.user + t.system)
         except psutil.Error:
             pass
     return out
@@ -93,12 +109,12 @@ def cpu_used(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, f
     return {pid: cpu - (before[pid][1] if pid in before else 0.0) for pid, (_, cpu) in after.items()}
 
 
-def pss(pid: int) -> tuple[int, dict[int, int]]:
-    """Total PSS (bytes) of the tree under ``pid`` and PSS per process."""
-    each: dict[int, int] = {}
+def pss(pid: int) -> tuple[int, dict[str, int]]:
+    """Total PSS (bytes) of the tree under ``pid`` and PSS per process (by role)."""
+    each: dict[str, int] = {}
     for p in processes(pid):
         try:
-            each[p.pid] = int(p.memory_full_info().pss)
+            each[role(p, pid)] = int(p.memory_full_info().pss)
         except psutil.Error:
             pass
     return sum(each.values()), each
@@ -113,7 +129,7 @@ class PssSampler(threading.Thread):
         self.interval = interval
         self.samples: list[int] = []
         self.peak = 0
-        self.peak_each: dict[int, int] = {}
+        self.peak_each: dict[str, int] = {}
         self._halt = threading.Event()
 
     def run(self) -> None:

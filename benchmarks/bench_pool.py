@@ -243,7 +243,7 @@ def bench_cpu(ctx: Context, iterations: int) -> tuple[list[Figure], float]:
             "liteq app.workers(2): enqueue_many + get() every result",
             q * 1000,
             "ms",
-            reference=f"bare Pool(2) {b * 1000:,.0f} ms just before ({ratio:.3f}x)",
+            reference=f"bare Pool(2) {b * 1000:,.0f} ms; median of per-round ratios {ratio:.3f}x",
             target="within 5% of bare (<= 1.05x)",
             ok=ratio <= 1.05,
             runs=[x * 1000 for x in liteq_times],
@@ -268,7 +268,7 @@ def _liteq_latency(app: LiteQ, noop: Any, n: int) -> list[float]:
     for i in range(n):
         started = clock()
         noop.delay(i).get(timeout=30)
-        out.append((clock() - started) * 1000)
+        out.append((clock() - started) * 1e6)
     return out
 
 
@@ -278,7 +278,7 @@ def _huey_latency(noop: Any, n: int) -> list[float]:
     for i in range(n):
         started = clock()
         noop(i).get(blocking=True, timeout=30)
-        out.append((clock() - started) * 1000)
+        out.append((clock() - started) * 1e6)
     return out
 
 
@@ -300,10 +300,10 @@ def bench_latency_idle(ctx: Context, iterations: int, bare_cpu: float) -> list[F
             runs.append(lat)
             p50s.append(percentile(lat, 50))
             p99s.append(percentile(lat, 99))
-            ctx.log(f"W3 liteq round {round_ + 1}: p50 {p50s[-1]:.2f} ms, p99 {p99s[-1]:.2f} ms, max {max(lat):.2f}")
+            ctx.log(f"W3 liteq round {round_ + 1}: p50 {p50s[-1]:.0f} us, p99 {p99s[-1]:.0f} us, max {max(lat):.0f} us")
         hlat = _huey_latency(h["noop"], n)
         h50, h99 = percentile(hlat, 50), percentile(hlat, 99)
-        ctx.log(f"W3 Huey: p50 {h50:.1f} ms, p99 {h99:.1f} ms")
+        ctx.log(f"W3 Huey: p50 {h50 / 1000:.1f} ms, p99 {h99 / 1000:.1f} ms")
 
         # Idle: both pools have done nothing for a moment; count the CPU of each whole tree.
         time.sleep(2.0)
@@ -313,9 +313,9 @@ def bench_latency_idle(ctx: Context, iterations: int, bare_cpu: float) -> list[F
         used_l, used_h = cpu_used(before_l, after_l), cpu_used(before_h, after_h)
         idle_l = sum(used_l.values()) * IDLE_SECONDS / idle
         idle_h = sum(used_h.values()) * IDLE_SECONDS / idle
-        split = {after_l[pid][0]: round(cpu * IDLE_SECONDS / idle, 4) for pid, cpu in used_l.items()}
+        split = {after_l[pid][0]: round(cpu * IDLE_SECONDS / idle * 1000, 1) for pid, cpu in used_l.items()}
         idle_pss, idle_each = pss(worker.pid)
-        ctx.log(f"idle {idle:.0f}s: liteq {idle_l:.3f} CPU-s per 30 s {split}, Huey {idle_h:.3f}")
+        ctx.log(f"idle {idle:.0f}s: liteq {idle_l * 1000:.0f} CPU-ms per 30 s {split}, Huey {idle_h * 1000:.0f}")
 
         # Huey's W4, for reference (its workers poll, so it starts up to 100 ms late).
         hw4 = _time(lambda: [r.get(blocking=True, timeout=600) for r in [h["burn"](iterations) for _ in range(n_cpu)]])
@@ -334,37 +334,41 @@ def bench_latency_idle(ctx: Context, iterations: int, bare_cpu: float) -> list[F
             group,
             "liteq p50 (pool: python -m liteq worker -c 2)",
             l50,
-            "ms",
-            reference=f"Huey p50 {h50:.1f} ms",
+            "us",
+            reference=f"Huey p50 {h50 / 1000:.1f} ms",
             target="<= 1.5 ms",
-            ok=l50 <= 1.5,
+            ok=l50 <= 1500,
             runs=p50s,
-            extra={"latencies_ms": runs[len(runs) // 2]},
+            extra={"latencies_us": runs[len(runs) // 2]},
         ),
         Figure(
             group,
             "liteq p99",
             l99,
-            "ms",
-            reference=f"Huey p99 {h99:.1f} ms",
+            "us",
+            reference=f"Huey p99 {h99 / 1000:.1f} ms",
             target="<= 5 ms",
-            ok=l99 <= 5.0,
+            ok=l99 <= 5000,
             runs=p99s,
         ),
-        Figure(group, "SqliteHuey p50 (consumer -k process -w 2)", h50, "ms", runs=[h50]),
-        Figure(group, "SqliteHuey p99", h99, "ms", runs=[h99], extra={"latencies_ms": hlat}),
+        Figure(group, "SqliteHuey p50 (consumer -k process -w 2)", h50, "us", runs=[h50]),
+        Figure(group, "SqliteHuey p99", h99, "us", runs=[h99], extra={"latencies_us": hlat}),
         Figure(
             idle_group,
-            "liteq pool (supervisor + fork server + 2 children)",
-            idle_l,
-            "CPU-s",
-            reference=f"{idle_l / IDLE_SECONDS:.2%} of a core; Huey {idle_h:.3f} CPU-s",
-            target="< 0.3 CPU-s (1% of a core)",
+            "liteq pool (supervisor + fork server + resource tracker + 2 children)",
+            idle_l * 1000,
+            "CPU-ms",
+            reference=f"{idle_l / IDLE_SECONDS:.2%} of a core; Huey {idle_h * 1000:.0f} CPU-ms",
+            target="< 300 CPU-ms (1% of a core)",
             ok=idle_l < 0.3,
-            runs=[idle_l],
-            extra={"per_process": split, "idle_pss_mb": idle_pss / MB},
+            runs=[idle_l * 1000],
+            extra={
+                "per_process_cpu_ms": split,
+                "idle_pss_mb": idle_pss / MB,
+                "idle_pss_each_mb": {k: v / MB for k, v in idle_each.items()},
+            },
         ),
-        Figure(idle_group, "SqliteHuey consumer (-k process -w 2)", idle_h, "CPU-s", runs=[idle_h]),
+        Figure(idle_group, "SqliteHuey consumer (-k process -w 2)", idle_h * 1000, "CPU-ms", runs=[idle_h * 1000]),
         Figure(
             f"W4: {n_cpu} tasks of ~{CPU_TASK_MS:.0f} ms pure-Python work on 2 processes (children started)",
             "SqliteHuey consumer -k process -w 2 (reference)",
@@ -402,6 +406,7 @@ def bench_memory(ctx: Context, huey_peak: int) -> list[Figure]:
         results = app.enqueue_many([noop.s(i) for i in range(first)])
         _drain_watch(app, worker, results, first + 1)
         peak_first = sampler.finish()
+        peak_each_first = sampler.peak_each
         time.sleep(1.0)
         after_first, each_first = pss(worker.pid)
         ctx.log(f"memory: {first:,} drained, peak PSS {peak_first / MB:.1f} MB, after {after_first / MB:.1f} MB")
@@ -433,7 +438,7 @@ def bench_memory(ctx: Context, huey_peak: int) -> list[Figure]:
             target="< 60 MB",
             ok=peak_first < 60 * MB,
             runs=[peak_first / MB],
-            extra={"per_process_at_peak_mb": {p: v / MB for p, v in sampler.peak_each.items()}},
+            extra={"per_process_at_peak_mb": {p: v / MB for p, v in peak_each_first.items()}},
         ),
         Figure(
             group,

@@ -49,10 +49,12 @@ def count_words(path: str, start: int, end: int) -> dict[str, int]:
 
 def merge_counts(parts: list[dict[str, int]]) -> dict[str, int]:
     """Sum the per-chunk counts (the reduce step, a chord body)."""
-    total: Counter[str] = Counter()
+    total: dict[str, int] = {}
+    get = total.get
     for part in parts:
-        total.update(part)
-    return dict(total)
+        for word, n in part.items():
+            total[word] = get(word, 0) + n
+    return total
 
 
 def nothing(*args: Any) -> None:

@@ -6,6 +6,7 @@ Module-level and with picklable arguments only, so it works under ``fork``, ``fo
 
 from __future__ import annotations
 
+import collections
 import logging
 import logging.handlers
 import os
@@ -113,11 +114,56 @@ def _rss() -> int:
         return 0
 
 
+class _Inbox:
+    """Tasks sent to this child and not started yet, filled by a reader thread.
+
+    The reader keeps reading the pipe while a task runs, so a ``("revoke", ids)`` from the
+    supervisor (stopping, recycling, reloading) takes back queued tasks at once, with an atomic
+    answer: each id is either handed back (``("returned", ids)``, it will not run here) or already
+    started (its ``done`` follows).
+    """
+
+    def __init__(self, conn: Connection, send: Any) -> None:
+        self.conn = conn
+        self.send = send
+        self.tasks: collections.deque[Any] = collections.deque()
+        self.closed = False
+        self.cond = threading.Condition()
+
+    def read(self) -> None:
+        while True:
+            try:
+                message = self.conn.recv()
+            except (EOFError, OSError):
+                message = ("stop",)
+            with self.cond:
+                kind = message[0]
+                if kind == "run":
+                    self.tasks.append(message[1])
+                elif kind == "revoke":
+                    wanted = set(message[1])
+                    back = [t.id for t in self.tasks if t.id in wanted]
+                    self.tasks = collections.deque(t for t in self.tasks if t.id not in wanted)
+                    self.send(("returned", back))
+                else:  # stop, or the supervisor is gone: finish what is queued, then exit
+                    self.closed = True
+                self.cond.notify()
+                if self.closed:
+                    return
+
+    def next(self) -> Any:
+        """The next task to run, or None once stopped and empty."""
+        with self.cond:
+            while not self.tasks and not self.closed:
+                self.cond.wait()
+            return self.tasks.popleft() if self.tasks else None
+
+
 def child_main(app: LiteQ, conn: Connection, options: ChildOptions) -> None:
     """Serve tasks until told to stop or the pipe closes.
 
-    Messages in: ``("run", ClaimedTask)``, ``("stop",)``. Out: ``("ready", pid)``,
-    ``("progress", id, token, bytes)``, ``("done", Outcome, rss)``.
+    Messages in: ``("run", ClaimedTask)``, ``("revoke", ids)``, ``("stop",)``. Out: ``("ready", pid)``,
+    ``("progress", id, token, bytes)``, ``("done", Outcome, rss)``, ``("returned", ids)``.
     """
     from .worker import execute
 
@@ -136,15 +182,14 @@ def child_main(app: LiteQ, conn: Connection, options: ChildOptions) -> None:
         with send_lock:
             conn.send(message)
 
+    inbox = _Inbox(conn, send)
+    reader = threading.Thread(target=inbox.read, name="liteq-child-inbox", daemon=True)
     send(("ready", os.getpid()))
+    reader.start()
     while True:
-        try:
-            message = conn.recv()
-        except (EOFError, OSError):
+        claimed = inbox.next()
+        if claimed is None:
             return
-        if message[0] == "stop":
-            return
-        claimed = message[1]
 
         def report(progress: Any, c: Any = claimed) -> None:
             send(("progress", c.id, c.lease_token, progress.encode()))

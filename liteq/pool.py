@@ -94,6 +94,7 @@ class _Child:
         "queue",
         "ready",
         "retiring",
+        "revoking",
         "started",
     )
 
@@ -108,6 +109,7 @@ class _Child:
         self.retiring = False
         self.kill_reason = ""
         self.done = 0
+        self.revoking: set[str] = set()  # queued task ids asked back, not answered yet
         self.cancel_id = ""  # the running task asked to stop (SIGUSR1), killed at cancel_deadline
         self.cancel_deadline = 0.0
 
@@ -214,6 +216,7 @@ class WorkerPool:
         self._next_extend = 0.0
         self._next_beat = 0.0
         self._next_maintenance = 0.0
+        self._next_prune = 0.0
         self._next_cancel_check = 0.0
         self._reload_pending = False
         self._wake_r, self._wake_w = socket.socketpair()
@@ -437,6 +440,8 @@ class WorkerPool:
                     self._done(c, message[1], message[2])
                 elif kind == "progress":
                     self.progress[message[1]] = (message[2], message[3])
+                elif kind == "returned":
+                    self._returned(c, message[1])
                 elif kind == "ready":
                     c.ready = True
                     c.pid = message[1]
@@ -471,12 +476,35 @@ class WorkerPool:
         self._requeue_unstarted(c)
 
     def _requeue_unstarted(self, c: _Child) -> None:
-        while len(c.queue) > 1:
-            self.buffer.appendleft(c.queue.pop())
+        """Ask a live child for the tasks queued in its pipe behind the running one.
+
+        They stay in ``c.queue`` until the child answers: each comes back (``returned``) or has
+        started by then (its ``done`` follows). Taking them back without asking would let the
+        child run a task that another worker also runs.
+        """
+        ids = [t.id for t in list(c.queue)[1:] if t.id not in c.revoking]
+        if not ids:
+            return
+        c.revoking.update(ids)
+        try:
+            c.conn.send(("revoke", ids))
+        except OSError:
+            pass  # the child is gone: _buried takes its queue back
+
+    def _returned(self, c: _Child, ids: list[str]) -> None:
+        back = set(ids)
+        kept: collections.deque[ClaimedTask] = collections.deque()
+        for t in c.queue:
+            if t.id in back:
+                self.buffer.appendleft(t)
+            else:
+                kept.append(t)
+        c.queue = kept
+        c.revoking.difference_update(ids)
 
     def _buried(self, c: _Child) -> None:
         """A child process exited: record its running task's fate and start a replacement."""
-        c.process.join(0)
+        c.process.join(1)  # the sentinel can fire a moment before waitpid reports the exit code
         code = c.process.exitcode
         head = c.head
         if head is not None:
@@ -521,7 +549,11 @@ class WorkerPool:
     # -- claiming and assigning ---------------------------------------------------------------------
 
     def _capacity(self) -> int:
-        return sum(self.child_depth - len(c.queue) for c in self.children if c.ready and not c.retiring)
+        return sum(
+            max(0, self._depth_for(c) - len(c.queue))
+            for c in self.children
+            if c.ready and not c.retiring and not c.kill_reason
+        )
 
     def _claim(self, mono: float) -> None:
         want = self._capacity() + self.prefetch - len(self.buffer)
@@ -548,7 +580,7 @@ class WorkerPool:
             for c in self.children:
                 if not self.buffer:
                     return
-                if not c.ready or c.retiring or len(c.queue) >= min(level, self._depth_for(c)):
+                if not c.ready or c.retiring or c.kill_reason or len(c.queue) >= min(level, self._depth_for(c)):
                     continue
                 task = self.buffer.popleft()
                 if not c.queue:
@@ -563,6 +595,8 @@ class WorkerPool:
     def _depth_for(self, c: _Child) -> int:
         if c.cancel_id:
             return 0
+        if self.max_tasks_per_child and c.done + len(c.queue) >= self.max_tasks_per_child:
+            return 0  # it retires after the tasks it has
         # A task behind one with a hard limit would wait out that limit: queue only one then.
         head = c.head
         if head is not None and self._timeout_of(head) is not None:
@@ -589,10 +623,14 @@ class WorkerPool:
             self.storage.heartbeat(self.id, tasks_done=self.tasks_done - self._beat_done)
             self._beat_done = self.tasks_done
         if mono >= self._next_maintenance:
-            self._next_maintenance = mono + MAINTENANCE_INTERVAL
+            # Expired leases (a dead pool's tasks) come back within half a lease; the probe is a
+            # read of one index entry. Pruning finished tasks can wait longer.
+            self._next_maintenance = mono + min(MAINTENANCE_INTERVAL, max(1.0, self.lease / 2))
             if self.storage.reap():
                 self._maybe_work = True
-            self.storage.prune()
+            if mono >= self._next_prune:
+                self._next_prune = mono + MAINTENANCE_INTERVAL
+                self.storage.prune()
         if self.scheduler is not None:
             due = self.scheduler.next_due()
             if due is not None and time.time() >= due:
@@ -611,6 +649,8 @@ class WorkerPool:
                 c.retiring = True
                 self._requeue_unstarted(c)
         for c in self.children:
+            if self.max_tasks_per_child and c.done >= self.max_tasks_per_child and not c.retiring:
+                self._retire(c, f"ran {c.done} tasks")  # postponed while another child retired
             if c.retiring and not c.queue and not c.kill_reason:
                 c.kill_reason = "retire"
                 try:
@@ -654,8 +694,8 @@ class WorkerPool:
                     pass
 
     def _kill(self, c: _Child, reason: str) -> None:
+        # Its queued tasks come back when the child is buried; killed, it cannot start them.
         c.kill_reason = reason
-        self._requeue_unstarted(c)
         try:
             os.kill(c.process.pid, signal.SIGKILL)
         except (ProcessLookupError, TypeError):

@@ -1,7 +1,7 @@
 """Helpers for the process-pool tests: waiting on state, the run log, release gates, processes.
 
-Nothing here sleeps for a fixed time to let something happen: :func:`wait_for` polls a predicate
-until it holds or a deadline passes, and says what it was waiting for when it gives up.
+Nothing here sleeps for a fixed time to let something happen: :func:`tests.support.wait_for`
+(re-exported) polls a predicate until it holds or a deadline passes.
 """
 
 from __future__ import annotations
@@ -11,36 +11,23 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import psutil
+
+from tests.support import wait_for
 
 if TYPE_CHECKING:
     from liteq import LiteQ
     from liteq.pool import WorkerPool
 
-T = TypeVar("T")
-
 #: The repository root: subprocesses run here so that ``tests`` is importable.
 ROOT = Path(__file__).resolve().parent.parent
 #: Every start method the crash tests run under.
 START_METHODS = ("fork", "forkserver", "spawn")
-
-
-def wait_for(predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.01) -> T:
-    """Poll ``predicate`` until it returns something truthy (returned) or ``timeout`` seconds pass."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 @dataclass(frozen=True)
