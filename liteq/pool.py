@@ -32,6 +32,8 @@ import logging
 import logging.handlers
 import multiprocessing
 import os
+import select
+import selectors
 import signal
 import socket
 import sys
@@ -63,6 +65,13 @@ HEARTBEAT_INTERVAL = 5.0
 IDLE_POLL_INTERVAL = 1.0
 #: Seconds between checks for cancel requests on running tasks.
 CANCEL_CHECK_INTERVAL = 1.0
+#: Under load, outcomes wait at most this long (or for this many) to share one transaction.
+FLUSH_DELAY = 0.002
+FLUSH_BATCH = 64
+#: Seconds between WAL checkpoints done by a pool in the background.
+CHECKPOINT_INTERVAL = 0.5
+#: Prefetch grows up to this many tasks per child while claims keep coming back full.
+MAX_PREFETCH_PER_CHILD = 32
 #: Seconds a cancelled running task gets to stop by itself before its child is killed.
 CANCEL_GRACE = 3.0
 #: Seconds running tasks get to finish after a stop request.
@@ -192,6 +201,7 @@ class WorkerPool:
             # Children fork from a server that has already imported liteq: fast, thread-free starts.
             self.ctx.set_forkserver_preload(["liteq", "liteq.child", "liteq.worker"])
         self.prefetch = concurrency if prefetch is None else max(0, prefetch)
+        self._prefetch = self.prefetch
         self.child_depth = child_depth
         self.lease = float(lease if lease is not None else getattr(app, "lease", DEFAULT_LEASE))
         self.shutdown_timeout = float(shutdown_timeout)
@@ -205,6 +215,7 @@ class WorkerPool:
         self.children: list[_Child] = []
         self.buffer: collections.deque[ClaimedTask] = collections.deque()
         self.outcomes: list[Outcome] = []
+        self._outcomes_since: float | None = None
         self.progress: dict[str, tuple[str, bytes]] = {}
         self.tasks_done = 0
         self._beat_done = 0
@@ -222,6 +233,14 @@ class WorkerPool:
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
+        # One selector for the pool's life (multiprocessing's wait() builds one per call).
+        self._selector: selectors.BaseSelector | None = None
+        if sys.platform != "win32":
+            self._selector = selectors.DefaultSelector()
+            self._selector.register(self._wake_r, selectors.EVENT_READ, ("wake", None))
+        self._checkpointer: threading.Thread | None = None
+        self._checkpoint_stop = threading.Event()
+        self._next_checkpoint = 0.0
         self._waker: Waker | None = None
         self._log_queue: Any = None
         self._log_listener: logging.handlers.QueueListener | None = None
@@ -243,6 +262,12 @@ class WorkerPool:
         waker_dir = getattr(self.storage, "wake_dir", None)
         if waker_dir:
             self._waker = Waker(waker_dir)
+            if self._selector is not None and self._waker.sock is not None:
+                self._selector.register(self._waker.sock, selectors.EVENT_READ, ("waker", None))
+            # This thread's own commits need not wake this pool: it knows what it just did.
+            skip = getattr(self.storage, "skip_wake_in_this_thread", None)
+            if skip is not None:
+                skip(self._waker.path)
         self._setup_logging()
         self._recover_local_leases()
         now = time.time()
@@ -266,6 +291,7 @@ class WorkerPool:
                     )
         if self.reload:
             self._start_reloader()
+        self._start_checkpointer()
         mono = time.monotonic()
         self._next_extend = mono + self.lease / 3
         self._next_beat = mono + self.heartbeat_interval
@@ -316,7 +342,9 @@ class WorkerPool:
         )
         process.start()
         child_conn.close()
-        return _Child(index, process, parent_conn)
+        c = _Child(index, process, parent_conn)
+        self._watch(c)
+        return c
 
     def run(self) -> None:
         """Run until :meth:`stop` is called (or a signal, with ``install_signals``), then shut down."""
@@ -404,6 +432,40 @@ class WorkerPool:
         return True
 
     def _poll(self, timeout: float) -> None:
+        if self._selector is None:
+            self._poll_portable(timeout)
+            return
+        dead: list[_Child] = []
+        for key, _ in self._selector.select(max(timeout, 0)):
+            kind, c = key.data
+            if kind == "wake":
+                _drain(self._wake_r)
+            elif kind == "waker":
+                if self._waker is not None and b"w" in self._waker.drain():
+                    self._maybe_work = True
+            elif kind == "conn":
+                self._receive(c)
+            elif c not in dead:
+                dead.append(c)
+        for c in dead:
+            self._receive(c)  # a child may have reported its last outcome before exiting
+            self._buried(c)
+
+    def _watch(self, c: _Child) -> None:
+        if self._selector is not None:
+            self._selector.register(c.conn.fileno(), selectors.EVENT_READ, ("conn", c))
+            self._selector.register(c.process.sentinel, selectors.EVENT_READ, ("dead", c))
+
+    def _unwatch(self, c: _Child) -> None:
+        if self._selector is not None:
+            for fd in (c.conn.fileno(), c.process.sentinel):
+                try:
+                    self._selector.unregister(fd)
+                except (KeyError, ValueError):
+                    pass
+
+    def _poll_portable(self, timeout: float) -> None:
+        # Windows cannot select() on pipes: multiprocessing's wait() knows how to wait there.
         handles: list[Any] = [self._wake_r]
         if self._waker is not None and self._waker.sock is not None:
             handles.append(self._waker.sock)
@@ -432,9 +494,12 @@ class WorkerPool:
             self._buried(c)
 
     def _receive(self, c: _Child) -> None:
+        conn = c.conn
         try:
-            while c.conn.poll():
-                message = c.conn.recv()
+            # Connection.poll() builds a selector per call; a zero-timeout select() on the one fd
+            # tells the same for a fraction of the cost (this runs once per finished task).
+            while _readable(conn):
+                message = conn.recv()
                 kind = message[0]
                 if kind == "done":
                     self._done(c, message[1], message[2])
@@ -512,6 +577,7 @@ class WorkerPool:
             self.outcomes.append(self._lost_outcome(c, head, code))
         while c.queue:
             self.buffer.appendleft(c.queue.pop())
+        self._unwatch(c)
         c.conn.close()
         if c in self.children:
             i = self.children.index(c)
@@ -556,9 +622,12 @@ class WorkerPool:
         )
 
     def _claim(self, mono: float) -> None:
-        want = self._capacity() + self.prefetch - len(self.buffer)
+        room = self._capacity()
+        want = room + self._prefetch - len(self.buffer)
         if want <= 0:
             return
+        if room <= len(self.buffer) and len(self.buffer) > self._prefetch // 2:
+            return  # enough in hand: refill in batches when half is used, not one task at a time
         due = self._next_scheduled is not None and time.time() >= self._next_scheduled
         if not (self._maybe_work or due or mono - self._last_claim >= IDLE_POLL_INTERVAL):
             return
@@ -569,23 +638,28 @@ class WorkerPool:
         if len(claimed) == want:
             self._maybe_work = True  # probably more where these came from
             self._next_scheduled = None
+            # A backlog: claim bigger batches (fewer transactions per task), up to a bound.
+            self._prefetch = min(max(self._prefetch * 2, 1), MAX_PREFETCH_PER_CHILD * self.concurrency)
         else:
+            self._prefetch = self.prefetch
             self._next_scheduled = self.storage.next_run_at(self.queues)
 
     def _assign(self) -> None:
         if not self.buffer:
             return
         # Level by level: every idle child gets a task before any child gets a second one.
+        depth = {id(c): self._depth_for(c) for c in self.children if c.ready and not c.retiring and not c.kill_reason}
         for level in range(1, self.child_depth + 1):
             for c in self.children:
                 if not self.buffer:
                     return
-                if not c.ready or c.retiring or c.kill_reason or len(c.queue) >= min(level, self._depth_for(c)):
+                if len(c.queue) >= min(level, depth.get(id(c), 0)):
                     continue
                 task = self.buffer.popleft()
                 if not c.queue:
                     c.started = time.monotonic()
                 c.queue.append(task)
+                depth[id(c)] = self._depth_for(c)  # a task with a hard limit ahead caps the queue
                 try:
                     c.conn.send(("run", task))
                 except OSError:
@@ -607,6 +681,7 @@ class WorkerPool:
 
     def _timers(self, mono: float) -> None:
         self._enforce_limits(mono)
+        self._inline_checkpoint(mono)
         if mono >= self._next_extend:
             self._next_extend = mono + self.lease / 3
             leases = [(t.id, t.lease_token) for t in self._held()]
@@ -727,17 +802,34 @@ class WorkerPool:
             deadlines.append(self._last_claim + IDLE_POLL_INTERVAL)
             if self._next_scheduled is not None:
                 deadlines.append(mono + max(self._next_scheduled - time.time(), 0.0))
-        if self.outcomes or self.progress:
+        if self.progress or (self.outcomes and not self._defer_flush(mono)):
             return 0.0
+        if self.outcomes and self._outcomes_since is not None:
+            deadlines.append(self._outcomes_since + FLUSH_DELAY)
         return max(min(deadlines) - mono, 0.0)
 
-    def _flush(self) -> None:
+    def _defer_flush(self, mono: float) -> bool:
+        """Hold outcomes briefly while children are busy, so one transaction records many.
+
+        Never when nothing else is running (a lone task's producer is waiting: W3 latency), nor
+        past FLUSH_DELAY or FLUSH_BATCH outcomes, nor while stopping.
+        """
+        if self._stop_level or len(self.outcomes) >= FLUSH_BATCH:
+            return False
+        if not any(c.queue for c in self.children):
+            return False
+        if self._outcomes_since is None:
+            self._outcomes_since = mono
+        return mono - self._outcomes_since < FLUSH_DELAY
+
+    def _flush(self, force: bool = False) -> None:
         if self.progress:  # before outcomes: a finished task's last progress must still land
             for task_id, (token, data) in list(self.progress.items()):
                 self.storage.set_progress(task_id, token, data)
             self.progress.clear()
-        if not self.outcomes:
+        if not self.outcomes or (not force and self._defer_flush(time.monotonic())):
             return
+        self._outcomes_since = None
         outcomes, self.outcomes = self.outcomes, []
         for o in outcomes:
             if o.state == PENDING and o.run_at == 0.0:
@@ -777,7 +869,7 @@ class WorkerPool:
 
     def _shutdown(self) -> None:
         try:
-            self._flush()
+            self._flush(force=True)
             leases = [(t.id, t.lease_token) for t in self._held()]
             if leases:
                 self.storage.release(leases)
@@ -794,6 +886,7 @@ class WorkerPool:
                 except (ProcessLookupError, TypeError):
                     pass
             c.process.join(5)
+            self._unwatch(c)
             c.conn.close()
         self.children.clear()
 
@@ -808,6 +901,11 @@ class WorkerPool:
             self.storage.unregister_worker(self.id)
         except LiteQError:
             logger.exception("could not unregister worker %s", self.id)
+        self._checkpoint_stop.set()
+        if self._checkpointer is not None:
+            self._checkpointer.join()
+        if self._selector is not None:
+            self._selector.close()
         if self._waker is not None:
             self._waker.close()
         if self._log_listener is not None:
@@ -823,6 +921,39 @@ class WorkerPool:
         self._wake_w.close()
         logger.info("worker %s stopped after %d task(s)", self.id, self.tasks_done)
 
+    # -- checkpoints -------------------------------------------------------------------------------
+
+    def _start_checkpointer(self) -> None:
+        """Checkpoint the WAL off the task path, so no commit that a producer waits on pays for it.
+
+        A background thread where children do not fork from this process; inline between
+        iterations under ``fork`` (forking a process whose other thread is inside SQLite is unsafe).
+        """
+        checkpoint = getattr(self.storage, "checkpoint", None)
+        if checkpoint is None or self.start_method == "fork":
+            return
+
+        def loop() -> None:
+            while not self._checkpoint_stop.wait(CHECKPOINT_INTERVAL):
+                try:
+                    checkpoint()
+                except LiteQError:  # busy or full: the next round, or a committing connection, does it
+                    logger.debug("background checkpoint failed", exc_info=True)
+
+        self._checkpointer = threading.Thread(target=loop, name="liteq-checkpoint", daemon=True)
+        self._checkpointer.start()
+
+    def _inline_checkpoint(self, mono: float) -> None:
+        checkpoint = getattr(self.storage, "checkpoint", None)
+        if checkpoint is None or self._checkpointer is not None or self.start_method != "fork":
+            return
+        if mono >= self._next_checkpoint and not any(c.queue for c in self.children):
+            self._next_checkpoint = mono + CHECKPOINT_INTERVAL
+            try:
+                checkpoint()
+            except LiteQError:
+                logger.debug("checkpoint failed", exc_info=True)
+
     # -- reload ----------------------------------------------------------------------------------------
 
     def _start_reloader(self) -> None:
@@ -836,6 +967,12 @@ class WorkerPool:
             self._wake_w.send(b"r")
         except OSError:
             pass
+
+
+def _readable(conn: Connection) -> bool:
+    if sys.platform == "win32":
+        return conn.poll()
+    return bool(select.select([conn], [], [], 0)[0])
 
 
 def _drain(sock: socket.socket) -> None:

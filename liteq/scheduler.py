@@ -97,8 +97,13 @@ class Schedule:
         from croniter import croniter
 
         zone = ZoneInfo(self.tz)
-        # Start an hour early in wall time: around a fall-back the same wall time is two instants.
-        start = datetime.fromtimestamp(after, zone).replace(tzinfo=None) - timedelta(hours=1)
+        local = datetime.fromtimestamp(after, zone)
+        start = local.replace(tzinfo=None)
+        if (local - timedelta(hours=1)).utcoffset() != local.utcoffset() or local.fold:
+            # Just after a fall-back the same wall time was two instants: start an hour early in
+            # wall time so the first occurrence is not skipped. Elsewhere (and always in UTC) start
+            # where we are: each step of croniter costs, and a tick walks every due schedule.
+            start -= timedelta(hours=1)
         assert self.cron is not None
         it = croniter(self.cron, start)
         last = after

@@ -66,7 +66,7 @@ class _Senders:
         self.fresh_until = 0.0
         self.lock = threading.Lock()
 
-    def send(self, kind: bytes) -> None:
+    def send(self, kind: bytes, skip: str | None = None) -> None:
         now = time.monotonic()
         if now < self.fresh_until and not self.targets:
             return  # nobody listened a moment ago: skip even the stat (it is on every commit's path)
@@ -95,6 +95,8 @@ class _Senders:
                 self.pid = os.getpid()
             sock = self.sock
             for target in list(self.targets):
+                if target == skip:
+                    continue
                 try:
                     sock.sendto(kind, target)
                 except BlockingIOError:
@@ -122,15 +124,15 @@ def _close_senders() -> None:
             senders.sock = None
 
 
-def broadcast(directory: str, kind: bytes = WORK) -> None:
-    """Send one wake byte to every listener in ``directory`` (no-op without listeners)."""
+def broadcast(directory: str, kind: bytes = WORK, skip: str | None = None) -> None:
+    """Send one wake byte to every listener in ``directory`` but ``skip`` (no-op without listeners)."""
     if not HAVE_UNIX:
         return
     senders = _senders.get(directory)
     if senders is None:
         with _senders_lock:
             senders = _senders.setdefault(directory, _Senders(directory))
-    senders.send(kind)
+    senders.send(kind, skip)
 
 
 class Waker:
