@@ -163,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for name in names:
             module = importlib.import_module(name)
+            if not hasattr(module, "run"):
+                continue  # a helper module (task functions), not a benchmark
             ctx.log(f"{name}")
             figures += module.run(ctx)
     finally:

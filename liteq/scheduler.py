@@ -120,40 +120,48 @@ class Schedule:
 
     def latest_at_or_before(self, now: float, after: float) -> float | None:
         """The latest slot in ``(after, now]``, or None; cheap even after a long sleep."""
+        return self.around(now, after)[0]
+
+    def around(self, now: float, after: float) -> tuple[float | None, float]:
+        """``(latest slot in (after, now] or None, first slot after now)`` in one walk."""
         if self.every is not None:
             k = math.floor(now / self.every)
             slot = k * self.every
-            return slot if slot > after else None
-        # Step back in generous wall-time windows instead of walking forward over every missed slot.
-        window = 3600.0
+            return (slot if slot > after else None), (k + 1) * self.every
+        # Step back in growing wall-time windows instead of walking forward over every missed slot;
+        # the first (one minute, cron's resolution) usually holds it, so a tick costs a step or two.
+        window = 60.0
         lo = max(after, now - window)
         while True:
             found = None
             for s in self.slots(lo):
                 if s > now:
+                    following = s
                     break
                 found = s
             if found is not None or lo <= after:
-                return found
+                return found, following
             window *= 8
             lo = max(after, now - window)
 
 
 def due_slots(schedule: Schedule, last_slot: float, now: float) -> list[float]:
     """The slots to fire now, given the last slot fired (or the registration time)."""
+    return _due_and_next(schedule, last_slot, now)[0]
+
+
+def _due_and_next(schedule: Schedule, last_slot: float, now: float) -> tuple[list[float], float]:
+    """:func:`due_slots`, and when to look again (the first slot not fired by this call)."""
     if schedule.catch_up == "all":
         out: list[float] = []
         for s in schedule.slots(last_slot):
             if s > now or len(out) >= MAX_CATCH_UP:
-                break
+                return out, (now if len(out) >= MAX_CATCH_UP else s)
             out.append(s)
-        return out
-    latest = schedule.latest_at_or_before(now, last_slot)
-    if latest is None:
-        return []
-    if schedule.catch_up == "none" and now - latest > ON_TIME_GRACE:
-        return []
-    return [latest]
+    latest, following = schedule.around(now, last_slot)
+    if latest is None or (schedule.catch_up == "none" and now - latest > ON_TIME_GRACE):
+        return [], following
+    return [latest], following
 
 
 class Scheduler:
@@ -202,17 +210,15 @@ class Scheduler:
                 self._next[name] = schedule.next_after(now)
                 continue
             task = self.app.get_task(schedule.task_name)
-            slots = due_slots(schedule, last, now)
+            slots, following = _due_and_next(schedule, last, now)
             for slot in slots:
                 message = self.app._message(
                     task, schedule.args, schedule.kwargs, now=now, task_id=new_id(), **schedule.options
                 )
                 message.slot = (name, slot)
                 messages.append(message)
-            if len(slots) >= MAX_CATCH_UP:
-                self._next[name] = now  # a capped catch-up continues on the very next tick
-            else:
-                self._next[name] = schedule.next_after(max(now, slots[-1] if slots else last))
+            # A capped catch-up continues on the very next tick (following == now).
+            self._next[name] = following
         if not messages:
             return []
         ids = storage.enqueue(messages, now=now)
