@@ -465,7 +465,7 @@ class LiteQ:
             queue, priority, expires_at, max_attempts, ttl = base
             payload = encode_call(serializer, tuple(args), dict(kwargs), {})
             messages.append(
-                NewTask(new_id(), name, queue, payload, priority, None, expires_at, max_attempts, None, ttl)
+                NewTask(new_id(now), name, queue, payload, priority, None, expires_at, max_attempts, None, ttl)
             )
         ids = self.storage.enqueue(messages, now=now)
         if self.immediate:

@@ -22,14 +22,14 @@ __all__ = ["PAYLOAD_VERSION", "Call", "ErrorInfo", "Progress", "decode_call", "e
 PAYLOAD_VERSION = 1
 
 
-def new_id() -> str:
+def new_id(now: float | None = None) -> str:
     """A 32-hex-digit task id that sorts by creation time (48-bit ms, then 80 random bits).
 
     Time-ordered ids keep the store's id index appending at its right edge (flat enqueue cost).
     """
     # random (reseeded in every forked child) rather than os.urandom: ids need uniqueness, not
     # secrecy, and a system call per id was a tenth of enqueue_many's time.
-    return f"{int(time.time() * 1000):012x}{random.getrandbits(80):020x}"
+    return f"{int((time.time() if now is None else now) * 1000):012x}{random.getrandbits(80):020x}"
 
 
 @dataclass(slots=True)
@@ -44,6 +44,12 @@ class Call:
 def encode_call(serializer: Serializer, args: tuple[Any, ...], kwargs: dict[str, Any], meta: dict[str, Any]) -> bytes:
     """Encode a call; an unencodable argument raises :class:`SerializationError` naming it."""
     record = {"v": PAYLOAD_VERSION, "a": list(args), "k": kwargs, "m": meta}
+    try:
+        data = serializer.marker + serializer._encode(record)
+        if len(data) <= serializer.max_size:
+            return data  # the common case, without the error bookkeeping of dumps()
+    except Exception:
+        pass
     try:
         return serializer.dumps(record, what="arguments")
     except SerializationError as exc:
