@@ -21,7 +21,7 @@ from .context import _current
 if TYPE_CHECKING:
     from .app import LiteQ
 
-__all__ = ["ChildOptions", "child_main"]
+__all__ = ["ChildOptions", "child_main", "pid_alive"]
 
 #: How often a child checks that its supervisor is still alive (seconds).
 PARENT_CHECK_INTERVAL = 0.5
@@ -58,11 +58,11 @@ def _watch_parent(supervisor_pid: int, parent_pid: int) -> None:
     # kill(pid, 0) covers forkserver, where the parent is the fork server, not the supervisor.
     while True:
         time.sleep(PARENT_CHECK_INTERVAL)
-        if os.getppid() != parent_pid or not _alive(supervisor_pid):
+        if os.getppid() != parent_pid or not pid_alive(supervisor_pid):
             os._exit(EXIT_ORPHANED)
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     """True while ``pid`` runs; a zombie (dead, not yet reaped by its parent) counts as dead."""
     try:
         os.kill(pid, 0)

@@ -44,7 +44,7 @@ from multiprocessing.connection import Connection, wait
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from .child import ChildOptions, child_main
+from .child import ChildOptions, child_main, pid_alive
 from .exceptions import ConfigurationError, LiteQError
 from .message import ErrorInfo, new_id
 from .scheduler import Scheduler
@@ -310,7 +310,7 @@ class WorkerPool:
         # owns leases in the store: hand those tasks back now instead of after the lease runs out.
         host = socket.gethostname()
         for w in self.storage.workers():
-            dead_here = w.host == host and w.pid != os.getpid() and not _pid_alive(w.pid)
+            dead_here = w.host == host and w.pid != os.getpid() and not pid_alive(w.pid)
             if w.id == self.id or dead_here:
                 back = self.storage.reap(owner=w.id)
                 if back:
@@ -981,16 +981,6 @@ def _drain(sock: socket.socket) -> None:
             pass
     except (BlockingIOError, InterruptedError, OSError):
         pass
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _exit_text(code: int | None) -> str:
