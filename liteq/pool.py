@@ -32,7 +32,6 @@ import logging
 import logging.handlers
 import multiprocessing
 import os
-import select
 import selectors
 import signal
 import socket
@@ -40,7 +39,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import wait
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
@@ -48,7 +47,8 @@ from .child import ChildOptions, child_main, pid_alive
 from .exceptions import ConfigurationError, LiteQError
 from .message import ErrorInfo, new_id
 from .scheduler import Scheduler
-from .storage.base import CANCELLED, FAILED, PENDING, ClaimedTask, Outcome, WorkerInfo
+from .slots import Checkpointer, ChildLogs, ChildSlot, default_start_method, drain, exit_text, lost_outcome, readable
+from .storage.base import CANCELLED, PENDING, ClaimedTask, Outcome, WorkerInfo
 from .wake import Waker
 from .worker import DEFAULT_LEASE, MAINTENANCE_INTERVAL
 
@@ -68,8 +68,6 @@ CANCEL_CHECK_INTERVAL = 1.0
 #: Under load, outcomes wait at most this long (or for this many) to share one transaction.
 FLUSH_DELAY = 0.002
 FLUSH_BATCH = 64
-#: Seconds between WAL checkpoints done by a pool in the background.
-CHECKPOINT_INTERVAL = 0.5
 #: Prefetch grows up to this many tasks per child while claims keep coming back full.
 MAX_PREFETCH_PER_CHILD = 32
 #: Seconds a cancelled running task gets to stop by itself before its child is killed.
@@ -78,53 +76,6 @@ CANCEL_GRACE = 3.0
 DEFAULT_SHUTDOWN_TIMEOUT = 30.0
 #: Seconds to wait for children to start before giving up.
 STARTUP_TIMEOUT = 60.0
-
-
-def default_start_method() -> str:
-    """``forkserver`` where available (Linux, BSD), else ``spawn`` (macOS, Windows)."""
-    methods = multiprocessing.get_all_start_methods()
-    if sys.platform.startswith("linux") and "forkserver" in methods:
-        return "forkserver"
-    return "spawn"
-
-
-class _Child:
-    """The supervisor's view of one child process."""
-
-    __slots__ = (
-        "cancel_deadline",
-        "cancel_id",
-        "conn",
-        "done",
-        "index",
-        "kill_reason",
-        "pid",
-        "process",
-        "queue",
-        "ready",
-        "retiring",
-        "revoking",
-        "started",
-    )
-
-    def __init__(self, index: int, process: Any, conn: Connection) -> None:
-        self.index = index
-        self.process = process
-        self.conn = conn
-        self.pid: int = process.pid or 0
-        self.queue: collections.deque[ClaimedTask] = collections.deque()
-        self.started = 0.0  # monotonic start of the head task
-        self.ready = False
-        self.retiring = False
-        self.kill_reason = ""
-        self.done = 0
-        self.revoking: set[str] = set()  # queued task ids asked back, not answered yet
-        self.cancel_id = ""  # the running task asked to stop (SIGUSR1), killed at cancel_deadline
-        self.cancel_deadline = 0.0
-
-    @property
-    def head(self) -> ClaimedTask | None:
-        return self.queue[0] if self.queue else None
 
 
 class WorkerPool:
@@ -212,7 +163,7 @@ class WorkerPool:
         self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{new_id()[-8:]}"
         self._limits = app.rate_limits()
         self.scheduler = Scheduler(app) if scheduler and app.schedules else None
-        self.children: list[_Child] = []
+        self.children: list[ChildSlot] = []
         self.buffer: collections.deque[ClaimedTask] = collections.deque()
         self.outcomes: list[Outcome] = []
         self._outcomes_since: float | None = None
@@ -238,13 +189,9 @@ class WorkerPool:
         if sys.platform != "win32":
             self._selector = selectors.DefaultSelector()
             self._selector.register(self._wake_r, selectors.EVENT_READ, ("wake", None))
-        self._checkpointer: threading.Thread | None = None
-        self._checkpoint_stop = threading.Event()
-        self._next_checkpoint = 0.0
+        self._checkpoints = Checkpointer(self.storage, inline=self.start_method == "fork")
         self._waker: Waker | None = None
-        self._log_queue: Any = None
-        self._log_listener: logging.handlers.QueueListener | None = None
-        self._mp_logging = False
+        self._logs = ChildLogs(self.ctx, forked=self.start_method == "fork")
         self._observer: Any = None
         self._thread: threading.Thread | None = None
         self._started = threading.Event()
@@ -268,7 +215,7 @@ class WorkerPool:
             skip = getattr(self.storage, "skip_wake_in_this_thread", None)
             if skip is not None:
                 skip(self._waker.path)
-        self._setup_logging()
+        self._logs.start()
         self._recover_local_leases()
         now = time.time()
         self.storage.register_worker(
@@ -291,7 +238,7 @@ class WorkerPool:
                     )
         if self.reload:
             self._start_reloader()
-        self._start_checkpointer()
+        self._checkpoints.start()
         mono = time.monotonic()
         self._next_extend = mono + self.lease / 3
         self._next_beat = mono + self.heartbeat_interval
@@ -318,31 +265,16 @@ class WorkerPool:
                 if w.id != self.id:
                     self.storage.unregister_worker(w.id)
 
-    def _setup_logging(self) -> None:
-        root = logging.getLogger()
-        if self.start_method == "fork":
-            try:
-                import multiprocessing_logging
-
-                multiprocessing_logging.install_mp_handler()
-                self._mp_logging = True
-            except Exception:  # logging must never stop the pool from starting
-                logger.exception("multiprocessing-logging is unavailable; child logs go to inherited handlers")
-            return
-        self._log_queue = self.ctx.Queue()
-        self._log_listener = logging.handlers.QueueListener(self._log_queue, *root.handlers, respect_handler_level=True)
-        self._log_listener.start()
-
-    def _spawn(self, index: int) -> _Child:
+    def _spawn(self, index: int) -> ChildSlot:
         parent_conn, child_conn = self.ctx.Pipe(duplex=True)
         level = logging.getLogger().getEffectiveLevel()
-        options = ChildOptions(os.getpid(), self._log_queue, level, self.max_memory_per_child is not None)
+        options = ChildOptions(os.getpid(), self._logs.queue, level, self.max_memory_per_child is not None)
         process = self.ctx.Process(  # type: ignore[attr-defined]
             target=child_main, args=(self.app, child_conn, options), name=f"liteq-child-{index}", daemon=True
         )
         process.start()
         child_conn.close()
-        c = _Child(index, process, parent_conn)
+        c = ChildSlot(index, process, parent_conn)
         self._watch(c)
         return c
 
@@ -435,11 +367,11 @@ class WorkerPool:
         if self._selector is None:
             self._poll_portable(timeout)
             return
-        dead: list[_Child] = []
+        dead: list[ChildSlot] = []
         for key, _ in self._selector.select(max(timeout, 0)):
             kind, c = key.data
             if kind == "wake":
-                _drain(self._wake_r)
+                drain(self._wake_r)
             elif kind == "waker":
                 if self._waker is not None and b"w" in self._waker.drain():
                     self._maybe_work = True
@@ -451,12 +383,12 @@ class WorkerPool:
             self._receive(c)  # a child may have reported its last outcome before exiting
             self._buried(c)
 
-    def _watch(self, c: _Child) -> None:
+    def _watch(self, c: ChildSlot) -> None:
         if self._selector is not None:
             self._selector.register(c.conn.fileno(), selectors.EVENT_READ, ("conn", c))
             self._selector.register(c.process.sentinel, selectors.EVENT_READ, ("dead", c))
 
-    def _unwatch(self, c: _Child) -> None:
+    def _unwatch(self, c: ChildSlot) -> None:
         if self._selector is not None:
             for fd in (c.conn.fileno(), c.process.sentinel):
                 try:
@@ -469,17 +401,17 @@ class WorkerPool:
         handles: list[Any] = [self._wake_r]
         if self._waker is not None and self._waker.sock is not None:
             handles.append(self._waker.sock)
-        by_handle: dict[Any, _Child] = {}
+        by_handle: dict[Any, ChildSlot] = {}
         for c in self.children:
             handles.append(c.conn)
             handles.append(c.process.sentinel)
             by_handle[c.conn] = c
             by_handle[c.process.sentinel] = c
         ready = wait(handles, timeout=max(timeout, 0))
-        dead: list[_Child] = []
+        dead: list[ChildSlot] = []
         for h in ready:
             if h is self._wake_r:
-                _drain(self._wake_r)
+                drain(self._wake_r)
             elif self._waker is not None and h is self._waker.sock:
                 if b"w" in self._waker.drain():
                     self._maybe_work = True
@@ -493,12 +425,12 @@ class WorkerPool:
             self._receive(c)  # a child may have reported its last outcome before exiting
             self._buried(c)
 
-    def _receive(self, c: _Child) -> None:
+    def _receive(self, c: ChildSlot) -> None:
         conn = c.conn
         try:
             # Connection.poll() builds a selector per call; a zero-timeout select() on the one fd
             # tells the same for a fraction of the cost (this runs once per finished task).
-            while _readable(conn):
+            while readable(conn):
                 message = conn.recv()
                 kind = message[0]
                 if kind == "done":
@@ -513,7 +445,7 @@ class WorkerPool:
         except (EOFError, OSError):
             pass
 
-    def _done(self, c: _Child, outcome: Outcome, rss: int) -> None:
+    def _done(self, c: ChildSlot, outcome: Outcome, rss: int) -> None:
         head = c.head
         if head is None or head.id != outcome.id:
             logger.error("child %s reported task %s it was not running", c.pid, outcome.id)
@@ -533,14 +465,14 @@ class WorkerPool:
         elif self.max_memory_per_child and rss > self.max_memory_per_child:
             self._retire(c, f"uses {rss / 2**20:.0f} MiB")
 
-    def _retire(self, c: _Child, why: str) -> None:
+    def _retire(self, c: ChildSlot, why: str) -> None:
         if c.retiring or any(o.retiring for o in self.children):
             return  # one child at a time; the others are checked again after their next task
         logger.info("recycling child %s: it %s", c.pid, why)
         c.retiring = True
         self._requeue_unstarted(c)
 
-    def _requeue_unstarted(self, c: _Child) -> None:
+    def _requeue_unstarted(self, c: ChildSlot) -> None:
         """Ask a live child for the tasks queued in its pipe behind the running one.
 
         They stay in ``c.queue`` until the child answers: each comes back (``returned``) or has
@@ -556,7 +488,7 @@ class WorkerPool:
         except OSError:
             pass  # the child is gone: _buried takes its queue back
 
-    def _returned(self, c: _Child, ids: list[str]) -> None:
+    def _returned(self, c: ChildSlot, ids: list[str]) -> None:
         back = set(ids)
         kept: collections.deque[ClaimedTask] = collections.deque()
         for t in c.queue:
@@ -567,14 +499,14 @@ class WorkerPool:
         c.queue = kept
         c.revoking.difference_update(ids)
 
-    def _buried(self, c: _Child) -> None:
+    def _buried(self, c: ChildSlot) -> None:
         """A child process exited: record its running task's fate and start a replacement."""
         c.process.join(1)  # the sentinel can fire a moment before waitpid reports the exit code
         code = c.process.exitcode
         head = c.head
         if head is not None:
             c.queue.popleft()
-            self.outcomes.append(self._lost_outcome(c, head, code))
+            self.outcomes.append(lost_outcome(c, head, code, self._timeout_of(head)))
         while c.queue:
             self.buffer.appendleft(c.queue.pop())
         self._unwatch(c)
@@ -585,28 +517,8 @@ class WorkerPool:
                 self.children.pop(i)
             else:
                 if head is not None and not c.kill_reason:
-                    logger.error("child %s died (%s) running task %s %s", c.pid, _exit_text(code), head.name, head.id)
+                    logger.error("child %s died (%s) running task %s %s", c.pid, exit_text(code), head.name, head.id)
                 self.children[i] = self._spawn(c.index)
-
-    def _lost_outcome(self, c: _Child, task: ClaimedTask, code: int | None) -> Outcome:
-        if c.kill_reason == "timeout":
-            limit = self._timeout_of(task)
-            info = ErrorInfo(
-                "liteq.exceptions.TaskTimedOut",
-                f"task ran past its hard timeout of {limit}s; its worker process was killed",
-            )
-            return Outcome(task.id, task.lease_token, FAILED, error=info.encode(), reason="timeout")
-        if c.kill_reason == "cancelled":
-            info = ErrorInfo("liteq.exceptions.TaskCancelled", "cancelled while running; its worker process was killed")
-            return Outcome(task.id, task.lease_token, CANCELLED, error=info.encode(), reason="cancelled")
-        info = ErrorInfo(
-            "liteq.WorkerLost",
-            f"worker process {c.pid} {_exit_text(code)} while running the task (attempt {task.attempt} of "
-            f"{task.max_attempts})",
-        )
-        if c.kill_reason == "stop" or task.attempt < task.max_attempts:
-            return Outcome(task.id, task.lease_token, PENDING, error=info.encode(), reason="worker lost", run_at=0.0)
-        return Outcome(task.id, task.lease_token, FAILED, error=info.encode(), reason="worker lost")
 
     def _timeout_of(self, task: ClaimedTask) -> float | None:
         t = self.app.tasks.get(task.name)
@@ -666,7 +578,7 @@ class WorkerPool:
                     c.queue.pop()
                     self.buffer.appendleft(task)
 
-    def _depth_for(self, c: _Child) -> int:
+    def _depth_for(self, c: ChildSlot) -> int:
         if c.cancel_id:
             return 0
         if self.max_tasks_per_child and c.done + len(c.queue) >= self.max_tasks_per_child:
@@ -681,7 +593,7 @@ class WorkerPool:
 
     def _timers(self, mono: float) -> None:
         self._enforce_limits(mono)
-        self._inline_checkpoint(mono)
+        self._checkpoints.maybe_inline(mono, busy=any(c.queue for c in self.children))
         if mono >= self._next_extend:
             self._next_extend = mono + self.lease / 3
             leases = [(t.id, t.lease_token) for t in self._held()]
@@ -768,7 +680,7 @@ class WorkerPool:
                 except (ProcessLookupError, TypeError):
                     pass
 
-    def _kill(self, c: _Child, reason: str) -> None:
+    def _kill(self, c: ChildSlot, reason: str) -> None:
         # Its queued tasks come back when the child is buried; killed, it cannot start them.
         c.kill_reason = reason
         try:
@@ -901,58 +813,15 @@ class WorkerPool:
             self.storage.unregister_worker(self.id)
         except LiteQError:
             logger.exception("could not unregister worker %s", self.id)
-        self._checkpoint_stop.set()
-        if self._checkpointer is not None:
-            self._checkpointer.join()
+        self._checkpoints.stop()
         if self._selector is not None:
             self._selector.close()
         if self._waker is not None:
             self._waker.close()
-        if self._log_listener is not None:
-            self._log_listener.stop()
-        if self._log_queue is not None:
-            self._log_queue.close()
-            self._log_queue.join_thread()
-        if self._mp_logging:
-            import multiprocessing_logging
-
-            multiprocessing_logging.uninstall_mp_handler()
+        self._logs.stop()
         self._wake_r.close()
         self._wake_w.close()
         logger.info("worker %s stopped after %d task(s)", self.id, self.tasks_done)
-
-    # -- checkpoints -------------------------------------------------------------------------------
-
-    def _start_checkpointer(self) -> None:
-        """Checkpoint the WAL off the task path, so no commit that a producer waits on pays for it.
-
-        A background thread where children do not fork from this process; inline between
-        iterations under ``fork`` (forking a process whose other thread is inside SQLite is unsafe).
-        """
-        checkpoint = getattr(self.storage, "checkpoint", None)
-        if checkpoint is None or self.start_method == "fork":
-            return
-
-        def loop() -> None:
-            while not self._checkpoint_stop.wait(CHECKPOINT_INTERVAL):
-                try:
-                    checkpoint()
-                except LiteQError:  # busy or full: the next round, or a committing connection, does it
-                    logger.debug("background checkpoint failed", exc_info=True)
-
-        self._checkpointer = threading.Thread(target=loop, name="liteq-checkpoint", daemon=True)
-        self._checkpointer.start()
-
-    def _inline_checkpoint(self, mono: float) -> None:
-        checkpoint = getattr(self.storage, "checkpoint", None)
-        if checkpoint is None or self._checkpointer is not None or self.start_method != "fork":
-            return
-        if mono >= self._next_checkpoint and not any(c.queue for c in self.children):
-            self._next_checkpoint = mono + CHECKPOINT_INTERVAL
-            try:
-                checkpoint()
-            except LiteQError:
-                logger.debug("checkpoint failed", exc_info=True)
 
     # -- reload ----------------------------------------------------------------------------------------
 
@@ -967,28 +836,3 @@ class WorkerPool:
             self._wake_w.send(b"r")
         except OSError:
             pass
-
-
-def _readable(conn: Connection) -> bool:
-    if sys.platform == "win32":
-        return conn.poll()
-    return bool(select.select([conn], [], [], 0)[0])
-
-
-def _drain(sock: socket.socket) -> None:
-    try:
-        while sock.recv(4096):
-            pass
-    except (BlockingIOError, InterruptedError, OSError):
-        pass
-
-
-def _exit_text(code: int | None) -> str:
-    if code is None:
-        return "vanished"
-    if code < 0:
-        try:
-            return f"was killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"was killed by signal {-code}"
-    return f"exited with code {code}"

@@ -1,0 +1,215 @@
+"""The supervisor's side of one pool child: its slot (process, pipe, queued tasks, why it was
+killed) and what to record when it dies, plus small I/O helpers of the pool loop."""
+
+from __future__ import annotations
+
+import collections
+import logging
+import logging.handlers
+import multiprocessing
+import select
+import signal
+import socket
+import sys
+import threading
+from multiprocessing.connection import Connection
+from typing import Any
+
+from .exceptions import LiteQError
+from .message import ErrorInfo
+from .storage.base import CANCELLED, FAILED, PENDING, ClaimedTask, Outcome
+
+__all__ = ["Checkpointer", "ChildLogs", "ChildSlot", "default_start_method", "lost_outcome"]
+
+logger = logging.getLogger("liteq.pool")
+
+#: Seconds between WAL checkpoints done by a pool in the background.
+CHECKPOINT_INTERVAL = 0.5
+
+
+def default_start_method() -> str:
+    """``forkserver`` where available (Linux, BSD), else ``spawn`` (macOS, Windows)."""
+    methods = multiprocessing.get_all_start_methods()
+    if sys.platform.startswith("linux") and "forkserver" in methods:
+        return "forkserver"
+    return "spawn"
+
+
+class ChildSlot:
+    """The supervisor's view of one child process."""
+
+    __slots__ = (
+        "cancel_deadline",
+        "cancel_id",
+        "conn",
+        "done",
+        "index",
+        "kill_reason",
+        "pid",
+        "process",
+        "queue",
+        "ready",
+        "retiring",
+        "revoking",
+        "started",
+    )
+
+    def __init__(self, index: int, process: Any, conn: Connection) -> None:
+        self.index = index
+        self.process = process
+        self.conn = conn
+        self.pid: int = process.pid or 0
+        self.queue: collections.deque[ClaimedTask] = collections.deque()
+        self.started = 0.0  # monotonic start of the head task
+        self.ready = False
+        self.retiring = False
+        self.kill_reason = ""
+        self.done = 0
+        self.revoking: set[str] = set()  # queued task ids asked back, not answered yet
+        self.cancel_id = ""  # the running task asked to stop (SIGUSR1), killed at cancel_deadline
+        self.cancel_deadline = 0.0
+
+    @property
+    def head(self) -> ClaimedTask | None:
+        return self.queue[0] if self.queue else None
+
+
+def lost_outcome(c: ChildSlot, task: ClaimedTask, code: int | None, limit: float | None) -> Outcome:
+    """What to record for ``task`` whose child ``c`` exited with ``code`` while running it:
+    timed out, cancelled, or lost (retried while attempts remain; at once if the pool killed it
+    to stop)."""
+    if c.kill_reason == "timeout":
+        info = ErrorInfo(
+            "liteq.exceptions.TaskTimedOut",
+            f"task ran past its hard timeout of {limit}s; its worker process was killed",
+        )
+        return Outcome(task.id, task.lease_token, FAILED, error=info.encode(), reason="timeout")
+    if c.kill_reason == "cancelled":
+        info = ErrorInfo("liteq.exceptions.TaskCancelled", "cancelled while running; its worker process was killed")
+        return Outcome(task.id, task.lease_token, CANCELLED, error=info.encode(), reason="cancelled")
+    info = ErrorInfo(
+        "liteq.WorkerLost",
+        f"worker process {c.pid} {exit_text(code)} while running the task (attempt {task.attempt} of "
+        f"{task.max_attempts})",
+    )
+    if c.kill_reason == "stop" or task.attempt < task.max_attempts:
+        return Outcome(task.id, task.lease_token, PENDING, error=info.encode(), reason="worker lost", run_at=0.0)
+    return Outcome(task.id, task.lease_token, FAILED, error=info.encode(), reason="worker lost")
+
+
+def readable(conn: Connection) -> bool:
+    """True when a message waits on ``conn`` (a zero-timeout select: Connection.poll() builds a
+    selector per call, and this runs once per finished task)."""
+    if sys.platform == "win32":
+        return conn.poll()
+    return bool(select.select([conn], [], [], 0)[0])
+
+
+def drain(sock: socket.socket) -> None:
+    """Read and drop every byte waiting on a non-blocking socket."""
+    try:
+        while sock.recv(4096):
+            pass
+    except (BlockingIOError, InterruptedError, OSError):
+        pass
+
+
+def exit_text(code: int | None) -> str:
+    """How a process ended, for messages: "was killed by SIGKILL", "exited with code 3"."""
+    if code is None:
+        return "vanished"
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+class ChildLogs:
+    """Where child log records go: the parent's handlers, through multiprocessing-logging when the
+    children are forked, through a queue and a ``QueueListener`` otherwise."""
+
+    def __init__(self, ctx: Any, *, forked: bool) -> None:
+        self.ctx = ctx
+        self.forked = forked
+        self.queue: Any = None
+        self.listener: logging.handlers.QueueListener | None = None
+        self.mp_logging = False
+
+    def start(self) -> None:
+        """Install the forwarding before any child starts."""
+        if self.forked:
+            try:
+                import multiprocessing_logging
+
+                multiprocessing_logging.install_mp_handler()
+                self.mp_logging = True
+            except Exception:  # logging must never stop the pool from starting
+                logger.exception("multiprocessing-logging is unavailable; child logs go to inherited handlers")
+            return
+        self.queue = self.ctx.Queue()
+        self.listener = logging.handlers.QueueListener(
+            self.queue, *logging.getLogger().handlers, respect_handler_level=True
+        )
+        self.listener.start()
+
+    def stop(self) -> None:
+        """Deliver what is queued and remove the forwarding."""
+        if self.listener is not None:
+            self.listener.stop()
+        if self.queue is not None:
+            self.queue.close()
+            self.queue.join_thread()
+        if self.mp_logging:
+            import multiprocessing_logging
+
+            multiprocessing_logging.uninstall_mp_handler()
+
+
+class Checkpointer:
+    """Checkpoints the store's WAL off the task path, so no commit a producer waits on pays for it.
+
+    A background thread where children do not fork from this process; inline between pool
+    iterations under ``fork`` (forking a process whose other thread is inside SQLite is unsafe).
+    """
+
+    def __init__(self, storage: Any, *, inline: bool) -> None:
+        self.checkpoint = getattr(storage, "checkpoint", None)
+        self.inline = inline
+        self.thread: threading.Thread | None = None
+        self.stopped = threading.Event()
+        self.next_at = 0.0
+
+    def start(self) -> None:
+        """Start the background thread (unless inline or the store has no WAL)."""
+        checkpoint = self.checkpoint
+        if checkpoint is None or self.inline:
+            return
+
+        def loop() -> None:
+            while not self.stopped.wait(CHECKPOINT_INTERVAL):
+                try:
+                    checkpoint()
+                except LiteQError:  # busy or full: the next round, or a committing connection, does it
+                    logger.debug("background checkpoint failed", exc_info=True)
+
+        self.thread = threading.Thread(target=loop, name="liteq-checkpoint", daemon=True)
+        self.thread.start()
+
+    def maybe_inline(self, mono: float, *, busy: bool) -> None:
+        """Under ``fork``: checkpoint now if it is due and no child holds a task."""
+        if self.checkpoint is None or not self.inline or busy or mono < self.next_at:
+            return
+        self.next_at = mono + CHECKPOINT_INTERVAL
+        try:
+            self.checkpoint()
+        except LiteQError:
+            logger.debug("checkpoint failed", exc_info=True)
+
+    def stop(self) -> None:
+        """Stop the background thread. Idempotent."""
+        self.stopped.set()
+        if self.thread is not None:
+            self.thread.join()
+            self.thread = None

@@ -1,0 +1,176 @@
+"""SQLite store internals shared by its modules: the schema and its migrations, the column lists
+of the hot statements, and small helpers.
+
+The schema is versioned in ``PRAGMA user_version``; ``MIGRATIONS[v]`` upgrades a store from
+version ``v`` to ``v + 1`` inside one transaction, so an old store opens and upgrades itself, and a
+store from a newer liteq is refused with :class:`~liteq.SchemaVersionError`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from typing import TypeVar
+
+T = TypeVar("T")
+
+DB_FILENAME = "liteq.sqlite3"
+BLOB_DIRNAME = "blobs"
+SCHEMA_VERSION = 3
+DEFAULT_BUSY_TIMEOUT = 5.0
+WAL_AUTOCHECKPOINT_PAGES = 10_000
+DEFAULT_BLOB_THRESHOLD = 64 * 1024
+DEFAULT_RESULT_TTL = 24 * 3600.0
+DURABILITY = {"normal": "NORMAL", "full": "FULL"}
+# SQLite limits host parameters per statement; stay well under the lowest default (999).
+_CHUNK = 500
+_NETWORK_FS = {"nfs", "nfs4", "cifs", "smbfs", "smb3", "fuse.sshfs", "9p", "afs", "glusterfs", "ceph"}
+
+# Version 1. Later versions append to MIGRATIONS; a store records its version in user_version.
+_SCHEMA_V1 = """
+CREATE TABLE tasks (
+    seq               INTEGER PRIMARY KEY,
+    id                TEXT NOT NULL UNIQUE,
+    name              TEXT NOT NULL,
+    queue             TEXT NOT NULL,
+    priority          INTEGER NOT NULL DEFAULT 0,
+    state             TEXT NOT NULL,
+    run_at            REAL NOT NULL,
+    expires_at        REAL,
+    enqueued_at       REAL NOT NULL,
+    started_at        REAL,
+    finished_at       REAL,
+    attempts          INTEGER NOT NULL DEFAULT 0,
+    max_attempts      INTEGER NOT NULL DEFAULT 1,
+    lease_owner       TEXT,
+    lease_token       TEXT,
+    lease_deadline    REAL,
+    idempotency_key   TEXT,
+    payload           BLOB,
+    payload_ref       TEXT,
+    result            BLOB,
+    result_ref        TEXT,
+    result_ttl        REAL,
+    result_expires_at REAL,
+    error             BLOB,
+    reason            TEXT,
+    progress          BLOB,
+    cancel_requested  INTEGER NOT NULL DEFAULT 0,
+    parent_id         TEXT
+);
+-- Partial, so the many tasks without a key cost no index write.
+CREATE UNIQUE INDEX tasks_idempotency ON tasks(idempotency_key) WHERE idempotency_key IS NOT NULL;
+CREATE INDEX tasks_pending   ON tasks(queue, priority DESC, seq) WHERE state = 'pending';
+CREATE INDEX tasks_scheduled ON tasks(run_at, queue) WHERE state = 'scheduled';
+CREATE INDEX tasks_running   ON tasks(lease_deadline) WHERE state = 'running';
+CREATE INDEX tasks_owner     ON tasks(lease_owner) WHERE state = 'running';
+CREATE INDEX tasks_finished  ON tasks(result_expires_at) WHERE result_expires_at IS NOT NULL;
+CREATE INDEX tasks_parent    ON tasks(parent_id) WHERE parent_id IS NOT NULL;
+CREATE TABLE task_errors (
+    task_id TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    at      REAL NOT NULL,
+    error   BLOB
+);
+CREATE INDEX task_errors_task ON task_errors(task_id);
+CREATE TABLE workers (
+    id           TEXT PRIMARY KEY,
+    host         TEXT NOT NULL,
+    pid          INTEGER NOT NULL,
+    concurrency  INTEGER NOT NULL,
+    queues       TEXT NOT NULL,
+    started_at   REAL NOT NULL,
+    heartbeat_at REAL NOT NULL,
+    tasks_done   INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB);
+"""
+
+# Version 2: task controls (unique, lock, rate limit) and periodic schedules.
+_SCHEMA_V2 = """
+ALTER TABLE tasks ADD COLUMN unique_key TEXT;
+ALTER TABLE tasks ADD COLUMN lock_key TEXT;
+CREATE INDEX tasks_unique ON tasks(unique_key) WHERE unique_key IS NOT NULL AND state IN ('pending', 'scheduled');
+CREATE INDEX tasks_lock   ON tasks(lock_key) WHERE lock_key IS NOT NULL AND state = 'running';
+CREATE TABLE periodic_slots (
+    schedule TEXT NOT NULL,
+    slot     REAL NOT NULL,
+    task_id  TEXT NOT NULL,
+    fired_at REAL NOT NULL,
+    PRIMARY KEY (schedule, slot)
+) WITHOUT ROWID;
+CREATE INDEX periodic_slots_fired ON periodic_slots(fired_at);
+CREATE TABLE schedules (
+    name          TEXT PRIMARY KEY,
+    paused        INTEGER NOT NULL DEFAULT 0,
+    last_slot     REAL,
+    last_fired_at REAL,
+    last_task_id  TEXT
+);
+CREATE TABLE rate_limits (name TEXT PRIMARY KEY, next_at REAL NOT NULL);
+"""
+
+# Version 3: canvas. A task waiting for others is 'scheduled' at run_at = +inf with ``waiting``
+# dependencies left; ``dependents`` says whether completing a task has anything to update.
+_SCHEMA_V3 = """
+ALTER TABLE tasks ADD COLUMN waiting INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE tasks ADD COLUMN dependents INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE tasks ADD COLUMN release_delay REAL NOT NULL DEFAULT 0;
+ALTER TABLE tasks ADD COLUMN not_before REAL;
+CREATE TABLE task_deps (task_id TEXT NOT NULL, dependent_id TEXT NOT NULL);
+CREATE INDEX task_deps_task ON task_deps(task_id);
+CREATE TABLE task_groups (
+    group_id TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    task_id  TEXT NOT NULL,
+    PRIMARY KEY (group_id, position)
+) WITHOUT ROWID;
+CREATE INDEX task_groups_task ON task_groups(task_id);
+"""
+
+#: ``MIGRATIONS[v]`` upgrades a store from version ``v`` to ``v + 1``.
+MIGRATIONS: dict[int, str] = {0: _SCHEMA_V1, 1: _SCHEMA_V2, 2: _SCHEMA_V3}
+#: How long fired periodic slots are remembered (a slot older than this can no longer race).
+SLOT_MEMORY = 7 * 86400.0
+
+_CLAIM_COLUMNS = (
+    "id, name, queue, payload, payload_ref, attempts, max_attempts, lease_token, lease_deadline, "
+    "enqueued_at, expires_at, priority, seq, lock_key"
+)
+# A pending task whose lock is held by a running task stays where it is.
+_UNLOCKED = (
+    "AND (lock_key IS NULL OR lock_key NOT IN "
+    "(SELECT lock_key FROM tasks WHERE state = 'running' AND lock_key IS NOT NULL))"
+)
+_ROW_COLUMNS = (
+    "id, name, queue, state, priority, run_at, enqueued_at, attempts, max_attempts, expires_at, "
+    "started_at, finished_at, lease_owner, lease_token, lease_deadline, idempotency_key, "
+    "result_expires_at, reason, cancel_requested, parent_id, unique_key, lock_key"
+)
+_CLEAR_LEASE = "lease_owner = NULL, lease_token = NULL, lease_deadline = NULL"
+_FINISH = "finished_at = :now, result_expires_at = :now + COALESCE(:ttl, result_ttl, :default_ttl), " + _CLEAR_LEASE
+
+
+def _chunks(items: Sequence[T], size: int = _CHUNK) -> Iterator[Sequence[T]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def _marks(n: int) -> str:
+    return ",".join("?" * n)
+
+
+def _filesystem_type(path: str) -> str | None:
+    """The type of the mounted filesystem holding ``path`` (Linux only; None elsewhere)."""
+    try:
+        with open("/proc/mounts", encoding="utf-8") as f:
+            mounts = [line.split()[1:3] for line in f if len(line.split()) >= 3]
+    except OSError:
+        return None
+    real = os.path.realpath(path)
+    best, fstype = "", None
+    for point, kind in mounts:
+        point = point.replace("\\040", " ")
+        if (real == point or real.startswith(point.rstrip("/") + "/")) and len(point) > len(best):
+            best, fstype = point, kind
+    return fstype
