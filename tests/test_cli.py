@@ -70,6 +70,7 @@ def test_show_decodes_arguments_and_every_error(store: Path, capsys: pytest.Capt
     # Then its arguments, its error and traceback are there
     assert code == EXIT_OK and "broken on purpose" in out and "Traceback" in out
     info = json.loads(jout)
+    assert jcode == EXIT_OK
     assert info["args"] == ["broken on purpose"] and info["errors"][0]["type"] == "ValueError"
 
 
@@ -105,7 +106,9 @@ def test_cancel_reports_each_state_and_unknown_ids(store: Path, capsys: pytest.C
     assert code == EXIT_NOT_FOUND
 
 
-def test_purge_asks_unless_yes(store: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_purge_asks_unless_yes(
+    store: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Given a "no" on standard input, then nothing is deleted
     monkeypatch.setattr("sys.stdin", __import__("io").StringIO("n\n"))
     code, out, _ = run(capsys, "purge", str(store), "--state", "failed")
@@ -118,7 +121,9 @@ def test_purge_asks_unless_yes(store: Path, capsys: pytest.CaptureFixture[str], 
     app.close()
 
 
-def test_enqueue_with_json_arguments(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_enqueue_with_json_arguments(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Given an importable module holding an app
     monkeypatch.setenv("LITEQ_TEST_STORE", str(tmp_path / "cli-store"))
     module = tmp_path / "cli_app.py"
@@ -172,11 +177,24 @@ def test_locked_store_is_one_line(store: Path, capsys: pytest.CaptureFixture[str
 
 
 def test_every_command_has_help(capsys: pytest.CaptureFixture[str]) -> None:
-    for command in ("worker", "status", "tasks", "show", "retry", "cancel", "purge", "enqueue", "periodic", "scheduler"):
+    for command in (
+        "worker",
+        "status",
+        "tasks",
+        "show",
+        "retry",
+        "cancel",
+        "purge",
+        "enqueue",
+        "periodic",
+        "scheduler",
+    ):
         code, out, _ = run(capsys, command, "--help")
         assert code == EXIT_OK and "Usage:" in out, command
 
 
-@pytest.mark.parametrize(("text", "size"), [("500000", 500_000), ("200MB", 200_000_000), ("1.5GiB", 1_610_612_736), ("64 kib", 65_536)])
+@pytest.mark.parametrize(
+    ("text", "size"), [("500000", 500_000), ("200MB", 200_000_000), ("1.5GiB", 1_610_612_736), ("64 kib", 65_536)]
+)
 def test_parse_size(text: str, size: int) -> None:
     assert parse_size(text) == size
