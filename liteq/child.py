@@ -10,6 +10,7 @@ import collections
 import logging
 import logging.handlers
 import os
+import pickle
 import signal
 import threading
 import time
@@ -17,11 +18,16 @@ from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
 from .context import _current
+from .slots import outcome_fields
+from .storage.base import ClaimedTask
 
 if TYPE_CHECKING:
     from .app import LiteQ
 
 __all__ = ["ChildOptions", "child_main", "pid_alive"]
+
+#: Pipe messages are plain pickles of tuples and liteq dataclasses (no ForkingPickler per message).
+PROTOCOL = pickle.HIGHEST_PROTOCOL
 
 #: How often a child checks that its supervisor is still alive (seconds).
 PARENT_CHECK_INTERVAL = 0.5
@@ -133,13 +139,13 @@ class _Inbox:
     def read(self) -> None:
         while True:
             try:
-                message = self.conn.recv()
+                message = pickle.loads(self.conn.recv_bytes())
             except (EOFError, OSError):
                 message = ("stop",)
             with self.cond:
                 kind = message[0]
                 if kind == "run":
-                    self.tasks.append(message[1])
+                    self.tasks.append(ClaimedTask(*message[1]))
                 elif kind == "revoke":
                     wanted = set(message[1])
                     back = [t.id for t in self.tasks if t.id in wanted]
@@ -180,7 +186,7 @@ def child_main(app: LiteQ, conn: Connection, options: ChildOptions) -> None:
 
     def send(message: tuple[Any, ...]) -> None:
         with send_lock:
-            conn.send(message)
+            conn.send_bytes(pickle.dumps(message, PROTOCOL))
 
     inbox = _Inbox(conn, send)
     reader = threading.Thread(target=inbox.read, name="liteq-child-inbox", daemon=True)
@@ -195,4 +201,4 @@ def child_main(app: LiteQ, conn: Connection, options: ChildOptions) -> None:
             send(("progress", c.id, c.lease_token, progress.encode()))
 
         outcome = execute(app, claimed, report=report)
-        send(("done", outcome, _rss() if options.measure_memory else 0))
+        send(("done", outcome_fields(outcome), _rss() if options.measure_memory else 0))

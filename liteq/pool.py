@@ -32,6 +32,7 @@ import logging
 import logging.handlers
 import multiprocessing
 import os
+import pickle
 import selectors
 import signal
 import socket
@@ -47,7 +48,17 @@ from .child import ChildOptions, child_main, pid_alive
 from .exceptions import ConfigurationError, LiteQError
 from .message import ErrorInfo, new_id
 from .scheduler import Scheduler
-from .slots import Checkpointer, ChildLogs, ChildSlot, default_start_method, drain, exit_text, lost_outcome, readable
+from .slots import (
+    Checkpointer,
+    ChildLogs,
+    ChildSlot,
+    default_start_method,
+    drain,
+    exit_text,
+    lost_outcome,
+    readable,
+    task_fields,
+)
 from .storage.base import CANCELLED, PENDING, ClaimedTask, Outcome, WorkerInfo
 from .wake import Waker
 from .worker import DEFAULT_LEASE, MAINTENANCE_INTERVAL
@@ -56,6 +67,9 @@ if TYPE_CHECKING:
     from .app import LiteQ
 
 __all__ = ["WorkerPool", "default_start_method"]
+
+#: Pipe messages are plain pickles of tuples and liteq dataclasses (no ForkingPickler per message).
+PROTOCOL = pickle.HIGHEST_PROTOCOL
 
 logger = logging.getLogger("liteq.pool")
 
@@ -431,10 +445,10 @@ class WorkerPool:
             # Connection.poll() builds a selector per call; a zero-timeout select() on the one fd
             # tells the same for a fraction of the cost (this runs once per finished task).
             while readable(conn):
-                message = conn.recv()
+                message = pickle.loads(conn.recv_bytes())
                 kind = message[0]
                 if kind == "done":
-                    self._done(c, message[1], message[2])
+                    self._done(c, Outcome(*message[1]), message[2])
                 elif kind == "progress":
                     self.progress[message[1]] = (message[2], message[3])
                 elif kind == "returned":
@@ -484,7 +498,7 @@ class WorkerPool:
             return
         c.revoking.update(ids)
         try:
-            c.conn.send(("revoke", ids))
+            c.conn.send_bytes(pickle.dumps(("revoke", ids), PROTOCOL))
         except OSError:
             pass  # the child is gone: _buried takes its queue back
 
@@ -573,7 +587,7 @@ class WorkerPool:
                 c.queue.append(task)
                 depth[id(c)] = self._depth_for(c)  # a task with a hard limit ahead caps the queue
                 try:
-                    c.conn.send(("run", task))
+                    c.conn.send_bytes(pickle.dumps(("run", task_fields(task)), PROTOCOL))
                 except OSError:
                     c.queue.pop()
                     self.buffer.appendleft(task)
@@ -641,7 +655,7 @@ class WorkerPool:
             if c.retiring and not c.queue and not c.kill_reason:
                 c.kill_reason = "retire"
                 try:
-                    c.conn.send(("stop",))
+                    c.conn.send_bytes(pickle.dumps(("stop",), PROTOCOL))
                 except OSError:
                     pass
 
@@ -771,7 +785,7 @@ class WorkerPool:
             if c.head is None and not c.kill_reason:
                 c.kill_reason = "stop"
                 try:
-                    c.conn.send(("stop",))
+                    c.conn.send_bytes(pickle.dumps(("stop",), PROTOCOL))
                 except OSError:
                     pass
             elif c.head is not None and force and c.kill_reason in ("", "retire"):

@@ -19,7 +19,15 @@ from .exceptions import LiteQError
 from .message import ErrorInfo
 from .storage.base import CANCELLED, FAILED, PENDING, ClaimedTask, Outcome
 
-__all__ = ["Checkpointer", "ChildLogs", "ChildSlot", "default_start_method", "lost_outcome"]
+__all__ = [
+    "Checkpointer",
+    "ChildLogs",
+    "ChildSlot",
+    "default_start_method",
+    "lost_outcome",
+    "outcome_fields",
+    "task_fields",
+]
 
 logger = logging.getLogger("liteq.pool")
 
@@ -213,3 +221,20 @@ class Checkpointer:
         if self.thread is not None:
             self.thread.join()
             self.thread = None
+
+
+# Over the pipes, tasks and outcomes travel as plain tuples in field order (a third cheaper to
+# pickle than the dataclasses); both ends rebuild them with ``ClaimedTask(*t)`` / ``Outcome(*t)``.
+
+
+def task_fields(t: ClaimedTask) -> tuple[Any, ...]:
+    """A claimed task as the tuple of its fields, in declaration order."""
+    return (
+        t.id, t.name, t.queue, t.payload, t.attempt, t.max_attempts, t.lease_token, t.lease_deadline,
+        t.enqueued_at, t.expires_at, t.priority,
+    )  # fmt: skip
+
+
+def outcome_fields(o: Outcome) -> tuple[Any, ...]:
+    """An outcome as the tuple of its fields, in declaration order."""
+    return (o.id, o.lease_token, o.state, o.result, o.error, o.reason, o.run_at, o.result_ttl)
