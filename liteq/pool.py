@@ -378,12 +378,13 @@ class WorkerPool:
         return True
 
     def _poll(self, timeout: float) -> None:
-        if self._selector is None:
-            self._poll_portable(timeout)
-            return
+        """Wait up to ``timeout`` for any event, then handle every one that is ready."""
+        if self._selector is not None:
+            events = [key.data for key, _ in self._selector.select(max(timeout, 0))]
+        else:
+            events = self._ready_portable(timeout)
         dead: list[ChildSlot] = []
-        for key, _ in self._selector.select(max(timeout, 0)):
-            kind, c = key.data
+        for kind, c in events:
             if kind == "wake":
                 drain(self._wake_r)
             elif kind == "waker":
@@ -410,34 +411,15 @@ class WorkerPool:
                 except (KeyError, ValueError):
                     pass
 
-    def _poll_portable(self, timeout: float) -> None:
+    def _ready_portable(self, timeout: float) -> list[tuple[str, Any]]:
         # Windows cannot select() on pipes: multiprocessing's wait() knows how to wait there.
-        handles: list[Any] = [self._wake_r]
+        handles: dict[Any, tuple[str, Any]] = {self._wake_r: ("wake", None)}
         if self._waker is not None and self._waker.sock is not None:
-            handles.append(self._waker.sock)
-        by_handle: dict[Any, ChildSlot] = {}
+            handles[self._waker.sock] = ("waker", None)
         for c in self.children:
-            handles.append(c.conn)
-            handles.append(c.process.sentinel)
-            by_handle[c.conn] = c
-            by_handle[c.process.sentinel] = c
-        ready = wait(handles, timeout=max(timeout, 0))
-        dead: list[ChildSlot] = []
-        for h in ready:
-            if h is self._wake_r:
-                drain(self._wake_r)
-            elif self._waker is not None and h is self._waker.sock:
-                if b"w" in self._waker.drain():
-                    self._maybe_work = True
-            else:
-                c = by_handle[h]
-                if h is c.conn:
-                    self._receive(c)
-                elif c not in dead:
-                    dead.append(c)
-        for c in dead:
-            self._receive(c)  # a child may have reported its last outcome before exiting
-            self._buried(c)
+            handles[c.conn] = ("conn", c)
+            handles[c.process.sentinel] = ("dead", c)
+        return [handles[h] for h in wait(list(handles), timeout=max(timeout, 0))]
 
     def _receive(self, c: ChildSlot) -> None:
         conn = c.conn
