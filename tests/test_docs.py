@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import os
 import re
-import signal
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.support import run_in_session
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -140,21 +140,9 @@ def test_page_code_runs(page: Path, tmp_path: Path) -> None:
     work = tmp_path / "work"
     work.mkdir()
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    proc = subprocess.Popen(
-        [sys.executable, "-W", "error", str(script)],
-        cwd=work,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
+    code, out, err = run_in_session(
+        [sys.executable, "-W", "error", str(script)], cwd=work, env=env, timeout=PAGE_TIMEOUT, what=f"{page.name}: code"
     )
-    try:
-        out, err = proc.communicate(timeout=PAGE_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        pytest.fail(f"{page.name}: code did not finish within {PAGE_TIMEOUT}s\nstdout:\n{out}\nstderr:\n{err}")
     # Line numbers in the traceback are the page's own; point at the page, not the temporary script.
     err = err.replace(str(script), str(page))
-    assert proc.returncode == 0, f"{page.name}: code failed (exit {proc.returncode})\nstdout:\n{out}\nstderr:\n{err}"
+    assert code == 0, f"{page.name}: code failed (exit {code})\nstdout:\n{out}\nstderr:\n{err}"

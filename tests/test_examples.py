@@ -10,13 +10,14 @@ from __future__ import annotations
 import os
 import select
 import shutil
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.support import run_in_session
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -33,22 +34,9 @@ def run_example(
     full_env.pop("PYTHONPATH", None)  # the example must find liteq as installed, not through the tests
     cwd = tmp_path / "elsewhere"
     cwd.mkdir(exist_ok=True)
-    proc = subprocess.Popen(
-        [sys.executable, str(EXAMPLES / script), *args],
-        cwd=cwd,
-        env=full_env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        out, err = proc.communicate(timeout=RUN_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        pytest.fail(f"{script} did not finish within {RUN_TIMEOUT}s\nstdout:\n{out}\nstderr:\n{err}")
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    argv = [sys.executable, str(EXAMPLES / script), *args]
+    code, out, err = run_in_session(argv, cwd=cwd, env=full_env, timeout=RUN_TIMEOUT, what=script)
+    return subprocess.CompletedProcess(argv, code, out, err)
 
 
 def check(result: subprocess.CompletedProcess[str], *lines: str) -> None:

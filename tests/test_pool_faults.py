@@ -269,17 +269,27 @@ def test_restarted_supervisor_with_same_worker_id_takes_its_leases_back_at_once(
     assert "took back 1 task(s)" in reaper.stderr("again")
 
 
-@pytest.mark.timeout(90)
-def test_paused_supervisor_late_completion_is_rejected(
+def _blocked_on_pool_a(
     tmp_path: Path, make_app: Callable[..., LiteQ], reaper: Reaper, runlog: RunLog, gate: Gate
-) -> None:
-    # Given pool A (lease 2 s) running a blocked task
+) -> tuple[LiteQ, subprocess.Popen[bytes], Result]:
+    """Pool A (``liteq worker``, worker id "a", lease 2 s) started on a fresh store, running a
+    task blocked on the gate under key "t"."""
     store = tmp_path / "store"
     app = make_app(store)
     block = app.task(pool_tasks.block)
     a, _ = _start_cli_pool(reaper, app, store, "a", "-c", "1", "--worker-id", "a", lease=2)
     result = block.delay(runlog.path, gate.dir, "t")
     runlog.wait_started("t")
+    return app, a, result
+
+
+@pytest.mark.timeout(90)
+def test_paused_supervisor_late_completion_is_rejected(
+    tmp_path: Path, make_app: Callable[..., LiteQ], reaper: Reaper, runlog: RunLog, gate: Gate
+) -> None:
+    # Given pool A (lease 2 s) running a blocked task
+    store = tmp_path / "store"
+    app, a, result = _blocked_on_pool_a(tmp_path, make_app, reaper, runlog, gate)
 
     # When A is paused (SIGSTOP) for longer than the lease, and pool B starts meanwhile
     a.send_signal(signal.SIGSTOP)
@@ -310,11 +320,7 @@ def test_task_of_killed_supervisor_runs_in_an_already_running_pool_when_the_leas
 ) -> None:
     # Given pool A (lease 2 s) running a blocked task, and pool B already running beside it
     store = tmp_path / "store"
-    app = make_app(store)
-    block = app.task(pool_tasks.block)
-    a, _ = _start_cli_pool(reaper, app, store, "a", "-c", "1", "--worker-id", "a", lease=2)
-    result = block.delay(runlog.path, gate.dir, "t")
-    runlog.wait_started("t")
+    app, a, result = _blocked_on_pool_a(tmp_path, make_app, reaper, runlog, gate)
     _start_cli_pool(reaper, app, store, "b", "-c", "1", "--worker-id", "b", lease=2)
 
     # When A is SIGKILLed
