@@ -10,7 +10,8 @@ The tree::
     │   ├── StoreFull               the disk is full
     │   ├── StoreReadOnly           the file or directory is not writable
     │   ├── StoreCorrupt            the database file is damaged
-    │   └── StoreMoved              the store's directory vanished under a running process
+    │   ├── StoreMoved              the store's directory vanished under a running process
+    │   └── StoreUnavailable        the store cannot be reached now (cluster server down or unreachable)
     ├── SerializationError          a value cannot be encoded or decoded (names the path and type)
     ├── TaskError                   about a task
     │   ├── UnknownTask             no task registered under that name
@@ -50,6 +51,7 @@ __all__ = [
     "StoreFull",
     "StoreMoved",
     "StoreReadOnly",
+    "StoreUnavailable",
     "TaskCancelled",
     "TaskError",
     "TaskExpired",
@@ -101,6 +103,13 @@ class StoreCorrupt(StorageError):
 
 class StoreMoved(StorageError):
     """The store's directory was removed or replaced while this process had it open."""
+
+
+class StoreUnavailable(StorageError):
+    """The store cannot be reached right now (a cluster server that is down or unreachable).
+
+    Transient: a pool treats it like ``StoreBusy`` and keeps retrying; a caller may retry the call.
+    """
 
 
 class SerializationError(LiteQError, TypeError):

@@ -31,6 +31,7 @@ CORE_NAMES = {
     "StoreFull",
     "StoreReadOnly",
     "StoreCorrupt",
+    "StoreUnavailable",
     "SerializationError",
     "UnknownTask",
     "TaskFailed",
