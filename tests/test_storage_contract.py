@@ -815,6 +815,24 @@ def test_worker_registration_heartbeat_and_unregister(storage: Storage) -> None:
     assert [w.id for w in storage.workers()] == ["w2"]
 
 
+def test_heartbeat_records_the_worker_state(storage: Storage) -> None:
+    # Given a registered worker, ok by default
+    storage.register_worker(_worker("w1", T0))
+    (w1,) = storage.workers()
+    assert (w1.state, w1.state_reason, w1.state_since, w1.state_text()) == ("ok", None, None, "ok")
+    # When it beats as degraded, then the state, reason and since are recorded with the beat
+    storage.heartbeat("w1", tasks_done=1, now=T0 + 5, state="degraded", state_reason="store busy during claim", state_since=T0 + 3)
+    (w1,) = storage.workers()
+    assert (w1.state, w1.state_reason, w1.state_since, w1.heartbeat_at, w1.tasks_done) == (
+        "degraded", "store busy during claim", T0 + 3, T0 + 5, 1
+    )
+    assert w1.state_text().startswith("degraded: store busy during claim since ")
+    # When it beats as ok again, then it reads ok
+    storage.heartbeat("w1", now=T0 + 6)
+    (w1,) = storage.workers()
+    assert (w1.state, w1.state_reason, w1.state_since) == ("ok", None, None)
+
+
 def test_worker_records_are_copies(storage: Storage) -> None:
     # Given a registered worker
     info = _worker("w1", T0)
