@@ -260,11 +260,6 @@ def test_a_pickle_payload_is_refused_and_its_canary_never_runs(
     assert not canary.exists()
 
 
-@pytest.mark.xfail(
-    reason="LiteQ.get_task still imports the module a stored name points at; the `include=` allow-list "
-    "belongs to the hardening issue (store owner). The cluster side is ready: the server never imports.",
-    strict=False,
-)
 def test_an_unregistered_task_name_fails_and_is_never_imported(
     server: ServerProcess, remote_app: Callable[..., LiteQ], reaper: Reaper, tmp_path: Path
 ) -> None:
