@@ -26,6 +26,7 @@ import click
 
 from .app import LiteQ
 from .exceptions import ConfigurationError, LiteQError
+from .inputs import check_duration
 from .message import ErrorInfo, Progress
 from .serializer import loads
 from .storage.base import STATES, TaskRow
@@ -60,8 +61,35 @@ class NotFound(LiteQError):
     """A task id that the store does not hold."""
 
 
-def load_app(target: str, *, must_exist: bool = False) -> LiteQ:
-    """Open ``module:attribute`` (an app) or a store path/URL as a :class:`LiteQ`."""
+class Seconds(click.ParamType):  # type: ignore[type-arg,unused-ignore]
+    """A duration flag: a finite number of seconds in [0, ten years] (NaN, inf and negatives are
+    refused as usage errors naming the flag, before anything is stored)."""
+
+    name = "seconds"
+
+    def __init__(self, *, positive: bool = False) -> None:
+        self.positive = positive
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        """Parse and check one value; a bad one fails with the flag's name and what to pass."""
+        if isinstance(value, float):
+            number: Any = value
+        else:
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        try:
+            return check_duration(number, param.opts[0] if param is not None else "value", positive=self.positive)
+        except ConfigurationError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def load_app(target: str, *, must_exist: bool = False, include: Sequence[str] = ()) -> LiteQ:
+    """Open ``module:attribute`` (an app) or a store path/URL as a :class:`LiteQ`.
+
+    ``include`` names modules the app may import to find tasks (see ``LiteQ(include=...)``).
+    """
     if ":" in target and "://" not in target and not os.path.exists(target):
         module_name, _, attr = target.partition(":")
         if os.getcwd() not in sys.path:
@@ -73,10 +101,14 @@ def load_app(target: str, *, must_exist: bool = False) -> LiteQ:
         app = getattr(module, attr, None)
         if not isinstance(app, LiteQ):
             raise ConfigurationError(f"{target!r}: {module_name}.{attr} is not a LiteQ app")
+        if include:
+            app.include_modules(include)
         return app
     if must_exist and "://" not in target and not os.path.exists(os.path.join(target, DB_FILENAME)):
         raise ConfigurationError(f"no liteq store at {target!r}: expected {os.path.join(target, DB_FILENAME)}")
-    return LiteQ(target)
+    if include and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    return LiteQ(target, include=include)
 
 
 def parse_size(text: str | None) -> int | None:
@@ -158,7 +190,7 @@ def _guard(fn: F) -> F:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="liteq", prog_name="liteq")
+@click.version_option(package_name="pyliteq", prog_name="liteq")
 def cli() -> None:
     """liteq: a task queue that needs no infrastructure."""
 
@@ -176,8 +208,15 @@ def cli() -> None:
 )
 @click.option("--prefetch", type=click.IntRange(min=0), default=None, help="Tasks claimed ahead [concurrency].")
 @click.option(
+    "--include",
+    "include",
+    multiple=True,
+    metavar="MODULE",
+    help="A module whose tasks this worker may import by name (repeatable); no other module is imported.",
+)
+@click.option(
     "--shutdown-timeout",
-    type=click.FloatRange(min=0),
+    type=Seconds(),
     default=30.0,
     show_default=True,
     help="Seconds running tasks get on stop.",
@@ -202,6 +241,7 @@ def worker(
     max_memory_per_child: str | None,
     start_method: str | None,
     prefetch: int | None,
+    include: tuple[str, ...],
     shutdown_timeout: float,
     worker_id: str | None,
     loglevel: str,
@@ -216,7 +256,7 @@ def worker(
         )
     )
     logging.basicConfig(level=loglevel.upper(), handlers=[handler], force=True)
-    app = load_app(app_or_store)
+    app = load_app(app_or_store, include=include)
     if connect is not None:
         app = _connected(app, connect)
     app.run_worker(
@@ -234,7 +274,7 @@ def worker(
 
 def _connected(app: LiteQ, url: str) -> LiteQ:
     """The same tasks, served from a cluster store."""
-    remote = LiteQ(url)
+    remote = LiteQ(url, include=app.include)
     for name, task in app.tasks.items():
         remote.task(name=name, **dataclasses.asdict(task.options))(task.fn)
     return remote
@@ -481,7 +521,7 @@ def purge(app_or_store: str, queue: str | None, states: tuple[str, ...], yes: bo
 @click.argument("task_name")
 @click.option("--args", "args_json", default="[]", show_default=True, help="JSON list of positional arguments.")
 @click.option("--kwargs", "kwargs_json", default="{}", show_default=True, help="JSON object of keyword arguments.")
-@click.option("--countdown", type=float, default=None, help="Seconds before it may run.")
+@click.option("--countdown", type=Seconds(), default=None, help="Seconds before it may run.")
 @click.option("--queue", default=None)
 @click.option("--priority", type=int, default=None)
 @_guard

@@ -31,6 +31,9 @@ from .base import (
     Storage,
     TaskRow,
     WorkerInfo,
+    check_lease,
+    check_new_tasks,
+    checked_outcomes,
 )
 
 __all__ = ["MemoryStorage"]
@@ -43,6 +46,9 @@ class _Entry:
     seq: int
     row: TaskRow
     result_ttl: float | None
+    timeout: float | None = None
+    soft_timeout: float | None = None
+    rate_limit: float | None = None
 
 
 def _cascaded(reason: str | None) -> bool:
@@ -119,6 +125,7 @@ class MemoryStorage(Storage):
     def enqueue(self, tasks: Sequence[NewTask], *, now: float | None = None) -> list[str]:
         """Store a batch atomically; see :meth:`Storage.enqueue`."""
         now = time.time() if now is None else now
+        check_new_tasks(tasks, now)
         ids = []
         with self._lock:
             linked: list[tuple[_Entry, list[str], float]] = []
@@ -177,7 +184,7 @@ class MemoryStorage(Storage):
                     unique_key=t.unique_key,
                     lock_key=t.lock_key,
                 )
-                entry = _Entry(next(self._seq), row, t.result_ttl)
+                entry = _Entry(next(self._seq), row, t.result_ttl, t.timeout, t.soft_timeout, t.rate_limit)
                 self._tasks[t.id] = entry
                 if t.group_id is not None:
                     self._groups.setdefault(t.group_id, {})[t.group_index or 0] = t.id
@@ -228,6 +235,7 @@ class MemoryStorage(Storage):
         limits: Mapping[str, float] | None = None,
     ) -> list[ClaimedTask]:
         """Lease due tasks; see :meth:`Storage.claim`."""
+        check_lease(lease)
         now = time.time() if now is None else now
         out: list[ClaimedTask] = []
         with self._lock:
@@ -257,7 +265,8 @@ class MemoryStorage(Storage):
                     r.reason = "expired"
                     self._finish(e, "expired", now)
                     continue
-                rate = limits.get(r.name) if limits else None
+                # The app's current rate wins; a pool without the app uses the one stored with the task.
+                rate = limits[r.name] if limits and r.name in limits else e.rate_limit
                 if rate is not None:
                     ok, when, self._rates[r.name] = admit(self._rates.get(r.name), now, rate)
                     if not ok:
@@ -284,6 +293,8 @@ class MemoryStorage(Storage):
                         enqueued_at=r.enqueued_at,
                         expires_at=r.expires_at,
                         priority=r.priority,
+                        timeout=e.timeout,
+                        soft_timeout=e.soft_timeout,
                     )
                 )
         if candidates:
@@ -300,6 +311,7 @@ class MemoryStorage(Storage):
         self, owner: str, leases: Sequence[tuple[str, str]], *, lease: float, now: float | None = None
     ) -> list[bool]:
         """Push lease deadlines; see :meth:`Storage.extend`."""
+        check_lease(lease)
         now = time.time() if now is None else now
         out = []
         with self._lock:
@@ -313,6 +325,7 @@ class MemoryStorage(Storage):
     def complete(self, outcomes: Sequence[Outcome], *, now: float | None = None) -> list[bool]:
         """Apply outcomes under their lease tokens; see :meth:`Storage.complete`."""
         now = time.time() if now is None else now
+        outcomes = checked_outcomes(outcomes, now)
         out = []
         with self._lock:
             for o in outcomes:

@@ -34,6 +34,9 @@ from .base import (
     NewTask,
     Outcome,
     TaskRow,
+    check_lease,
+    check_new_tasks,
+    checked_outcomes,
 )
 from .sqlite_extras import SqliteExtras
 from .sqlite_schema import (
@@ -79,6 +82,7 @@ class SqliteStorage(SqliteExtras):
         if not tasks:
             return []
         now = time.time() if now is None else now
+        check_new_tasks(tasks, now)
         rows = []
         refs: list[str] = []
         keys = [t.idempotency_key for t in tasks if t.idempotency_key is not None]
@@ -114,12 +118,15 @@ class SqliteStorage(SqliteExtras):
                     t.parent_id,
                     t.unique_key,
                     t.lock_key,
+                    t.timeout,
+                    t.soft_timeout,
+                    t.rate_limit,
                 )
             )
         sql = (
             "INSERT INTO tasks (id, name, queue, priority, state, run_at, expires_at, enqueued_at, "
-            "max_attempts, idempotency_key, payload, payload_ref, result_ttl, parent_id, unique_key, lock_key) "
-            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+            "max_attempts, idempotency_key, payload, payload_ref, result_ttl, parent_id, unique_key, lock_key, "
+            "timeout, soft_timeout, rate_limit) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
         )
         if len(rows) == 1 and not keys and not special:
             # One plain task, which is what every delay() sends: nothing to look up before the
@@ -194,6 +201,7 @@ class SqliteStorage(SqliteExtras):
         """Lease due tasks in one ``UPDATE ... RETURNING``; see :meth:`Storage.claim`."""
         if limit < 1 or (not queues and ids is None):
             return []
+        check_lease(lease)
         now = time.time() if now is None else now
         params: list[Any] = [owner, now + lease, now]
         if ids is not None:
@@ -265,6 +273,8 @@ class SqliteStorage(SqliteExtras):
                     enqueued_at=r[9],
                     expires_at=r[10],
                     priority=r[11],
+                    timeout=r[14],
+                    soft_timeout=r[15],
                 )
             )
         return claimed
@@ -275,7 +285,7 @@ class SqliteStorage(SqliteExtras):
         """Push lease deadlines; see :meth:`Storage.extend`."""
         if not leases:
             return []
-        deadline = (time.time() if now is None else now) + lease
+        deadline = (time.time() if now is None else now) + check_lease(lease)
 
         def run(conn: sqlite3.Connection) -> list[bool]:
             return [
@@ -294,6 +304,7 @@ class SqliteStorage(SqliteExtras):
         if not outcomes:
             return []
         now = time.time() if now is None else now
+        outcomes = checked_outcomes(outcomes, now)
         refs: list[str | None] = []
         for o in outcomes:
             ref = None

@@ -16,7 +16,7 @@ T = TypeVar("T")
 
 DB_FILENAME = "liteq.sqlite3"
 BLOB_DIRNAME = "blobs"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 DEFAULT_BUSY_TIMEOUT = 5.0
 WAL_AUTOCHECKPOINT_PAGES = 10_000
 DEFAULT_BLOB_THRESHOLD = 64 * 1024
@@ -128,14 +128,22 @@ CREATE TABLE task_groups (
 CREATE INDEX task_groups_task ON task_groups(task_id);
 """
 
+# Version 4: limits travel with the task, so a pool without the app (``liteq worker STORE``, a
+# remote pool) enforces them. NULL (rows of older versions) means "the app's option applies".
+_SCHEMA_V4 = """
+ALTER TABLE tasks ADD COLUMN timeout REAL;
+ALTER TABLE tasks ADD COLUMN soft_timeout REAL;
+ALTER TABLE tasks ADD COLUMN rate_limit REAL;
+"""
+
 #: ``MIGRATIONS[v]`` upgrades a store from version ``v`` to ``v + 1``.
-MIGRATIONS: dict[int, str] = {0: _SCHEMA_V1, 1: _SCHEMA_V2, 2: _SCHEMA_V3}
+MIGRATIONS: dict[int, str] = {0: _SCHEMA_V1, 1: _SCHEMA_V2, 2: _SCHEMA_V3, 3: _SCHEMA_V4}
 #: How long fired periodic slots are remembered (a slot older than this can no longer race).
 SLOT_MEMORY = 7 * 86400.0
 
 _CLAIM_COLUMNS = (
     "id, name, queue, payload, payload_ref, attempts, max_attempts, lease_token, lease_deadline, "
-    "enqueued_at, expires_at, priority, seq, lock_key"
+    "enqueued_at, expires_at, priority, seq, lock_key, timeout, soft_timeout, rate_limit"
 )
 # A pending task whose lock is held by a running task stays where it is.
 _UNLOCKED = (
