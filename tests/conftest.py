@@ -17,6 +17,14 @@ if TYPE_CHECKING:
 STORAGE_KINDS = ("sqlite", "memory", "remote")
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    # The soak's options (read by tests/soak/conftest.py) live here, in the first conftest pytest
+    # loads, so that `pytest --soak-seed 7` works from the repository root too.
+    group = parser.getgroup("liteq soak")
+    group.addoption("--soak-seconds", type=float, default=None, help="seconds of faults in tests/soak [60]")
+    group.addoption("--soak-seed", type=int, action="append", default=None, help="a soak seed (repeatable)")
+
+
 def pytest_configure(config: pytest.Config) -> None:
     # Registered so that ``filterwarnings = error`` does not turn the marker into an error.
     config.addinivalue_line(
