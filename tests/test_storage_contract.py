@@ -978,3 +978,55 @@ def test_sqlite_reopened_directory_keeps_committed_tasks(storage: Storage, store
         # Then the task and its result are there
         stored = row(reopened, task_id)
         assert (stored.state, stored.result) == (SUCCEEDED, BLOB)
+
+
+# -- canvas: cancel and manual retry of dependent tasks -------------------------------------------------
+
+
+def _chain(storage: Storage) -> tuple[str, str, str]:
+    """Three tasks, each waiting for the one before (a chain as the canvas stores it)."""
+    a = new_task(max_attempts=1)
+    b = new_task(depends_on=[a.id])
+    c = new_task(depends_on=[b.id])
+    storage.enqueue([a, b, c], now=T0)
+    return a.id, b.id, c.id
+
+
+def test_release_of_a_cancelled_task_fails_its_dependents(storage: Storage) -> None:
+    # Given a running first step that a user cancelled, with two steps waiting behind it
+    a, b, c = _chain(storage)
+    task = claim_one(storage, now=T0 + 1)
+    assert storage.cancel([a], now=T0 + 2) == [RUNNING]
+    # When its pool hands it back without running it (a prefetched task on shutdown)
+    assert storage.release([(task.id, task.lease_token)]) == 1
+    # Then it is cancelled and what waited for it failed with it, naming it; nothing is left waiting
+    assert row(storage, a).state == CANCELLED
+    for dependent in (b, c):
+        found = row(storage, dependent)
+        assert (found.state, found.reason) == (FAILED, f"dependency failed: {a}")
+    assert storage.claim("w1", ["default"], limit=10, now=T0 + 3) == []
+
+
+def test_retry_of_a_chain_failed_by_cascade_restores_the_waiting_order(storage: Storage) -> None:
+    # Given a chain whose first step failed, failing the two after it
+    a, b, c = _chain(storage)
+    finish(storage, claim_one(storage, now=T0 + 1), FAILED, error=b"e", now=T0 + 2)
+    assert row(storage, c).state == FAILED
+    # When every failed step is retried by hand, in any order
+    assert storage.retry([c, a, b], now=T0 + 3) == [True, True, True]
+    # Then they run one after the other again: only the first is claimable, each success frees the next
+    order = []
+    for step in range(3):
+        claimed = storage.claim("w1", ["default"], limit=10, now=T0 + 4 + step)
+        assert len(claimed) == 1, claimed
+        order.append(claimed[0].id)
+        finish(storage, claimed[0], now=T0 + 4 + step)
+    assert order == [a, b, c]
+
+
+def test_retry_of_a_step_whose_dependency_stays_failed_is_refused(storage: Storage) -> None:
+    _, b, _ = _chain(storage)
+    finish(storage, claim_one(storage, now=T0 + 1), FAILED, error=b"e", now=T0 + 2)
+    # A later step cannot run while the step it needs stays failed: it is not retried alone
+    assert storage.retry([b], now=T0 + 3) == [False]
+    assert row(storage, b).state == FAILED

@@ -35,6 +35,7 @@ from ..ratelimit import check_rate
 
 __all__ = [
     "ACTIVE_STATES",
+    "CASCADE_REASON",
     "FINISHED_STATES",
     "STATES",
     "ClaimedTask",
@@ -56,6 +57,9 @@ SUCCEEDED = "succeeded"
 FAILED = "failed"
 CANCELLED = "cancelled"
 EXPIRED = "expired"
+
+#: The reason of a task failed because a task it depends on (canvas) did not succeed, before its id.
+CASCADE_REASON = "dependency failed: "
 
 #: Every state a task can be in, in life-cycle order.
 STATES: tuple[str, ...] = (PENDING, SCHEDULED, RUNNING, SUCCEEDED, FAILED, CANCELLED, EXPIRED)
