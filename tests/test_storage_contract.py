@@ -1144,7 +1144,7 @@ def test_counts_stay_exact_through_every_transition(storage: Storage) -> None:
 def test_sqlite_history_and_counts_survive_a_reopen_and_an_upgrade(storage: Storage, store_dir: Path) -> None:
     import sqlite3
 
-    from liteq.storage.sqlite import SqliteStorage
+    from liteq.storage.sqlite import SCHEMA_VERSION, SqliteStorage
 
     # Given finished and pending tasks in a store, closed
     base = T0 - T0 % 60
@@ -1156,7 +1156,7 @@ def test_sqlite_history_and_counts_survive_a_reopen_and_an_upgrade(storage: Stor
     with SqliteStorage(str(store_dir)) as reopened:
         assert [(r["state"], r["count"]) for r in reopened.stats(since=base)] == [(SUCCEEDED, 1)]
         assert _nonzero(reopened.counts()) == {"default": {PENDING: 1, SUCCEEDED: 1}}
-    # And a store from before the counts table (schema 3) fills it from its rows when upgraded
+    # And a store from before the counts table fills it from its rows when upgraded
     conn = sqlite3.connect(store_dir / "liteq.sqlite3")
     with conn:
         for trigger in ("task_counts_insert", "task_counts_delete", "task_counts_update", "task_stats_finish"):
@@ -1164,8 +1164,60 @@ def test_sqlite_history_and_counts_survive_a_reopen_and_an_upgrade(storage: Stor
         conn.execute("DROP TABLE task_counts")
         conn.execute("DROP TABLE task_stats")
         conn.execute("DROP INDEX tasks_by_name")
-        conn.execute("PRAGMA user_version = 3")
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION - 1}")
     conn.close()
     with SqliteStorage(str(store_dir)) as upgraded:
         assert _nonzero(upgraded.counts()) == {"default": {PENDING: 1, SUCCEEDED: 1}}
         assert upgraded.page(states=[PENDING])[0].state == PENDING
+
+
+# -- canvas: cancel and manual retry of dependent tasks -------------------------------------------------
+
+
+def _chain(storage: Storage) -> tuple[str, str, str]:
+    """Three tasks, each waiting for the one before (a chain as the canvas stores it)."""
+    a = new_task(max_attempts=1)
+    b = new_task(depends_on=[a.id])
+    c = new_task(depends_on=[b.id])
+    storage.enqueue([a, b, c], now=T0)
+    return a.id, b.id, c.id
+
+
+def test_release_of_a_cancelled_task_fails_its_dependents(storage: Storage) -> None:
+    # Given a running first step that a user cancelled, with two steps waiting behind it
+    a, b, c = _chain(storage)
+    task = claim_one(storage, now=T0 + 1)
+    assert storage.cancel([a], now=T0 + 2) == [RUNNING]
+    # When its pool hands it back without running it (a prefetched task on shutdown)
+    assert storage.release([(task.id, task.lease_token)]) == 1
+    # Then it is cancelled and what waited for it failed with it, naming it; nothing is left waiting
+    assert row(storage, a).state == CANCELLED
+    for dependent in (b, c):
+        found = row(storage, dependent)
+        assert (found.state, found.reason) == (FAILED, f"dependency failed: {a}")
+    assert storage.claim("w1", ["default"], limit=10, now=T0 + 3) == []
+
+
+def test_retry_of_a_chain_failed_by_cascade_restores_the_waiting_order(storage: Storage) -> None:
+    # Given a chain whose first step failed, failing the two after it
+    a, b, c = _chain(storage)
+    finish(storage, claim_one(storage, now=T0 + 1), FAILED, error=b"e", now=T0 + 2)
+    assert row(storage, c).state == FAILED
+    # When every failed step is retried by hand, in any order
+    assert storage.retry([c, a, b], now=T0 + 3) == [True, True, True]
+    # Then they run one after the other again: only the first is claimable, each success frees the next
+    order = []
+    for step in range(3):
+        claimed = storage.claim("w1", ["default"], limit=10, now=T0 + 4 + step)
+        assert len(claimed) == 1, claimed
+        order.append(claimed[0].id)
+        finish(storage, claimed[0], now=T0 + 4 + step)
+    assert order == [a, b, c]
+
+
+def test_retry_of_a_step_whose_dependency_stays_failed_is_refused(storage: Storage) -> None:
+    _, b, _ = _chain(storage)
+    finish(storage, claim_one(storage, now=T0 + 1), FAILED, error=b"e", now=T0 + 2)
+    # A later step cannot run while the step it needs stays failed: it is not retried alone
+    assert storage.retry([b], now=T0 + 3) == [False]
+    assert row(storage, b).state == FAILED

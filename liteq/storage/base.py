@@ -27,11 +27,16 @@ import builtins
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TypedDict
+
+from ..exceptions import ConfigurationError
+from ..inputs import check_duration, check_time
+from ..ratelimit import check_rate
 
 __all__ = [
     "ACTIVE_STATES",
+    "CASCADE_REASON",
     "FINISHED_STATES",
     "STATES",
     "ClaimedTask",
@@ -42,6 +47,9 @@ __all__ = [
     "Storage",
     "TaskRow",
     "WorkerInfo",
+    "check_lease",
+    "check_new_tasks",
+    "checked_outcomes",
 ]
 
 PENDING = "pending"
@@ -51,6 +59,9 @@ SUCCEEDED = "succeeded"
 FAILED = "failed"
 CANCELLED = "cancelled"
 EXPIRED = "expired"
+
+#: The reason of a task failed because a task it depends on (canvas) did not succeed, before its id.
+CASCADE_REASON = "dependency failed: "
 
 #: Every state a task can be in, in life-cycle order.
 STATES: tuple[str, ...] = (PENDING, SCHEDULED, RUNNING, SUCCEEDED, FAILED, CANCELLED, EXPIRED)
@@ -94,6 +105,13 @@ class NewTask:
     group_id: str | None = None
     group_index: int | None = None
     """Membership of a group (canvas), so ``group_members`` can list it in order."""
+    timeout: float | None = None
+    """Hard time limit (seconds), stored so a pool without the task's app enforces it."""
+    soft_timeout: float | None = None
+    """Soft time limit (seconds), stored with the task like ``timeout``."""
+    rate_limit: float | None = None
+    """Starts per second of this task's name across the store, stored with the task so a claim
+    without the app (``liteq worker STORE``, a remote pool) still holds it back."""
 
 
 @dataclass(slots=True)
@@ -123,6 +141,10 @@ class ClaimedTask:
     enqueued_at: float
     expires_at: float | None = None
     priority: int = 0
+    timeout: float | None = None
+    """The hard time limit stored with the task (``None``: none stored; the app's option applies)."""
+    soft_timeout: float | None = None
+    """The soft time limit stored with the task (``None``: none stored; the app's option applies)."""
 
 
 @dataclass(slots=True)
@@ -207,6 +229,55 @@ class StatsRow(TypedDict):
     count: int
     latency_sum: float
     latency_max: float
+
+
+def check_new_tasks(tasks: Sequence[NewTask], now: float) -> None:
+    """Refuse a batch holding a time or count no store can keep (NaN, infinite, negative, > 10 years).
+
+    Stores call it before writing anything, so a bad entry refuses the whole batch with a
+    :class:`ConfigurationError` naming the task and field, instead of storing a row that never runs.
+    """
+    for t in tasks:
+        what = f"task {t.id} ({t.name})"
+        if t.run_at is not None:
+            check_time(t.run_at, f"run_at of {what}", now=now)
+        if t.expires_at is not None:
+            check_time(t.expires_at, f"expires_at of {what}", now=now)
+        if t.result_ttl is not None:
+            check_duration(t.result_ttl, f"result_ttl of {what}")
+        check_duration(t.release_delay, f"release_delay of {what}")
+        for name in ("timeout", "soft_timeout"):
+            value = getattr(t, name)
+            if value is not None:
+                check_duration(value, f"{name} of {what}", positive=True)
+        if t.rate_limit is not None:
+            check_rate(t.rate_limit, f"rate_limit of {what}")
+        if isinstance(t.max_attempts, bool) or not isinstance(t.max_attempts, int) or t.max_attempts < 1:
+            raise ConfigurationError(f"max_attempts of {what} must be an integer >= 1, not {t.max_attempts!r}")
+        if isinstance(t.priority, bool) or not isinstance(t.priority, int):
+            raise ConfigurationError(f"priority of {what} must be an integer, not {t.priority!r}")
+
+
+def checked_outcomes(outcomes: Sequence[Outcome], now: float) -> builtins.list[Outcome]:
+    """Outcomes as given, except that one carrying an impossible retry time or result TTL becomes a
+    ``failed`` outcome saying so: one bad outcome must neither strand its task at ``+inf`` nor make
+    the batch it is flushed with fail."""
+    out = []
+    for o in outcomes:
+        try:
+            if o.state in (SCHEDULED, PENDING) and o.run_at is not None:
+                check_time(o.run_at, f"retry time of task {o.id}", now=now)
+            if o.result_ttl is not None:
+                check_duration(o.result_ttl, f"result_ttl of task {o.id}")
+        except ConfigurationError as exc:
+            o = replace(o, state=FAILED, run_at=None, result_ttl=None, reason=f"invalid outcome: {exc}")
+        out.append(o)
+    return out
+
+
+def check_lease(lease: float) -> float:
+    """A lease length in seconds: finite, > 0 and at most ten years."""
+    return check_duration(lease, "lease", positive=True)
 
 
 class Storage(abc.ABC):

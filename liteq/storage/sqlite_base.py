@@ -251,7 +251,7 @@ class SqliteBase(Storage):
             if version > SCHEMA_VERSION:
                 raise SchemaVersionError(
                     f"store {self.db_path} has schema version {version}, newer than this liteq "
-                    f"understands ({SCHEMA_VERSION}); upgrade liteq (pip install -U liteq)"
+                    f"understands ({SCHEMA_VERSION}); upgrade liteq (pip install -U pyliteq)"
                 )
             while version < SCHEMA_VERSION:
                 for statement in _statements(MIGRATIONS[version]):

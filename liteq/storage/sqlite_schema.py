@@ -16,7 +16,7 @@ T = TypeVar("T")
 
 DB_FILENAME = "liteq.sqlite3"
 BLOB_DIRNAME = "blobs"
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 DEFAULT_BUSY_TIMEOUT = 5.0
 WAL_AUTOCHECKPOINT_PAGES = 10_000
 DEFAULT_BLOB_THRESHOLD = 64 * 1024
@@ -128,13 +128,21 @@ CREATE TABLE task_groups (
 CREATE INDEX task_groups_task ON task_groups(task_id);
 """
 
-# Version 4: the dashboard's history and fast reads. Triggers keep ``task_counts`` (tasks per queue
+# Version 4: limits travel with the task, so a pool without the app (``liteq worker STORE``, a
+# remote pool) enforces them. NULL (rows of older versions) means "the app's option applies".
+_SCHEMA_V4 = """
+ALTER TABLE tasks ADD COLUMN timeout REAL;
+ALTER TABLE tasks ADD COLUMN soft_timeout REAL;
+ALTER TABLE tasks ADD COLUMN rate_limit REAL;
+"""
+
+# Version 5: the dashboard's history and fast reads. Triggers keep ``task_counts`` (tasks per queue
 # and state) and ``task_stats`` (finishes per minute, queue, name and state, with the end-to-end
 # latency) exact inside the transaction that changes a task, so counts and charts cost a few rows
 # instead of a scan of every task, and the history outlives pruned tasks and restarts.
 # ``tasks_by_name`` serves the newest-first keyset pages of the task list: one seek per name and
 # state (the names are enumerated through the same index), whatever the filter.
-_SCHEMA_V4 = """
+_SCHEMA_V5 = """
 CREATE TABLE task_counts (
     queue TEXT NOT NULL,
     state TEXT NOT NULL,
@@ -180,13 +188,13 @@ CREATE INDEX tasks_by_name ON tasks(name, state, seq);
 """
 
 #: ``MIGRATIONS[v]`` upgrades a store from version ``v`` to ``v + 1``.
-MIGRATIONS: dict[int, str] = {0: _SCHEMA_V1, 1: _SCHEMA_V2, 2: _SCHEMA_V3, 3: _SCHEMA_V4}
+MIGRATIONS: dict[int, str] = {0: _SCHEMA_V1, 1: _SCHEMA_V2, 2: _SCHEMA_V3, 3: _SCHEMA_V4, 4: _SCHEMA_V5}
 #: How long fired periodic slots are remembered (a slot older than this can no longer race).
 SLOT_MEMORY = 7 * 86400.0
 
 _CLAIM_COLUMNS = (
     "id, name, queue, payload, payload_ref, attempts, max_attempts, lease_token, lease_deadline, "
-    "enqueued_at, expires_at, priority, seq, lock_key"
+    "enqueued_at, expires_at, priority, seq, lock_key, timeout, soft_timeout, rate_limit"
 )
 # A pending task whose lock is held by a running task stays where it is.
 _UNLOCKED = (
