@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from .exceptions import ConfigurationError, ResultExpired, UnknownTask
+from .inputs import check_duration
 from .message import encode_call, new_id
 from .result import GroupResult, Result
 from .scheduler import Schedule
@@ -66,6 +67,11 @@ class LiteQ:
     - ``lease``: seconds a claimed task is leased (extended while it runs).
     - ``max_payload_size``: encoded arguments or results above this many bytes are refused.
     - ``blob_threshold``: values above this many bytes are kept outside the hot table.
+    - ``include``: modules a worker may import to find a task that is not registered yet (what
+      ``liteq worker STORE --include mod`` passes). A stored task name is only a string anyone
+      with write access to the store chooses, so no other module is ever imported because of it:
+      such a task fails as ``unknown task`` (payload kept, ``liteq retry`` runs it again).
+    - ``token``: the shared secret of a cluster store (``liteq://host:port``); default ``LITEQ_TOKEN``.
     """
 
     def __init__(
@@ -81,15 +87,18 @@ class LiteQ:
         lease: float = DEFAULT_LEASE,
         max_payload_size: int = DEFAULT_MAX_SIZE,
         blob_threshold: int = DEFAULT_BLOB_THRESHOLD,
+        include: Iterable[str] = (),
+        token: str | None = None,
     ) -> None:
         ttl = seconds(result_ttl, "result_ttl")
         assert ttl is not None
         if not isinstance(default_queue, str) or not default_queue:
             raise ConfigurationError(f"default_queue must be a non-empty string, not {default_queue!r}")
-        if lease <= 0:
-            raise ConfigurationError(f"lease must be > 0 seconds, not {lease!r}")
+        lease = check_duration(lease, "lease", positive=True)
+        busy_timeout = check_duration(busy_timeout, "busy_timeout")
         if max_payload_size < 1:
             raise ConfigurationError(f"max_payload_size must be a positive number of bytes, not {max_payload_size!r}")
+        self.include: tuple[str, ...] = LiteQ._checked_include(include)
         self.serializer = get_serializer(serializer, max_size=max_payload_size)
         self.result_ttl = ttl
         self.default_queue = default_queue
@@ -98,8 +107,19 @@ class LiteQ:
         self.durability = durability
         if durability not in ("normal", "full"):
             raise ConfigurationError(f"durability must be 'normal' or 'full', not {durability!r}")
+        remote_options: dict[str, Any] = {}
+        if token is not None:
+            # Only a cluster store (liteq://) takes a token; a local store refuses it below.
+            if not isinstance(store, (str, os.PathLike)) or not os.fspath(store).startswith(("liteq://", "liteqs://")):
+                raise ConfigurationError("token= is for a cluster store (liteq://host:port); a local store needs none")
+            remote_options["token"] = token
         self.storage: Storage = open_storage(
-            store, result_ttl=ttl, durability=durability, busy_timeout=busy_timeout, blob_threshold=blob_threshold
+            store,
+            result_ttl=ttl,
+            durability=durability,
+            busy_timeout=busy_timeout,
+            blob_threshold=blob_threshold,
+            **remote_options,
         )
         self.tasks: dict[str, Task[Any, Any]] = {}
         self.schedules: dict[str, Schedule] = {}
@@ -112,6 +132,8 @@ class LiteQ:
             "lease": self.lease,
             "max_payload_size": max_payload_size,
             "blob_threshold": blob_threshold,
+            "include": self.include,
+            **remote_options,
         }
         # The module that created the app, so a spawned child can find this very object there.
         self._origin: str | None = sys._getframe(1).f_globals.get("__name__")
@@ -303,12 +325,27 @@ class LiteQ:
             )
         return out
 
+    def include_modules(self, modules: Iterable[str]) -> None:
+        """Add modules to ``include`` (what ``liteq worker APP --include MOD`` does)."""
+        extra = LiteQ._checked_include(modules)
+        self.include = tuple(dict.fromkeys((*self.include, *extra)))
+        self._options["include"] = self.include
+
+    @staticmethod
+    def _checked_include(modules: Iterable[str]) -> tuple[str, ...]:
+        names = (modules,) if isinstance(modules, str) else tuple(modules)
+        for module in names:
+            if not isinstance(module, str) or not all(part.isidentifier() for part in module.split(".")):
+                raise ConfigurationError(f"include takes module names such as 'myapp.tasks', not {module!r}")
+        return names
+
     def rate_limits(self) -> dict[str, float]:
         """``{task name: starts per second}`` for tasks with a ``rate_limit``."""
         return {n: t.options.rate_limit for n, t in self.tasks.items() if t.options.rate_limit}
 
     def get_task(self, name: str) -> Task[Any, Any]:
-        """The task registered as ``name``, importing its module first if it is not registered yet."""
+        """The task registered as ``name``; if it is not registered yet, its module is imported first,
+        but only when that module is listed in ``include`` (a stored name must not choose code)."""
         task = self.tasks.get(name)
         if task is not None:
             return task
@@ -316,16 +353,22 @@ class LiteQ:
             return self.task(name=CHUNK_TASK)(run_chunk)
         module = name.rpartition(".")[0]
         problem = ""
-        if module and module != "__main__":
+        if module and module != "__main__" and module in self.include:
             try:
                 importlib.import_module(module)
             except ImportError as exc:
                 problem = f" (importing {module!r} failed: {exc})"
             except Exception as exc:  # a module that raises on import is reported, not propagated
                 problem = f" (importing {module!r} raised {type(exc).__name__}: {exc})"
-            task = self.tasks.get(name) or self._adopt(name)
-            if task is not None:
-                return task
+        elif module and module not in sys.modules:
+            problem = (
+                f" (module {module!r} is not imported: a worker imports a task's module only when it is listed "
+                f"in LiteQ(include=[...]) or `liteq worker --include {module}`)"
+            )
+        # A task its (already imported) module registered on another app object is adopted.
+        task = self.tasks.get(name) or (self._adopt(name) if module else None)
+        if task is not None:
+            return task
         where = f"module {module!r}" if module else "the app's modules"
         raise UnknownTask(
             f"no task named {name!r} is registered in this process; make sure {where} is importable here and "
@@ -389,7 +432,7 @@ class LiteQ:
         if eta is not None:
             if countdown is not None:
                 raise ConfigurationError("pass countdown or eta, not both")
-            run_at = aware(eta, "eta")
+            run_at = aware(eta, "eta", now=now)
         elif countdown is not None:
             run_at = now + (seconds(countdown, "countdown") or 0.0)
         if expires is None and opts.expires is not None:
@@ -416,6 +459,9 @@ class LiteQ:
             parent_id=parent_id,
             unique_key=_unique_key(task, args, kwargs, payload) if opts.unique else None,
             lock_key=_lock_key(task, args, kwargs) if opts.lock else None,
+            timeout=opts.timeout,
+            soft_timeout=opts.soft_timeout,
+            rate_limit=opts.rate_limit,
         )
 
     def _send(self, task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any], **options: Any) -> Result:
@@ -464,9 +510,10 @@ class LiteQ:
                 continue
             queue, priority, expires_at, max_attempts, ttl = base
             payload = encode_call(serializer, tuple(args), dict(kwargs), {})
-            messages.append(
-                NewTask(new_id(now), name, queue, payload, priority, None, expires_at, max_attempts, None, ttl)
-            )
+            o = task.options
+            new = NewTask(new_id(now), name, queue, payload, priority, None, expires_at, max_attempts, None, ttl)
+            new.timeout, new.soft_timeout, new.rate_limit = o.timeout, o.soft_timeout, o.rate_limit
+            messages.append(new)
         ids = self.storage.enqueue(messages, now=now)
         if self.immediate:
             self._run_now(ids)

@@ -25,7 +25,9 @@ from typing import Any, TypeVar
 import click
 
 from .app import LiteQ
+from .dashboard.history import finished_recently
 from .exceptions import ConfigurationError, LiteQError
+from .inputs import check_duration
 from .message import ErrorInfo, Progress
 from .serializer import loads
 from .storage.base import STATES, TaskRow
@@ -60,8 +62,35 @@ class NotFound(LiteQError):
     """A task id that the store does not hold."""
 
 
-def load_app(target: str, *, must_exist: bool = False) -> LiteQ:
-    """Open ``module:attribute`` (an app) or a store path/URL as a :class:`LiteQ`."""
+class Seconds(click.ParamType):  # type: ignore[type-arg,unused-ignore]
+    """A duration flag: a finite number of seconds in [0, ten years] (NaN, inf and negatives are
+    refused as usage errors naming the flag, before anything is stored)."""
+
+    name = "seconds"
+
+    def __init__(self, *, positive: bool = False) -> None:
+        self.positive = positive
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        """Parse and check one value; a bad one fails with the flag's name and what to pass."""
+        if isinstance(value, float):
+            number: Any = value
+        else:
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        try:
+            return check_duration(number, param.opts[0] if param is not None else "value", positive=self.positive)
+        except ConfigurationError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def load_app(target: str, *, must_exist: bool = False, include: Sequence[str] = ()) -> LiteQ:
+    """Open ``module:attribute`` (an app) or a store path/URL as a :class:`LiteQ`.
+
+    ``include`` names modules the app may import to find tasks (see ``LiteQ(include=...)``).
+    """
     if ":" in target and "://" not in target and not os.path.exists(target):
         module_name, _, attr = target.partition(":")
         if os.getcwd() not in sys.path:
@@ -73,10 +102,14 @@ def load_app(target: str, *, must_exist: bool = False) -> LiteQ:
         app = getattr(module, attr, None)
         if not isinstance(app, LiteQ):
             raise ConfigurationError(f"{target!r}: {module_name}.{attr} is not a LiteQ app")
+        if include:
+            app.include_modules(include)
         return app
     if must_exist and "://" not in target and not os.path.exists(os.path.join(target, DB_FILENAME)):
         raise ConfigurationError(f"no liteq store at {target!r}: expected {os.path.join(target, DB_FILENAME)}")
-    return LiteQ(target)
+    if include and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    return LiteQ(target, include=include)
 
 
 def parse_size(text: str | None) -> int | None:
@@ -157,8 +190,18 @@ def _guard(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+#: The ``--loglevel/-l`` option every long-running command takes.
+_LOGLEVEL = click.option(
+    "--loglevel",
+    "-l",
+    default="INFO",
+    show_default=True,
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="liteq", prog_name="liteq")
+@click.version_option(package_name="pyliteq", prog_name="liteq")
 def cli() -> None:
     """liteq: a task queue that needs no infrastructure."""
 
@@ -176,20 +219,21 @@ def cli() -> None:
 )
 @click.option("--prefetch", type=click.IntRange(min=0), default=None, help="Tasks claimed ahead [concurrency].")
 @click.option(
+    "--include",
+    "include",
+    multiple=True,
+    metavar="MODULE",
+    help="A module whose tasks this worker may import by name (repeatable); no other module is imported.",
+)
+@click.option(
     "--shutdown-timeout",
-    type=click.FloatRange(min=0),
+    type=Seconds(),
     default=30.0,
     show_default=True,
     help="Seconds running tasks get on stop.",
 )
 @click.option("--worker-id", default=None, help="Stable id; a restart with the same id takes back its leases at once.")
-@click.option(
-    "--loglevel",
-    "-l",
-    default="INFO",
-    show_default=True,
-    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
-)
+@_LOGLEVEL
 @click.option("--logfile", default=None, type=click.Path(dir_okay=False), help="Log to this file instead of stderr.")
 @_guard
 def worker(
@@ -202,6 +246,7 @@ def worker(
     max_memory_per_child: str | None,
     start_method: str | None,
     prefetch: int | None,
+    include: tuple[str, ...],
     shutdown_timeout: float,
     worker_id: str | None,
     loglevel: str,
@@ -216,7 +261,7 @@ def worker(
         )
     )
     logging.basicConfig(level=loglevel.upper(), handlers=[handler], force=True)
-    app = load_app(app_or_store)
+    app = load_app(app_or_store, include=include)
     if connect is not None:
         app = _connected(app, connect)
     app.run_worker(
@@ -234,7 +279,7 @@ def worker(
 
 def _connected(app: LiteQ, url: str) -> LiteQ:
     """The same tasks, served from a cluster store."""
-    remote = LiteQ(url)
+    remote = LiteQ(url, include=app.include)
     for name, task in app.tasks.items():
         remote.task(name=name, **dataclasses.asdict(task.options))(task.fn)
     return remote
@@ -269,12 +314,9 @@ def status(app_or_store: str, as_json: bool, watch: bool) -> None:
 def _status(app: LiteQ) -> dict[str, Any]:
     now = time.time()
     stats = app.stats()
-    oldest = app.storage.list(states=["pending"], limit=1)
-    done_recently = sum(
-        1
-        for r in app.storage.list(states=["succeeded", "failed"], limit=100_000)
-        if r.finished_at and r.finished_at >= now - 60
-    )
+    oldest = sorted(app.storage.oldest_pending().values(), key=lambda r: r.enqueued_at)[:1]
+    # The store's per-minute history, as the dashboard's charts: no scan of finished tasks.
+    done_recently = finished_recently(app.storage, now=now)
     workers = []
     for w in stats["workers"]:
         w = dict(w)
@@ -482,7 +524,7 @@ def purge(app_or_store: str, queue: str | None, states: tuple[str, ...], yes: bo
 @click.argument("task_name")
 @click.option("--args", "args_json", default="[]", show_default=True, help="JSON list of positional arguments.")
 @click.option("--kwargs", "kwargs_json", default="{}", show_default=True, help="JSON object of keyword arguments.")
-@click.option("--countdown", type=float, default=None, help="Seconds before it may run.")
+@click.option("--countdown", type=Seconds(), default=None, help="Seconds before it may run.")
 @click.option("--queue", default=None)
 @click.option("--priority", type=int, default=None)
 @_guard
@@ -548,13 +590,7 @@ def periodic(app: str, pause: str | None, resume: str | None, as_json: bool) -> 
 
 @cli.command()
 @click.argument("app")
-@click.option(
-    "--loglevel",
-    "-l",
-    default="INFO",
-    show_default=True,
-    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
-)
+@_LOGLEVEL
 @_guard
 def scheduler(app: str, loglevel: str) -> None:
     """Only fire APP's periodic tasks (pools do this too; running both is safe)."""
@@ -571,6 +607,54 @@ def scheduler(app: str, loglevel: str) -> None:
     click.echo(f"scheduler for {len(the_app.schedules)} schedule(s) on {the_app.storage.location}", err=True)
     Scheduler(the_app).run(stop)
     the_app.close()
+
+
+@cli.command()
+@click.argument("store")
+@click.option("--bind", default="127.0.0.1:7777", show_default=True, help="HOST:PORT to listen on (port 0: any).")
+@click.option(
+    "--token-file", default=None, type=click.Path(dir_okay=False), help="File holding the token [LITEQ_TOKEN]."
+)
+@click.option("--tls-cert", default=None, type=click.Path(dir_okay=False), help="Serve TLS (liteqs://) with this cert.")
+@click.option("--tls-key", default=None, type=click.Path(dir_okay=False), help="The TLS certificate's private key.")
+@click.option(
+    "--allow-pickle", is_flag=True, help="Accept pickle-encoded payloads (trusts every client with the token)."
+)
+@click.option("--max-connections", type=click.IntRange(min=1), default=1024, show_default=True)
+@click.option("--max-in-flight", type=click.IntRange(min=1), default=64, show_default=True, help="Per connection.")
+@click.option("--max-batch", type=click.IntRange(min=1), default=50_000, show_default=True, help="Items per request.")
+@click.option("--test-mode", is_flag=True, hidden=True)
+@_LOGLEVEL
+@_guard
+def serve(
+    store: str,
+    bind: str,
+    token_file: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
+    allow_pickle: bool,
+    max_connections: int,
+    max_in_flight: int,
+    max_batch: int,
+    test_mode: bool,
+    loglevel: str,
+) -> None:
+    """Serve STORE to remote workers and producers (cluster mode) until SIGINT/SIGTERM."""
+    from liteq.cluster import serve as cluster_serve  # type: ignore[import-not-found,unused-ignore]
+
+    logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cluster_serve.run(
+        store,
+        bind=bind,
+        token_file=token_file,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        allow_pickle=allow_pickle,
+        max_connections=max_connections,
+        max_in_flight=max_in_flight,
+        max_batch=max_batch,
+        test_mode=test_mode,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -230,9 +230,15 @@ class Retry(Exception):
         eta: datetime | None = None,
         exc: BaseException | None = None,
     ) -> None:
-        if eta is not None and eta.tzinfo is None:
+        from .inputs import aware, seconds  # inputs imports this module
+
+        if eta is not None and (not isinstance(eta, datetime) or eta.tzinfo is None):
             raise ConfigurationError("Retry(eta=...) needs a timezone-aware datetime, e.g. datetime.now(timezone.utc)")
-        self.countdown = countdown.total_seconds() if isinstance(countdown, timedelta) else countdown
+        if eta is not None:
+            aware(eta, "Retry(eta=...)")
+        # Checked here so that a bad value fails the task with this message instead of storing a
+        # retry time of NaN or +inf (a row that would never run, or a flush that would fail).
+        self.countdown = seconds(countdown, "Retry(countdown=...)")
         self.eta = eta
         self.exc = exc
         super().__init__(f"retry requested (countdown={self.countdown}, eta={eta})")

@@ -70,7 +70,14 @@ def decode_call(data: bytes, *, allow_pickle: bool) -> Call:
     version = record.get("v", 1)
     if not isinstance(version, int) or version > PAYLOAD_VERSION:
         raise SerializationError(f"payload version {version!r} is newer than this liteq reads ({PAYLOAD_VERSION})")
-    return Call(tuple(record.get("a") or ()), dict(record.get("k") or {}), dict(record.get("m") or {}))
+    args, kwargs, meta = record.get("a") or (), record.get("k") or {}, record.get("m") or {}
+    if not isinstance(args, (list, tuple)) or not isinstance(kwargs, dict) or not isinstance(meta, dict):
+        raise SerializationError("payload's arguments are not a list and a mapping")
+    # Stored rows and network frames enter here: a retries override must be a sane count.
+    retries = meta.get("retries")
+    if retries is not None and (isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= 10**6):
+        raise SerializationError(f"payload's retries override {retries!r} is not an integer in [0, 1000000]")
+    return Call(tuple(args), dict(kwargs), dict(meta))
 
 
 @dataclass(slots=True)

@@ -539,6 +539,8 @@ class WorkerPool:
                 self.children[i] = self._spawn(c.index)
 
     def _timeout_of(self, task: ClaimedTask) -> float | None:
+        if task.timeout is not None:  # stored with the task: holds without the app (liteq worker STORE)
+            return task.timeout
         t = self.app.tasks.get(task.name)
         return t.options.timeout if t is not None else None
 

@@ -8,11 +8,13 @@ rather than per worker.
 
 from __future__ import annotations
 
+import math
 import re
 
 from .exceptions import ConfigurationError
+from .inputs import MAX_DELAY
 
-__all__ = ["admit", "parse_rate"]
+__all__ = ["admit", "check_rate", "parse_rate"]
 
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(\d+(?:\.\d+)?)?\s*(s|sec|second|m|min|minute|h|hour|d|day)s?\s*$")
 _UNIT = {
@@ -37,7 +39,19 @@ def parse_rate(text: str) -> float:
     count, span, unit = float(m.group(1)), float(m.group(2) or 1), _UNIT[m.group(3)]
     if count <= 0 or span <= 0:
         raise ConfigurationError(f"rate_limit {text!r} must be positive")
-    return count / (span * unit)
+    return check_rate(count / (span * unit), f"rate_limit {text!r}")
+
+
+def check_rate(rate: float, what: str = "rate_limit") -> float:
+    """A rate in starts per second that is finite and allows at least one start in ten years.
+
+    A stored NaN or infinite rate would make every claim of the task fail or stall; refuse it here.
+    """
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not math.isfinite(rate) or rate <= 0:
+        raise ConfigurationError(f"{what} must be a positive, finite rate such as '100/m', not {rate!r}")
+    if 1.0 / rate > MAX_DELAY:
+        raise ConfigurationError(f"{what} allows fewer than one start in ten years; write it like '1/d'")
+    return float(rate)
 
 
 def admit(next_at: float | None, now: float, rate: float) -> tuple[bool, float, float]:

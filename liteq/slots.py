@@ -231,7 +231,7 @@ def task_fields(t: ClaimedTask) -> tuple[Any, ...]:
     """A claimed task as the tuple of its fields, in declaration order."""
     return (
         t.id, t.name, t.queue, t.payload, t.attempt, t.max_attempts, t.lease_token, t.lease_deadline,
-        t.enqueued_at, t.expires_at, t.priority,
+        t.enqueued_at, t.expires_at, t.priority, t.timeout, t.soft_timeout,
     )  # fmt: skip
 
 

@@ -11,14 +11,15 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from .exceptions import ConfigurationError
-from .ratelimit import parse_rate
+from .inputs import aware, now_plus, seconds
+from .ratelimit import check_rate, parse_rate
 from .retries import DEFAULT_BACKOFF, DEFAULT_BACKOFF_MAX
 
 if TYPE_CHECKING:
     from .app import LiteQ
     from .result import GroupResult, Result
 
-__all__ = ["DEFAULT_LOST_RETRIES", "Signature", "Task", "TaskOptions"]
+__all__ = ["DEFAULT_LOST_RETRIES", "Signature", "Task", "TaskOptions", "aware", "now_plus", "seconds"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -39,33 +40,10 @@ def run_chunk(name: str, items: list[Any], star: bool) -> list[Any]:
     return [fn(*item) if star else fn(item) for item in items]
 
 
-def seconds(value: float | timedelta | None, what: str) -> float | None:
-    """A duration option as float seconds; ``timedelta`` accepted; negative or NaN refused."""
-    if value is None:
-        return None
-    if isinstance(value, timedelta):
-        value = value.total_seconds()
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or value < 0:
-        raise ConfigurationError(f"{what} must be a number of seconds >= 0 or a timedelta, not {value!r}")
-    return float(value)
-
-
-def aware(when: datetime, what: str) -> float:
-    """Epoch seconds of a timezone-aware datetime; a naive one is refused."""
-    if not isinstance(when, datetime):
-        raise ConfigurationError(f"{what} must be a timezone-aware datetime, not {type(when).__name__}")
-    if when.tzinfo is None or when.utcoffset() is None:
-        raise ConfigurationError(
-            f"{what}={when!r} is a naive datetime; pass a timezone-aware one, e.g. "
-            "datetime.now(timezone.utc) + timedelta(minutes=5)"
-        )
-    return when.timestamp()
-
-
 def _positive(value: Any, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or not math.isfinite(value):
-        raise ConfigurationError(f"{what} must be a positive number, not {value!r}")
-    return float(value)
+        raise ConfigurationError(f"{what} must be a positive, finite number, not {value!r}")
+    return check_rate(float(value), what)
 
 
 def _int(value: Any, what: str, low: int | None = None) -> int:
@@ -317,14 +295,3 @@ class Signature:
         return self._task().apply_async(
             (*self.args, *args), {**self.kwargs, **(kwargs or {})}, **{**self.options, **options}
         )
-
-
-def now_plus(value: float | timedelta | datetime | None, what: str, now: float | None = None) -> float | None:
-    """An absolute epoch time from seconds-from-now, a timedelta or an aware datetime."""
-    if value is None:
-        return None
-    if isinstance(value, datetime):
-        return aware(value, what)
-    delta = seconds(value, what)
-    assert delta is not None
-    return (time.time() if now is None else now) + delta

@@ -109,12 +109,14 @@ def execute(
     ctx = TaskContext(claimed.id, claimed.name, claimed.queue, claimed.attempt, retries_left, report, app)
     token = _enter(ctx)
     try:
-        with _SoftLimit(opts.soft_timeout):
+        with _SoftLimit(claimed.soft_timeout if claimed.soft_timeout is not None else opts.soft_timeout):
             value = task.fn(*call.args, **call.kwargs)
     except Retry as exc:
         return _retry(app, claimed, opts, exc.exc or exc, ctx, exc, now())
     except SoftTimeLimit as exc:
         return _retry(app, claimed, opts, exc, ctx, None, now(), reason="soft timeout")
+    except ConfigurationError as exc:  # bad input (e.g. Retry(countdown=nan)): retrying cannot fix it
+        return _fail(claimed, ErrorInfo.from_exception(exc), "invalid input")
     except (KeyboardInterrupt, SystemExit) as exc:
         if isinstance(exc, KeyboardInterrupt):
             raise

@@ -28,7 +28,7 @@ from liteq.cli import main as cli_main
 from liteq.health import Health, PoolState, degrades
 from liteq.storage.base import WorkerInfo
 from liteq.storage.sqlite import DB_FILENAME, SqliteStorage
-from liteq.storage.sqlite_schema import MIGRATIONS
+from liteq.storage.sqlite_schema import MIGRATIONS, SCHEMA_VERSION
 from tests import pool_tasks
 from tests.pool_support import Reaper, RunLog, pool_env, wait_for, worker_cmd
 
@@ -77,13 +77,13 @@ def test_only_curable_store_errors_degrade() -> None:
 # -- the store records it ------------------------------------------------------------------------------
 
 
-def _v3_store(directory: Path) -> None:
-    """A store as liteq with schema version 3 left it, with one worker row."""
+def _v5_store(directory: Path) -> None:
+    """A store as liteq with schema version 5 left it, with one worker row."""
     directory.mkdir()
     conn = sqlite3.connect(directory / DB_FILENAME, isolation_level=None)
-    for version in range(3):
+    for version in range(5):
         conn.executescript(MIGRATIONS[version])
-    conn.execute("PRAGMA user_version=3")
+    conn.execute("PRAGMA user_version=5")
     conn.execute(
         "INSERT INTO workers (id, host, pid, concurrency, queues, started_at, heartbeat_at, tasks_done) "
         "VALUES ('old', 'box', 1, 2, '[\"default\"]', 10.0, 20.0, 7)"
@@ -91,14 +91,14 @@ def _v3_store(directory: Path) -> None:
     conn.close()
 
 
-def test_a_version_3_store_migrates_and_keeps_its_workers(tmp_path: Path) -> None:
-    # Given a store of schema version 3 with a worker recorded
-    _v3_store(tmp_path / "store")
+def test_a_version_5_store_migrates_and_keeps_its_workers(tmp_path: Path) -> None:
+    # Given a store of schema version 5 (before worker health) with a worker recorded
+    _v5_store(tmp_path / "store")
     # When this liteq opens it
     store = SqliteStorage(str(tmp_path / "store"))
     try:
-        # Then it is at version 4, the worker is kept and reads as ok
-        assert store._read("PRAGMA user_version")[0][0] == 4
+        # Then it is at version 6, the worker is kept and reads as ok
+        assert store._read("PRAGMA user_version")[0][0] == SCHEMA_VERSION == 6
         (old,) = store.workers()
         assert (old.id, old.tasks_done, old.state, old.state_reason, old.state_since) == ("old", 7, "ok", None, None)
         # And its state can be written

@@ -28,19 +28,29 @@ import datetime
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import TypedDict
+
+from ..exceptions import ConfigurationError
+from ..inputs import check_duration, check_time
+from ..ratelimit import check_rate
 
 __all__ = [
     "ACTIVE_STATES",
+    "CASCADE_REASON",
     "FINISHED_STATES",
     "STATES",
     "ClaimedTask",
     "NewTask",
     "Outcome",
     "ScheduleState",
+    "StatsRow",
     "Storage",
     "TaskRow",
     "WorkerInfo",
+    "check_lease",
+    "check_new_tasks",
+    "checked_outcomes",
     "state_text",
 ]
 
@@ -52,10 +62,15 @@ FAILED = "failed"
 CANCELLED = "cancelled"
 EXPIRED = "expired"
 
+#: The reason of a task failed because a task it depends on (canvas) did not succeed, before its id.
+CASCADE_REASON = "dependency failed: "
+
 #: Every state a task can be in, in life-cycle order.
 STATES: tuple[str, ...] = (PENDING, SCHEDULED, RUNNING, SUCCEEDED, FAILED, CANCELLED, EXPIRED)
 #: States a task leaves by itself.
 ACTIVE_STATES: frozenset[str] = frozenset({PENDING, SCHEDULED, RUNNING})
+#: How long every store keeps its per-minute statistics (:meth:`Storage.stats`), in seconds.
+STATS_MEMORY = 8 * 86400.0
 #: States a task never leaves (except by a manual retry).
 FINISHED_STATES: frozenset[str] = frozenset({SUCCEEDED, FAILED, CANCELLED, EXPIRED})
 
@@ -92,6 +107,13 @@ class NewTask:
     group_id: str | None = None
     group_index: int | None = None
     """Membership of a group (canvas), so ``group_members`` can list it in order."""
+    timeout: float | None = None
+    """Hard time limit (seconds), stored so a pool without the task's app enforces it."""
+    soft_timeout: float | None = None
+    """Soft time limit (seconds), stored with the task like ``timeout``."""
+    rate_limit: float | None = None
+    """Starts per second of this task's name across the store, stored with the task so a claim
+    without the app (``liteq worker STORE``, a remote pool) still holds it back."""
 
 
 @dataclass(slots=True)
@@ -121,6 +143,10 @@ class ClaimedTask:
     enqueued_at: float
     expires_at: float | None = None
     priority: int = 0
+    timeout: float | None = None
+    """The hard time limit stored with the task (``None``: none stored; the app's option applies)."""
+    soft_timeout: float | None = None
+    """The soft time limit stored with the task (``None``: none stored; the app's option applies)."""
 
 
 @dataclass(slots=True)
@@ -210,6 +236,72 @@ def state_text(state: str, reason: str | None, since: float | None) -> str:
         else datetime.datetime.fromtimestamp(since, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
     )
     return f"{state}: {reason or 'unknown reason'} since {when}"
+
+
+class StatsRow(TypedDict):
+    """Finishes of one task name in one queue and final state during one minute (the store's history).
+
+    A plain dict, so it crosses the network as it is. ``latency`` is end to end: from enqueue to
+    the finish, retries and waiting included.
+    """
+
+    minute: float
+    """Start of the minute, seconds since the epoch."""
+    queue: str
+    name: str
+    state: str
+    count: int
+    latency_sum: float
+    latency_max: float
+
+
+def check_new_tasks(tasks: Sequence[NewTask], now: float) -> None:
+    """Refuse a batch holding a time or count no store can keep (NaN, infinite, negative, > 10 years).
+
+    Stores call it before writing anything, so a bad entry refuses the whole batch with a
+    :class:`ConfigurationError` naming the task and field, instead of storing a row that never runs.
+    """
+    for t in tasks:
+        what = f"task {t.id} ({t.name})"
+        if t.run_at is not None:
+            check_time(t.run_at, f"run_at of {what}", now=now)
+        if t.expires_at is not None:
+            check_time(t.expires_at, f"expires_at of {what}", now=now)
+        if t.result_ttl is not None:
+            check_duration(t.result_ttl, f"result_ttl of {what}")
+        check_duration(t.release_delay, f"release_delay of {what}")
+        for name in ("timeout", "soft_timeout"):
+            value = getattr(t, name)
+            if value is not None:
+                check_duration(value, f"{name} of {what}", positive=True)
+        if t.rate_limit is not None:
+            check_rate(t.rate_limit, f"rate_limit of {what}")
+        if isinstance(t.max_attempts, bool) or not isinstance(t.max_attempts, int) or t.max_attempts < 1:
+            raise ConfigurationError(f"max_attempts of {what} must be an integer >= 1, not {t.max_attempts!r}")
+        if isinstance(t.priority, bool) or not isinstance(t.priority, int):
+            raise ConfigurationError(f"priority of {what} must be an integer, not {t.priority!r}")
+
+
+def checked_outcomes(outcomes: Sequence[Outcome], now: float) -> builtins.list[Outcome]:
+    """Outcomes as given, except that one carrying an impossible retry time or result TTL becomes a
+    ``failed`` outcome saying so: one bad outcome must neither strand its task at ``+inf`` nor make
+    the batch it is flushed with fail."""
+    out = []
+    for o in outcomes:
+        try:
+            if o.state in (SCHEDULED, PENDING) and o.run_at is not None:
+                check_time(o.run_at, f"retry time of task {o.id}", now=now)
+            if o.result_ttl is not None:
+                check_duration(o.result_ttl, f"result_ttl of task {o.id}")
+        except ConfigurationError as exc:
+            o = replace(o, state=FAILED, run_at=None, result_ttl=None, reason=f"invalid outcome: {exc}")
+        out.append(o)
+    return out
+
+
+def check_lease(lease: float) -> float:
+    """A lease length in seconds: finite, > 0 and at most ten years."""
+    return check_duration(lease, "lease", positive=True)
 
 
 class Storage(abc.ABC):
@@ -327,6 +419,42 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     def counts(self) -> dict[str, dict[str, int]]:
         """``{queue: {state: n}}`` for every queue with at least one task."""
+
+    @abc.abstractmethod
+    def page(
+        self,
+        *,
+        states: Iterable[str] | None = None,
+        queue: str | None = None,
+        name: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        parent: str | None = None,
+        before: str | None = None,
+        limit: int = 50,
+    ) -> builtins.list[TaskRow]:
+        """Rows matching every filter given, newest first, without payloads or results (keyset paging).
+
+        ``since``/``until`` bound ``enqueued_at`` (``since <= t < until``); ``parent`` selects the
+        tasks whose ``parent_id`` it is (a canvas step's successors). ``before`` is the id of
+        the last row of the previous page: only rows stored before it are returned (none when that
+        task no longer exists). The cost does not grow with the number of tasks stored.
+        """
+
+    @abc.abstractmethod
+    def oldest_pending(self) -> dict[str, TaskRow]:
+        """The pending task stored first in each queue that has one (without payload or result)."""
+
+    @abc.abstractmethod
+    def stats(self, *, since: float, until: float | None = None, bucket: int = 60) -> builtins.list[StatsRow]:
+        """Finish statistics for the minutes starting in ``[since, until)``, oldest first.
+
+        ``bucket`` (seconds, a multiple of 60) adds the minutes up into longer spans: ``minute`` is
+        then the start of each span (a multiple of ``bucket`` since the epoch).
+
+        Every task that reaches a finished state counts once in the minute it finished (again if
+        retried by hand and finished again). Kept for days, whatever the tasks' own ``result_ttl``.
+        """
 
     @abc.abstractmethod
     def next_run_at(self, queues: Sequence[str]) -> float | None:

@@ -67,7 +67,14 @@ class SqliteExtras(SqliteBase):
         """Undo claims that break a lock (two holders in one batch) or a rate limit, in the claim's
         transaction: the task waits (``pending`` for a lock, ``scheduled`` at its turn for a rate),
         and the claim is not counted as an attempt."""
-        if not any(r[13] is not None for r in rows) and not (limits and any(r[1] in limits for r in rows)):
+
+        def rate_of(r: Any) -> float | None:
+            # The app's current rate wins; a pool without the app uses the one stored with the task.
+            return limits[r[1]] if limits and r[1] in limits else r[16]
+
+        if not any(r[13] is not None or r[16] is not None for r in rows) and not (
+            limits and any(r[1] in limits for r in rows)
+        ):
             return rows
         keep: list[Any] = []
         locks: set[str] = set()
@@ -79,8 +86,8 @@ class SqliteExtras(SqliteBase):
                     continue
                 locks.add(r[13])
             keep.append(r)
-        if limits:
-            names = sorted({r[1] for r in keep if r[1] in limits})
+        if any(rate_of(r) is not None for r in keep):
+            names = sorted({r[1] for r in keep if rate_of(r) is not None})
             next_at = dict(
                 conn.execute(
                     f"SELECT name, next_at FROM rate_limits WHERE name IN ({_marks(len(names))})", names
@@ -88,7 +95,7 @@ class SqliteExtras(SqliteBase):
             )
             admitted = []
             for r in keep:
-                rate = limits.get(r[1])
+                rate = rate_of(r)
                 if rate is None or (r[10] is not None and r[10] <= now):
                     admitted.append(r)
                     continue

@@ -1,0 +1,124 @@
+"""The soak's checks catch what they claim to: each test feeds :func:`tests.soak.checks.check` a
+small oracle and store with one defect planted (fast; no processes)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from liteq.storage.base import TaskRow
+from tests.soak.checks import Stored, check
+from tests.soak.oracle import Fault, Run, Told
+
+SPAN = (1000.0, 1100.0)
+
+
+def _row(task_id: str, name: str = "tests.soak.soak_app.work", state: str = "succeeded", **fields: Any) -> TaskRow:
+    fields.setdefault("attempts", 1)
+    return TaskRow(task_id, name, "default", state, 0, b"", 1000.0, 1000.0, max_attempts=5, **fields)
+
+
+def _world() -> dict[str, Any]:
+    """One plain key told, stored and run once: no problem."""
+    return {
+        "told": {"k1": Told("k1", "plain", 1, [["A"]])},
+        "runs": {"A": [Run("A", 1, "t1", 100, 1001.0, "work", "k1", 1001.1, "ok")]},
+        "faults": [],
+        "stored": {"A": Stored(_row("A", idempotency_key="k1"), "k1", "w", "1:100")},
+        "slots": [],
+    }
+
+
+def _problems(world: dict[str, Any]) -> list[str]:
+    return check(world["told"], world["runs"], world["faults"], world["stored"], world["slots"], SPAN)[0]
+
+
+def test_a_clean_world_has_no_problem() -> None:
+    assert _problems(_world()) == []
+
+
+def test_an_acknowledged_task_missing_or_unfinished_is_lost() -> None:
+    world = _world()
+    del world["stored"]["A"]
+    del world["runs"]["A"]
+    assert [p for p in _problems(world) if p.startswith("lost:")] == ["lost: A: acknowledged but not in the store"]
+    world = _world()
+    world["stored"]["A"] = Stored(_row("A", state="running", idempotency_key="k1"), "k1")
+    assert any("still running" in p for p in _problems(world))
+
+
+def test_a_task_no_producer_sent_is_unexpected() -> None:
+    world = _world()
+    world["stored"]["B"] = Stored(_row("B"), "k9", "w", "1:100")
+    assert any(p.startswith("unexpected: B") for p in _problems(world))
+
+
+def test_two_tasks_for_one_idempotency_key_are_reported() -> None:
+    world = _world()
+    world["told"]["k1"].ids.append(["B"])
+    world["stored"]["B"] = Stored(_row("B", idempotency_key="k1"), "k1", "w", "1:100")
+    found = _problems(world)
+    assert any("told different ids" in p for p in found)
+    assert any("2 stored tasks, expected 1" in p for p in found)
+
+
+@pytest.mark.parametrize("explained", [False, True])
+def test_a_second_run_needs_a_fault_on_the_first_runs_process(explained: bool) -> None:
+    world = _world()
+    world["runs"]["A"] = [
+        Run("A", 1, "t1", 100, 1001.0, "work", "k1"),
+        Run("A", 2, "t2", 200, 1010.0, "work", "k1", 1010.1, "ok"),
+    ]
+    world["stored"]["A"] = Stored(_row("A", idempotency_key="k1", attempts=2), "k1", "w", "2:200")
+    # a fault on another process, or before the first run started, explains nothing
+    world["faults"] = [Fault("kill-child", "x", 1005.0, 1005.0, [300]), Fault("lock", "s", 990.0, 995.0, [])]
+    if explained:
+        world["faults"].append(Fault("kill-child", "pool-a.1 child 100", 1005.0, 1005.0, [100]))
+    found = [p for p in _problems(world) if "ran again" in p]
+    assert found == ([] if explained else [found[0]]) and (explained or "attempt 2 pid 200" in found[0])
+
+
+def test_the_planned_failure_of_a_first_attempt_is_not_a_duplicate() -> None:
+    world = _world()
+    world["runs"]["A"] = [
+        Run("A", 1, "t1", 100, 1001.0, "work", "k1", 1001.1, "raised:RuntimeError"),
+        Run("A", 2, "t2", 100, 1002.0, "work", "k1", 1002.1, "ok"),
+    ]
+    world["stored"]["A"] = Stored(_row("A", idempotency_key="k1", attempts=2), "k1", "w", "2:100")
+    assert _problems(world) == []
+
+
+def test_an_outcome_of_a_stale_claim_or_of_no_logged_run_is_reported() -> None:
+    world = _world()
+    world["stored"]["A"] = Stored(_row("A", idempotency_key="k1", attempts=2), "k1", "w", "1:100")
+    assert any("a stale run's outcome was accepted" in p for p in _problems(world))
+    world = _world()
+    world["stored"]["A"].run = "1:555"
+    assert any("never saw end ok" in p for p in _problems(world))
+
+
+def test_a_slot_off_the_grid_or_a_periodic_task_without_a_slot_is_reported() -> None:
+    world = _world()
+    world["stored"]["P"] = Stored(_row("P", name="tests.soak.soak_app.beat"), "beat-2s", "beat-2s", "1:100")
+    world["runs"]["P"] = [Run("P", 1, "t", 100, 1002.0, "periodic", "beat-2s", 1002.1, "ok")]
+    assert any("has no slot row" in p for p in _problems(world))
+    world["slots"] = [("beat-2s", 1002.0, "P")]
+    assert _problems(world) == []
+    world["slots"].append(("beat-2s", 1003.0, "Q"))
+    assert any("not on its 2.0s grid" in p for p in _problems(world))
+
+
+def test_a_chord_callback_stored_twice_is_reported() -> None:
+    world = _world()
+    ids = ["M0", "M1", "M2", "M3", "C"]
+    world["told"]["c1"] = Told("c1", "chord", 1, [ids])
+    for i, tid in enumerate(ids[:-1]):
+        world["stored"][tid] = Stored(_row(tid, name="tests.soak.soak_app.square"), "c1", i * i, "1:100")
+        world["runs"][tid] = [Run(tid, 1, "t", 100, 1002.0, "member", "c1", 1002.1, "ok")]
+    world["stored"]["C"] = Stored(_row("C", name="tests.soak.soak_app.total"), "c1", 14, "1:100")
+    world["runs"]["C"] = [Run("C", 1, "t", 100, 1003.0, "callback", "c1", 1003.1, "ok")]
+    assert _problems(world) == []
+    world["stored"]["C2"] = Stored(_row("C2", name="tests.soak.soak_app.total"), "c1", 14, "1:100")
+    found = _problems(world)
+    assert any("chord c1: 2 callback tasks" in p for p in found)

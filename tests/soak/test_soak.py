@@ -1,0 +1,270 @@
+"""The seeded nemesis soak (RELIABILITY.md, "Round 2 additions" → "Soak").
+
+Real processes on one SQLite store: two ``liteq worker`` pools and one ``app.workers()`` pool in a
+host process, ``liteq scheduler`` with three ``every=`` schedules, and two producers sending plain
+tasks with idempotency keys, chains and chords. For ``--soak-seconds`` a nemesis seeded by
+``--soak-seed`` SIGKILLs and SIGSTOPs pool children, supervisors and producers, holds the store's
+write lock for a few busy timeouts and (as root, on a small tmpfs) fills the disk. Then the faults
+stop, the producers finish, the queue drains, and the oracle kept outside the store is checked
+against the store (:mod:`tests.soak.checks`): nothing lost, nothing unexpected, one task per key,
+one outcome per task, every duplicate run explained by a fault, every chord callback once, no
+periodic slot twice, and every pool the nemesis did not kill is still alive.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from liteq import LiteQ
+from liteq.storage.base import FINISHED_STATES, WorkerInfo
+from liteq.storage.sqlite import DB_FILENAME
+from tests.pool_support import ROOT, Reaper
+from tests.soak import checks, oracle
+from tests.soak.config import BUSY_TIMEOUT, LEASE
+from tests.soak.conftest import soak_seconds
+from tests.soak.nemesis import Cast, Nemesis
+from tests.support import wait_for
+
+#: Tasks each producer sends per second of faults.
+RATE = 4.0
+PRODUCERS = 2
+#: Children per pool.
+CONCURRENCY = 2
+#: Seconds a live pool's heartbeat may be old at the end (three heartbeat intervals).
+FRESH_HEARTBEAT = 15.0
+
+
+@contextlib.contextmanager
+def store_place(tmp_path: Path, reaper: Reaper) -> Iterator[tuple[Path, Path | None, list[str]]]:
+    """Where the store lives: on a 64 MiB tmpfs as root (so the nemesis can fill the disk), else in
+    ``tmp_path``; also the faults left out, with why."""
+    skipped = ["clock-step: liteq has no clock that can be injected into its pool processes; left out"]
+    mnt = tmp_path / "tmpfs"
+    if os.geteuid() != 0:
+        skipped.append("disk-full: mounting a tmpfs needs root; left out")
+        yield tmp_path / "store", None, skipped
+        return
+    mnt.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mnt)], capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        skipped.append(f"disk-full: cannot mount a tmpfs here ({done.stderr.strip()}); left out")
+        yield tmp_path / "store", None, skipped
+        return
+    try:
+        yield mnt / "store", mnt, skipped
+    finally:
+        reaper.cleanup()  # nothing may keep a file open on the mount
+        if subprocess.run(["umount", str(mnt)], check=False).returncode != 0:
+            subprocess.run(["umount", "--lazy", str(mnt)], check=False)
+
+
+def _commands(seed: int, keys: int, t0: Callable[[], float]) -> tuple[dict[str, Any], dict[str, str]]:
+    """The argv of every slot of the cast (by incarnation), and each slot's role."""
+    rng = random.Random(f"{seed}:cast")
+    methods = [rng.choice(["forkserver", "fork", "spawn"]) for _ in range(3)]
+    py = sys.executable
+    worker = [
+        py,
+        "-m",
+        "liteq",
+        "worker",
+        "tests.soak.soak_app:app",
+        "-c",
+        str(CONCURRENCY),
+        "--shutdown-timeout",
+        "20",
+    ]
+    commands: dict[str, Any] = {
+        "pool-a": lambda n: [*worker, "--start-method", methods[0]],
+        "pool-b": lambda n: [*worker, "--start-method", methods[1]],
+        "pool-c": lambda n: [py, "-m", "tests.soak.actors", "pool-host", str(CONCURRENCY), methods[2]],
+        "scheduler": lambda n: [py, "-m", "liteq", "scheduler", "tests.soak.soak_app:app"],
+    }
+    roles = {"pool-a": "pool", "pool-b": "pool", "pool-c": "pool", "scheduler": "scheduler"}
+    for i in range(PRODUCERS):
+        commands[f"producer-{i}"] = lambda n, i=i: [
+            py, "-m", "tests.soak.actors", "producer", str(i), str(keys), str(RATE), f"{t0():.3f}", str(seed)
+        ]  # fmt: skip
+        roles[f"producer-{i}"] = "producer"
+    return commands, roles
+
+
+def _unfinished(app: LiteQ, ids: list[str]) -> list[str]:
+    left = []
+    for at in range(0, len(ids), 500):
+        chunk = ids[at : at + 500]
+        for i, row in zip(chunk, app.storage.get(chunk), strict=True):
+            if row is None or row.state not in FINISHED_STATES:
+                left.append(i)
+    return left
+
+
+#: Until the pool rides out store errors (issue 9, the pool's "degraded" state, shown as
+#: ``WorkerInfo.state``), a pool exits on the first busy or full store and the soak's liveness check
+#: fails; the mark goes away by itself once that state exists.
+_POOL_DIES_ON_STORE_ERRORS = "state" not in WorkerInfo.__dataclass_fields__
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    _POOL_DIES_ON_STORE_ERRORS,
+    reason="issue 9: a pool exits on StoreBusy/StoreFull (no degraded state yet)",
+    strict=False,
+)
+def test_nemesis_soak(
+    soak_seed: int, tmp_path: Path, reaper: Reaper, request: pytest.FixtureRequest, capsys: Any
+) -> None:
+    seed = soak_seed
+    seconds = soak_seconds(request.config)
+    tag = f"[soak seed={seed}]"
+    replay = f"replay: pytest tests/soak --soak-seed {seed} --soak-seconds {seconds:g}"
+    with capsys.disabled():
+        print(f"\n{tag} {seconds:g}s of faults ({replay})", flush=True)
+    oracle_dir = tmp_path / "oracle"
+    oracle_dir.mkdir()
+    with store_place(tmp_path, reaper) as (store_dir, tmpfs, skipped):
+        env = dict(os.environ)
+        env.update(
+            LITEQ_SOAK_STORE=str(store_dir),
+            LITEQ_SOAK_ORACLE=str(oracle_dir),
+            LITEQ_SOAK_LEASE=str(LEASE),
+            LITEQ_SOAK_BUSY=str(BUSY_TIMEOUT),
+            PYTHONPATH=os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+        )
+        os.environ["LITEQ_SOAK_ORACLE"] = str(oracle_dir)  # for the oracle readers in this process
+        app = LiteQ(store_dir, busy_timeout=BUSY_TIMEOUT)
+        try:
+            problems, figures, cast, nemesis = _soak(
+                seed, seconds, app, env, reaper, oracle_dir, store_dir, tmpfs, skipped
+            )
+        finally:
+            app.close()
+            os.environ.pop("LITEQ_SOAK_ORACLE", None)
+    summary = oracle.summary({**figures, **{f"n_{k}": v for k, v in sorted(nemesis.count.items())}})
+    with capsys.disabled():
+        print(f"{tag} {summary}", flush=True)
+        for s in skipped:
+            print(f"{tag} left out: {s}", flush=True)
+    if problems:
+        faults = oracle.read_faults(str(oracle_dir))
+        pytest.fail(
+            f"{tag} {len(problems)} problem(s); {replay}\n"
+            + "\n".join(f"  {p}" for p in problems[:60])
+            + ("\n  ..." if len(problems) > 60 else "")
+            + f"\n{tag} fault windows ({len(faults)}):\n"
+            + "\n".join(f"  {f.describe()}" for f in faults[:120])
+            + "".join(f"\n{tag} {d.name} died with {d.code}:\n{d.stderr_tail}" for d in cast.deaths[:5]),
+            pytrace=False,
+        )
+
+
+def _soak(
+    seed: int,
+    seconds: float,
+    app: LiteQ,
+    env: dict[str, str],
+    reaper: Reaper,
+    oracle_dir: Path,
+    store_dir: Path,
+    tmpfs: Path | None,
+    skipped: list[str],
+) -> tuple[list[str], dict[str, Any], Cast, Nemesis]:
+    began = time.time()
+    keys = int(RATE * seconds)
+    # The producers pace themselves from t0: set once the pools run, so the keys spread over the faults.
+    t0_holder = {"t0": began + 3600.0}
+    commands, roles = _commands(seed, keys, lambda: t0_holder["t0"])
+    cast = Cast(reaper, env, commands, roles)
+
+    # Given three pools and a scheduler running on the store
+    for slot in ("pool-a", "pool-b", "pool-c", "scheduler"):
+        cast.start(slot)
+    pools = [p for p in cast.current("pool")]
+    wait_for(
+        lambda: (
+            {p.pid for p in pools} <= {w["pid"] for w in app.stats()["workers"]} or any(not p.alive() for p in pools)
+        ),
+        60,
+        "the three pools to register",
+    )
+    assert all(p.alive() for p in pools), [reaper.stderr(p.name)[-2000:] for p in pools if not p.alive()]
+    # And producers sending keys at a steady pace
+    t0_holder["t0"] = time.time()
+    for i in range(PRODUCERS):
+        cast.start(f"producer-{i}")
+    nemesis = Nemesis(seed, cast, str(oracle_dir), str(store_dir / DB_FILENAME), BUSY_TIMEOUT, LEASE, tmpfs, skipped)
+
+    # When the nemesis runs for the soak's duration, then stops and ends every fault
+    nemesis.run(seconds)
+
+    problems: list[str] = []
+
+    def settle(what: str, done: Any, timeout: float) -> bool:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            cast.watch(time.time())
+            if done():
+                return True
+            time.sleep(0.1)
+        problems.append(f"timed out after {timeout:.0f}s waiting for {what}")
+        return False
+
+    # Then the producers finish their keys (restarted ones included)
+    settle(
+        "the producers to finish",
+        lambda: all(not p.alive() and p.popen.returncode == 0 for p in cast.current("producer")),
+        90,
+    )
+    # And every acknowledged task reaches a final state
+    told = oracle.read_told(str(oracle_dir))
+    acked = sorted({i for t in told.values() for call in t.ids for i in call})
+    settle("every acknowledged task to finish", lambda: not _unfinished(app, acked), 90)
+
+    # And every pool the nemesis did not kill is alive, with a fresh heartbeat, and stops cleanly
+    now = time.time()
+    cast.watch(now)
+    beats = {w["pid"]: w["heartbeat_at"] for w in app.stats()["workers"]}
+    for d in cast.deaths:
+        problems.append(f"alive: {d.role} {d.name} exited by itself with {d.code} at {d.at - began:.1f}s")
+    for p in cast.current("pool") + cast.current("scheduler"):
+        if not p.alive():
+            problems.append(f"alive: {p.name} is not running at the end")
+        elif p.role == "pool" and now - beats.get(p.pid, 0.0) > FRESH_HEARTBEAT:
+            problems.append(f"alive: {p.name} (pid {p.pid}) has no heartbeat in the last {FRESH_HEARTBEAT}s")
+    ended = time.time()
+    for p in cast.current("pool") + cast.current("scheduler"):
+        p.signal(signal.SIGTERM)
+    for p in cast.current("pool") + cast.current("scheduler"):
+        try:
+            code = p.popen.wait(40)
+        except subprocess.TimeoutExpired:
+            problems.append(f"stop: {p.name} did not stop within 40s of SIGTERM")
+            continue
+        if code != 0 and not p.seen_exit:
+            problems.append(f"stop: {p.name} exited with {code} on SIGTERM:\n{reaper.stderr(p.name)[-1500:]}")
+
+    # And the oracle agrees with the store
+    found, figures = checks.check(
+        oracle.read_told(str(oracle_dir)),
+        oracle.read_runs(str(oracle_dir)),
+        oracle.read_faults(str(oracle_dir)),
+        checks.load_rows(app.storage),
+        checks.load_slots(str(store_dir / DB_FILENAME)),
+        (began, ended),
+    )
+    figures["seconds"] = f"{time.time() - began:.0f}"
+    figures["restarts"] = len(cast.procs) - len(cast.generation)
+    return problems + found, figures, cast, nemesis
