@@ -57,6 +57,9 @@ OPERATIONS: dict[str, Access] = {
     "counts": READ,
     "next_run_at": READ,
     "group_members": READ,
+    "page": READ,
+    "oldest_pending": READ,
+    "stats": READ,
     "schedule_states": READ,
     "workers": READ,
 }
@@ -202,6 +205,13 @@ def from_wire(value: Any, tp: Any, where: str = "value") -> Any:
             return tp(**{k: from_wire(v, hints[k], f"{where}.{k}") for k, v in value.items()})
         except TypeError as exc:
             raise WireTypeError(f"{where}: {exc}") from None
+    if typing.is_typeddict(tp):
+        if not isinstance(value, dict):
+            raise _bad(value, tp.__name__, where)
+        hints = _fields_of(tp)
+        if set(value) != set(hints):
+            raise WireTypeError(f"{where}: {tp.__name__} needs the keys {sorted(hints)}, got {sorted(value)}")
+        return {k: from_wire(v, hints[k], f"{where}.{k}") for k, v in value.items()}
     if origin is None and tp in (float, int, bool, str, bytes):
         return _scalar(value, tp, where)
     if origin in (dict, Mapping, typing.Mapping) or tp is dict:

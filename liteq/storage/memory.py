@@ -24,10 +24,12 @@ from .base import (
     PENDING,
     RUNNING,
     SCHEDULED,
+    STATS_MEMORY,
     ClaimedTask,
     NewTask,
     Outcome,
     ScheduleState,
+    StatsRow,
     Storage,
     TaskRow,
     WorkerInfo,
@@ -80,6 +82,7 @@ class MemoryStorage(Storage):
         self._requires: dict[str, list[str]] = {}
         self._groups: dict[str, dict[int, str]] = {}
         self._seq = itertools.count(1)
+        self._stats: dict[tuple[int, str, str, str], tuple[int, float, float]] = {}
 
     def __repr__(self) -> str:
         return "MemoryStorage()"
@@ -121,6 +124,11 @@ class MemoryStorage(Storage):
         )
         r.lease_owner = r.lease_token = None
         r.lease_deadline = None
+        # The history the dashboard charts (SqliteStorage keeps it with a trigger).
+        latency = max(now - r.enqueued_at, 0.0)
+        key = (int(now // 60), r.queue, r.name, state)
+        n, total, worst = self._stats.get(key, (0, 0.0, 0.0))
+        self._stats[key] = (n + 1, total + latency, max(worst, latency))
 
     # -- writes ------------------------------------------------------------------------------------
 
@@ -505,6 +513,10 @@ class MemoryStorage(Storage):
         """Delete finished tasks past their TTL; see :meth:`Storage.prune`."""
         now = time.time() if now is None else now
         budget = [limit]
+        with self._lock:
+            horizon = int((now - STATS_MEMORY) // 60)
+            for key in [k for k in self._stats if k[0] < horizon]:
+                del self._stats[key]
 
         def match(e: _Entry) -> bool:
             x = e.row.result_expires_at
@@ -558,6 +570,75 @@ class MemoryStorage(Storage):
                 c.errors = []
                 out.append(c)
             return out
+
+    def page(
+        self,
+        *,
+        states: Iterable[str] | None = None,
+        queue: str | None = None,
+        name: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        parent: str | None = None,
+        before: str | None = None,
+        limit: int = 50,
+    ) -> builtins.list[TaskRow]:
+        """Newest-first keyset page (a linear scan); see :meth:`Storage.page`."""
+        wanted = set(states) if states is not None else None
+        with self._lock:
+            bound = None
+            if before is not None:
+                cursor = self._tasks.get(before)
+                if cursor is None:
+                    return []
+                bound = cursor.seq
+            out: builtins.list[TaskRow] = []
+            for e in sorted(self._tasks.values(), key=lambda e: -e.seq):
+                r = e.row
+                if len(out) >= limit:
+                    break
+                if (
+                    (bound is None or e.seq < bound)
+                    and (wanted is None or r.state in wanted)
+                    and (queue is None or r.queue == queue)
+                    and (name is None or r.name == name)
+                    and (since is None or r.enqueued_at >= since)
+                    and (until is None or r.enqueued_at < until)
+                    and (parent is None or r.parent_id == parent)
+                ):
+                    out.append(self._bare(r))
+            return out
+
+    @staticmethod
+    def _bare(r: TaskRow) -> TaskRow:
+        c = copy.copy(r)
+        c.payload = c.result = c.error = c.progress = None
+        c.errors = []
+        return c
+
+    def oldest_pending(self) -> dict[str, TaskRow]:
+        """The first-stored pending task per queue; see :meth:`Storage.oldest_pending`."""
+        out: dict[str, TaskRow] = {}
+        with self._lock:
+            for e in sorted(self._tasks.values(), key=lambda e: e.seq):
+                if e.row.state == PENDING and e.row.queue not in out:
+                    out[e.row.queue] = self._bare(e.row)
+        return out
+
+    def stats(self, *, since: float, until: float | None = None, bucket: int = 60) -> builtins.list[StatsRow]:
+        """Finish statistics per minute (or ``bucket``); see :meth:`Storage.stats`."""
+        span = max(int(bucket) // 60, 1)
+        summed: dict[tuple[int, str, str, str], tuple[int, float, float]] = {}
+        with self._lock:
+            for (m, q, n, st), (c, total, worst) in self._stats.items():
+                if m * 60 >= since and (until is None or m * 60 < until):
+                    key = (m // span * span, q, n, st)
+                    c0, t0, w0 = summed.get(key, (0, 0.0, 0.0))
+                    summed[key] = (c0 + c, t0 + total, max(w0, worst))
+        return [
+            StatsRow(minute=float(m * 60), queue=q, name=n, state=st, count=c, latency_sum=total, latency_max=worst)
+            for (m, q, n, st), (c, total, worst) in sorted(summed.items())
+        ]
 
     def counts(self) -> dict[str, dict[str, int]]:
         """``{queue: {state: n}}``; see :meth:`Storage.counts`."""

@@ -20,6 +20,7 @@ Why it is shaped this way:
 
 from __future__ import annotations
 
+import builtins
 import os
 import sqlite3
 import time
@@ -27,13 +28,16 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from ..wake import DONE, WORK, broadcast
+from . import sqlite_history
 from .base import (
     CASCADE_REASON,
     PENDING,
     SCHEDULED,
+    STATS_MEMORY,
     ClaimedTask,
     NewTask,
     Outcome,
+    StatsRow,
     TaskRow,
     check_lease,
     check_new_tasks,
@@ -620,6 +624,10 @@ class SqliteStorage(SqliteExtras):
             self._write(
                 lambda conn: conn.execute("DELETE FROM periodic_slots WHERE fired_at <= ?", (now - SLOT_MEMORY,))
             )
+        if self._read("SELECT 1 FROM task_stats WHERE minute < ? LIMIT 1", (int((now - STATS_MEMORY) // 60),)):
+            self._write(
+                lambda conn: conn.execute("DELETE FROM task_stats WHERE minute < ?", (int((now - STATS_MEMORY) // 60),))
+            )
         if not self._read("SELECT 1 FROM tasks WHERE result_expires_at <= ? LIMIT 1", (now,)):
             return 0
         return self._delete("result_expires_at <= ?", (now,), limit=limit)
@@ -711,9 +719,45 @@ class SqliteStorage(SqliteExtras):
     def counts(self) -> dict[str, dict[str, int]]:
         """``{queue: {state: n}}``; see :meth:`Storage.counts`."""
         out: dict[str, dict[str, int]] = {}
-        for queue, state, n in self._read("SELECT queue, state, count(*) FROM tasks GROUP BY queue, state"):
+        # Kept by triggers in each writing transaction (schema v4): no scan of the tasks.
+        for queue, state, n in self._read("SELECT queue, state, n FROM task_counts WHERE n > 0"):
             out.setdefault(queue, {})[state] = n
         return out
+
+    def page(
+        self,
+        *,
+        states: Iterable[str] | None = None,
+        queue: str | None = None,
+        name: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        parent: str | None = None,
+        before: str | None = None,
+        limit: int = 50,
+    ) -> builtins.list[TaskRow]:
+        """Newest-first keyset page; see :meth:`Storage.page`."""
+        rows = sqlite_history.page(
+            self._read,
+            states=states,
+            queue=queue,
+            name=name,
+            since=since,
+            until=until,
+            parent=parent,
+            before=before,
+            limit=limit,
+        )
+        return [self._row(r[:22]) for r in rows]
+
+    def oldest_pending(self) -> dict[str, TaskRow]:
+        """The first-stored pending task per queue; see :meth:`Storage.oldest_pending`."""
+        queues = [q for q, by_state in self.counts().items() if by_state.get(PENDING)]
+        return {q: self._row(r[:22]) for q, r in sqlite_history.oldest_pending(self._read, queues).items()}
+
+    def stats(self, *, since: float, until: float | None = None, bucket: int = 60) -> builtins.list[StatsRow]:
+        """Finish statistics per minute (or ``bucket``); see :meth:`Storage.stats`."""
+        return sqlite_history.stats(self._read, since=since, until=until, bucket=bucket)
 
     def next_run_at(self, queues: Sequence[str]) -> float | None:
         """Earliest scheduled ``run_at`` in ``queues``; see :meth:`Storage.next_run_at`."""
