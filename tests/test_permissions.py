@@ -11,17 +11,19 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from liteq import ConfigurationError, LiteQ
+from liteq.cli import EXIT_ERROR
 from liteq.storage.sqlite import DB_FILENAME, SqliteStorage
 from liteq.wake import runtime_dir, wake_dir
 from tests import tasks
+from tests.support import run_in_session
 
 MakeApp = Callable[..., LiteQ]
 NOBODY = 65534
@@ -146,12 +148,22 @@ def test_a_wake_dir_owned_by_another_user_is_refused_at_once(
     planted = Path(wake_dir(app.storage.location))
     planted.mkdir(mode=0o777, exist_ok=True)
     os.chown(planted, NOBODY, NOBODY)
-    # When a pool starts (it binds its wake-up socket), then it fails at once, naming the directory
-    started = time.monotonic()
-    with pytest.raises(ConfigurationError, match=f"{planted}.*belongs to uid {NOBODY}"), app.workers(1):
-        pass
-    assert time.monotonic() - started < 30
-    assert not any(planted.iterdir())  # nothing was bound in it
+    # When a real `liteq worker STORE` starts (it binds its wake-up socket)
+    env = {**os.environ, "XDG_RUNTIME_DIR": str(private_runtime)}
+    code, _, err = run_in_session(
+        [sys.executable, "-m", "liteq", "worker", str(store), "-c", "1"],
+        cwd=Path(__file__).resolve().parent.parent,
+        env=env,
+        timeout=60,
+        what="a worker facing a foreign wake-up directory",
+    )
+    # Then it exits at once with one line naming the directory and its owner; nothing was bound there
+    assert code == EXIT_ERROR, err
+    assert f"{planted} belongs to uid {NOBODY}" in err and "Traceback" not in err
+    assert not any(planted.iterdir())
+    # And in-process, listening is refused the same way
+    with pytest.raises(ConfigurationError, match="belongs to uid"):
+        app.storage.listen()
 
 
 def test_a_symlinked_wake_dir_is_refused(make_app: MakeApp, short_dir: Path) -> None:
