@@ -347,10 +347,11 @@ def _print_status(report: dict[str, Any]) -> None:
     click.echo("\nworkers:" if report["workers"] else "\nworkers: none")
     if report["workers"]:
         _table(
-            ["id", "host", "pid", "concurrency", "queues", "last heartbeat", "tasks done"],
+            ["id", "host", "pid", "concurrency", "queues", "last heartbeat", "tasks done", "state"],
             [
                 [w["id"], w["host"], str(w["pid"]), str(w["concurrency"]), ",".join(w["queues"]),
-                 _age(w["heartbeat_at"], now) + (" ago" if w["alive"] else " ago (stale)"), str(w["tasks_done"])]
+                 _age(w["heartbeat_at"], now) + (" ago" if w["alive"] else " ago (stale)"), str(w["tasks_done"]),
+                 w["state_text"]]
                 for w in report["workers"]
             ],
         )  # fmt: skip
