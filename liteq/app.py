@@ -594,13 +594,16 @@ class LiteQ:
         return Result(self, task_id)
 
     def stats(self) -> dict[str, Any]:
-        """``{"states": {state: n}, "queues": {queue: {state: n}}, "workers": [...]}``."""
+        """``{"states": {state: n}, "queues": {queue: {state: n}}, "workers": [...]}``.
+
+        Each worker is its :class:`~liteq.storage.base.WorkerInfo` as a dict, plus ``state_text``:
+        ``ok`` or ``degraded: <reason> since <time>``."""
         queues = self.storage.counts()
         states: dict[str, int] = {}
         for by_state in queues.values():
             for state, n in by_state.items():
                 states[state] = states.get(state, 0) + n
-        workers = [dataclasses.asdict(w) for w in self.storage.workers()]
+        workers = [{**dataclasses.asdict(w), "state_text": w.state_text()} for w in self.storage.workers()]
         return {"states": states, "queues": queues, "workers": workers}
 
     def purge(self, queue: str | None = None, states: Iterable[str] | None = None) -> int:

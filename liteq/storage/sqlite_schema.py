@@ -16,7 +16,7 @@ T = TypeVar("T")
 
 DB_FILENAME = "liteq.sqlite3"
 BLOB_DIRNAME = "blobs"
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 DEFAULT_BUSY_TIMEOUT = 5.0
 WAL_AUTOCHECKPOINT_PAGES = 10_000
 DEFAULT_BLOB_THRESHOLD = 64 * 1024
@@ -189,8 +189,22 @@ END;
 CREATE INDEX tasks_by_name ON tasks(name, state, seq);
 """
 
+# Version 6: a worker's health, so `liteq status` shows a pool riding out store errors.
+_SCHEMA_V6 = """
+ALTER TABLE workers ADD COLUMN state TEXT NOT NULL DEFAULT 'ok';
+ALTER TABLE workers ADD COLUMN state_reason TEXT;
+ALTER TABLE workers ADD COLUMN state_since REAL;
+"""
+
 #: ``MIGRATIONS[v]`` upgrades a store from version ``v`` to ``v + 1``.
-MIGRATIONS: dict[int, str] = {0: _SCHEMA_V1, 1: _SCHEMA_V2, 2: _SCHEMA_V3, 3: _SCHEMA_V4, 4: _SCHEMA_V5}
+MIGRATIONS: dict[int, str] = {
+    0: _SCHEMA_V1,
+    1: _SCHEMA_V2,
+    2: _SCHEMA_V3,
+    3: _SCHEMA_V4,
+    4: _SCHEMA_V5,
+    5: _SCHEMA_V6,
+}
 #: How long fired periodic slots are remembered (a slot older than this can no longer race).
 SLOT_MEMORY = 7 * 86400.0
 
