@@ -30,6 +30,8 @@ from tests.faultprocs import append_line
 
 #: Plain tasks, chains and chords among the keys (the rest are plain tasks).
 CHAIN_SHARE, CHORD_SHARE = 0.08, 0.08
+#: Plain tasks that run for a second or so instead of a few milliseconds.
+LONG_SHARE = 0.1
 #: Chord header size and chain length.
 CHORD_MEMBERS, CHAIN_STEPS = 4, 3
 #: How many acknowledged plain keys a restarted producer sends again.
@@ -48,7 +50,9 @@ def _send(key: str, seed: int) -> list[str]:
 
     shape, rng = shape_of(seed, key)
     if shape == "plain":
-        r = work.apply_async((rng.randint(5, 60), rng.random() < 0.05), {"key": key}, idempotency_key=key)
+        # Mostly short tasks, and some long enough that kills and pauses catch them running.
+        ms = rng.randint(300, 1500) if rng.random() < LONG_SHARE else rng.randint(5, 60)
+        r = work.apply_async((ms, rng.random() < 0.05), {"key": key}, idempotency_key=key)
         return [r.id]
     if shape == "chain":
         last = chain(first.s(rng.randint(0, 9), key=key), *(step.s(i, key=key) for i in range(1, CHAIN_STEPS))).delay()

@@ -33,9 +33,9 @@ logger = logging.getLogger("tests.soak")
 #: (children look for their supervisor every 0.5 s).
 ORPHAN_GRACE = 1.5
 #: At most this many faults at once.
-MAX_CONCURRENT = 3
+MAX_CONCURRENT = 4
 #: Mean seconds between two faults.
-MEAN_GAP = 1.6
+MEAN_GAP = 1.0
 
 
 @dataclass
