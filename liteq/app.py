@@ -71,6 +71,7 @@ class LiteQ:
       ``liteq worker STORE --include mod`` passes). A stored task name is only a string anyone
       with write access to the store chooses, so no other module is ever imported because of it:
       such a task fails as ``unknown task`` (payload kept, ``liteq retry`` runs it again).
+    - ``token``: the shared secret of a cluster store (``liteq://host:port``); default ``LITEQ_TOKEN``.
     """
 
     def __init__(
@@ -87,6 +88,7 @@ class LiteQ:
         max_payload_size: int = DEFAULT_MAX_SIZE,
         blob_threshold: int = DEFAULT_BLOB_THRESHOLD,
         include: Iterable[str] = (),
+        token: str | None = None,
     ) -> None:
         ttl = seconds(result_ttl, "result_ttl")
         assert ttl is not None
@@ -105,8 +107,19 @@ class LiteQ:
         self.durability = durability
         if durability not in ("normal", "full"):
             raise ConfigurationError(f"durability must be 'normal' or 'full', not {durability!r}")
+        remote_options: dict[str, Any] = {}
+        if token is not None:
+            # Only a cluster store (liteq://) takes a token; a local store refuses it below.
+            if not isinstance(store, (str, os.PathLike)) or not os.fspath(store).startswith(("liteq://", "liteqs://")):
+                raise ConfigurationError("token= is for a cluster store (liteq://host:port); a local store needs none")
+            remote_options["token"] = token
         self.storage: Storage = open_storage(
-            store, result_ttl=ttl, durability=durability, busy_timeout=busy_timeout, blob_threshold=blob_threshold
+            store,
+            result_ttl=ttl,
+            durability=durability,
+            busy_timeout=busy_timeout,
+            blob_threshold=blob_threshold,
+            **remote_options,
         )
         self.tasks: dict[str, Task[Any, Any]] = {}
         self.schedules: dict[str, Schedule] = {}
@@ -120,6 +133,7 @@ class LiteQ:
             "max_payload_size": max_payload_size,
             "blob_threshold": blob_threshold,
             "include": self.include,
+            **remote_options,
         }
         # The module that created the app, so a spawned child can find this very object there.
         self._origin: str | None = sys._getframe(1).f_globals.get("__name__")

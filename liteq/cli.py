@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 import click
 
 from .app import LiteQ
+from .dashboard.history import finished_recently
 from .exceptions import ConfigurationError, LiteQError
 from .inputs import check_duration
 from .message import ErrorInfo, Progress
@@ -189,6 +190,16 @@ def _guard(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+#: The ``--loglevel/-l`` option every long-running command takes.
+_LOGLEVEL = click.option(
+    "--loglevel",
+    "-l",
+    default="INFO",
+    show_default=True,
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="pyliteq", prog_name="liteq")
 def cli() -> None:
@@ -222,13 +233,7 @@ def cli() -> None:
     help="Seconds running tasks get on stop.",
 )
 @click.option("--worker-id", default=None, help="Stable id; a restart with the same id takes back its leases at once.")
-@click.option(
-    "--loglevel",
-    "-l",
-    default="INFO",
-    show_default=True,
-    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
-)
+@_LOGLEVEL
 @click.option("--logfile", default=None, type=click.Path(dir_okay=False), help="Log to this file instead of stderr.")
 @_guard
 def worker(
@@ -309,12 +314,9 @@ def status(app_or_store: str, as_json: bool, watch: bool) -> None:
 def _status(app: LiteQ) -> dict[str, Any]:
     now = time.time()
     stats = app.stats()
-    oldest = app.storage.list(states=["pending"], limit=1)
-    done_recently = sum(
-        1
-        for r in app.storage.list(states=["succeeded", "failed"], limit=100_000)
-        if r.finished_at and r.finished_at >= now - 60
-    )
+    oldest = sorted(app.storage.oldest_pending().values(), key=lambda r: r.enqueued_at)[:1]
+    # The store's per-minute history, as the dashboard's charts: no scan of finished tasks.
+    done_recently = finished_recently(app.storage, now=now)
     workers = []
     for w in stats["workers"]:
         w = dict(w)
@@ -587,13 +589,7 @@ def periodic(app: str, pause: str | None, resume: str | None, as_json: bool) -> 
 
 @cli.command()
 @click.argument("app")
-@click.option(
-    "--loglevel",
-    "-l",
-    default="INFO",
-    show_default=True,
-    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
-)
+@_LOGLEVEL
 @_guard
 def scheduler(app: str, loglevel: str) -> None:
     """Only fire APP's periodic tasks (pools do this too; running both is safe)."""
@@ -610,6 +606,54 @@ def scheduler(app: str, loglevel: str) -> None:
     click.echo(f"scheduler for {len(the_app.schedules)} schedule(s) on {the_app.storage.location}", err=True)
     Scheduler(the_app).run(stop)
     the_app.close()
+
+
+@cli.command()
+@click.argument("store")
+@click.option("--bind", default="127.0.0.1:7777", show_default=True, help="HOST:PORT to listen on (port 0: any).")
+@click.option(
+    "--token-file", default=None, type=click.Path(dir_okay=False), help="File holding the token [LITEQ_TOKEN]."
+)
+@click.option("--tls-cert", default=None, type=click.Path(dir_okay=False), help="Serve TLS (liteqs://) with this cert.")
+@click.option("--tls-key", default=None, type=click.Path(dir_okay=False), help="The TLS certificate's private key.")
+@click.option(
+    "--allow-pickle", is_flag=True, help="Accept pickle-encoded payloads (trusts every client with the token)."
+)
+@click.option("--max-connections", type=click.IntRange(min=1), default=1024, show_default=True)
+@click.option("--max-in-flight", type=click.IntRange(min=1), default=64, show_default=True, help="Per connection.")
+@click.option("--max-batch", type=click.IntRange(min=1), default=50_000, show_default=True, help="Items per request.")
+@click.option("--test-mode", is_flag=True, hidden=True)
+@_LOGLEVEL
+@_guard
+def serve(
+    store: str,
+    bind: str,
+    token_file: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
+    allow_pickle: bool,
+    max_connections: int,
+    max_in_flight: int,
+    max_batch: int,
+    test_mode: bool,
+    loglevel: str,
+) -> None:
+    """Serve STORE to remote workers and producers (cluster mode) until SIGINT/SIGTERM."""
+    from liteq.cluster import serve as cluster_serve  # type: ignore[import-not-found,unused-ignore]
+
+    logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cluster_serve.run(
+        store,
+        bind=bind,
+        token_file=token_file,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        allow_pickle=allow_pickle,
+        max_connections=max_connections,
+        max_in_flight=max_in_flight,
+        max_batch=max_batch,
+        test_mode=test_mode,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

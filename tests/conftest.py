@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from liteq import LiteQ
 
 #: Every store the contract suite (``tests/test_storage_contract.py``) runs against.
-STORAGE_KINDS = ("sqlite", "memory")
+STORAGE_KINDS = ("sqlite", "memory", "remote")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -32,8 +32,9 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
-def open_storage(kind: str, directory: Path) -> Storage:
-    """Open a fresh store of ``kind``; ``directory`` is where a store on disk keeps its files."""
+def open_storage(kind: str, directory: Path, server_url: str | None = None) -> Storage:
+    """Open a fresh store of ``kind``; ``directory`` is where a store on disk keeps its files.
+    ``remote`` connects to ``server_url`` (a real ``liteq serve``) and empties its store first."""
     # Imported lazily: each store's tests run even while another store fails to import.
     if kind == "sqlite":
         from liteq.storage.sqlite import SqliteStorage
@@ -43,6 +44,13 @@ def open_storage(kind: str, directory: Path) -> Storage:
         from liteq.storage.memory import MemoryStorage
 
         return MemoryStorage()
+    if kind == "remote":
+        from liteq.cluster.remote import RemoteStorage
+
+        assert server_url is not None
+        remote = RemoteStorage(server_url)
+        remote.reset()
+        return remote
     raise AssertionError(f"unknown storage kind {kind!r}")
 
 
@@ -50,6 +58,20 @@ def open_storage(kind: str, directory: Path) -> Storage:
 def store_dir(tmp_path: Path) -> Path:
     """The directory a store on disk lives in (not created: the store creates it)."""
     return tmp_path / "store"
+
+
+@pytest.fixture(scope="session")
+def contract_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real ``liteq serve`` on 127.0.0.1 port 0, shared by the contract tests of the remote store
+    (each test empties its store first). Started in test mode: it honours the clients' ``now``
+    (the contract drives time) and accepts ``reset``."""
+    from tests.cluster_support import start_server
+
+    server = start_server(tmp_path_factory.mktemp("contract-server") / "store", "--test-mode")
+    try:
+        yield server.url
+    finally:
+        server.stop()
 
 
 @pytest.fixture(params=STORAGE_KINDS)
@@ -62,7 +84,8 @@ def storage(request: pytest.FixtureRequest, store_dir: Path) -> Iterator[Storage
     marker = request.node.get_closest_marker("only_storage")
     if marker is not None and kind not in marker.args:
         pytest.skip(f"{request.node.originalname} is specific to {', '.join(marker.args)} storage, not {kind}")
-    store = open_storage(kind, store_dir)
+    url = request.getfixturevalue("contract_server") if kind == "remote" else None
+    store = open_storage(kind, store_dir, url)
     try:
         yield store
     finally:

@@ -199,3 +199,32 @@ def enqueue_then_hang(store_dir: str, durability: str, n: int, told_log: str, ha
         append_line(told_log, task.delay(i).id)
     threading.Event().wait(hang_s)  # the test SIGKILLs us here, with the store still open
     app.close()
+
+
+def write_while(store_dir: str, busy_timeout: float, started: Any, stop_path: str, out_path: str) -> None:
+    """Enqueue one task at a time until ``stop_path`` exists; report how many, the longest single
+    enqueue and the first store error (a writer sharing the store with a long purge)."""
+
+    def body() -> dict[str, Any]:
+        app = LiteQ(store_dir, busy_timeout=busy_timeout)
+        task = app.task(name=TASK_NAME)(noop)
+        longest, count, error = 0.0, 0, None
+        try:
+            app.storage.counts()
+            started.set()
+            while not os.path.exists(stop_path) and error is None:
+                t0 = time.monotonic()
+                try:
+                    task.delay(count)
+                except Exception as exc:  # the test asserts there is none
+                    error = f"{type(exc).__name__}: {exc}"
+                longest = max(longest, time.monotonic() - t0)
+                count += 1
+                # A producer's pace, not a wait for state: a writer in a tight loop would starve
+                # the purge's own busy handler, which polls.
+                time.sleep(0.002)
+        finally:
+            app.close()
+        return {"count": count, "longest": longest, "store_error": error}
+
+    _guarded(out_path, body)

@@ -49,6 +49,17 @@ def test_status_counts_tasks_by_queue_and_state(store: Path, capsys: pytest.Capt
     assert report["failed"] == 1 and report["oldest_pending_age"] is not None
 
 
+def test_status_throughput_comes_from_the_stores_history(store: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Given the fixture's two finished tasks, deleted afterwards
+    app = LiteQ(store)
+    assert app.purge(states=["succeeded", "failed"]) == 2
+    app.close()
+    # When status is asked for
+    code, out, _ = run(capsys, "status", str(store), "--json")
+    # Then the finishes still count: throughput comes from the per-minute history, not the rows
+    assert code == EXIT_OK and json.loads(out)["throughput_last_minute"] == 2
+
+
 def test_tasks_lists_with_filters_and_short_errors(store: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # When failed tasks are listed
     code, out, _ = run(capsys, "tasks", str(store), "--state", "failed")

@@ -978,3 +978,246 @@ def test_sqlite_reopened_directory_keeps_committed_tasks(storage: Storage, store
         # Then the task and its result are there
         stored = row(reopened, task_id)
         assert (stored.state, stored.result) == (SUCCEEDED, BLOB)
+
+
+# -- inspection at scale: keyset pages, oldest pending, per-minute history ------------------------
+
+
+def test_page_is_newest_first_filtered_and_keyset_paged(storage: Storage) -> None:
+    # Given six tasks in two queues under three names, enqueued a second apart, two finished
+    spec = [("a", "x"), ("b", "x"), ("a", "y"), ("a", "x"), ("b", "z"), ("a", "y")]
+    ids = [enqueue_one(storage, queue=q, name=n, now=T0 + i) for i, (q, n) in enumerate(spec)]
+    finish(storage, storage.claim("w1", ["a"], now=T0 + 9, ids=[ids[0]])[0], result=b"r", now=T0 + 10)
+    finish(storage, storage.claim("w1", ["a"], now=T0 + 9, ids=[ids[2]])[0], FAILED, error=b"e", now=T0 + 10)
+
+    def paged(**filters: Any) -> list[str]:
+        return [r.id for r in storage.page(**filters)]
+
+    # Then rows come newest first, matching every filter, without bodies
+    assert paged() == ids[::-1]
+    assert paged(queue="a") == [ids[5], ids[3], ids[2], ids[0]]
+    assert paged(name="x") == [ids[3], ids[1], ids[0]]
+    assert paged(states=[PENDING]) == [ids[5], ids[4], ids[3], ids[1]]
+    assert paged(states=[SUCCEEDED, FAILED]) == [ids[2], ids[0]]
+    assert paged(states=[PENDING], queue="a", name="y") == [ids[5]]
+    assert paged(since=T0 + 2, until=T0 + 5) == [ids[4], ids[3], ids[2]]
+    assert paged(states=[]) == []
+    assert all(r.payload is None and r.result is None and r.error is None for r in storage.page())
+    # And each page continues after the last id of the previous one, with or without filters
+    assert paged(limit=2) == [ids[5], ids[4]]
+    assert paged(limit=2, before=ids[4]) == [ids[3], ids[2]]
+    assert paged(limit=2, before=ids[2]) == [ids[1], ids[0]]
+    assert paged(limit=2, before=ids[0]) == []
+    assert paged(states=[PENDING], limit=1, before=ids[4]) == [ids[3]]
+    assert paged(queue="a", before=ids[3]) == [ids[2], ids[0]]
+    # And a cursor that no longer exists gives an empty page, not an error
+    assert paged(before="no-such-task") == []
+
+
+def test_page_finds_a_tasks_successors_by_parent(storage: Storage) -> None:
+    # Given a task, two successors linked to it and an unrelated task
+    first = enqueue_one(storage, now=T0)
+    later = [enqueue_one(storage, name=f"n{i}", parent_id=first, now=T0 + 1 + i) for i in range(2)]
+    enqueue_one(storage, now=T0 + 5)
+    # Then the parent filter lists the successors, newest first, combined with the other filters
+    assert [r.id for r in storage.page(parent=first)] == later[::-1]
+    assert [r.id for r in storage.page(parent=first, name="n0")] == [later[0]]
+    assert [r.id for r in storage.page(parent=first, before=later[1])] == [later[0]]
+    assert storage.page(parent=first, states=[SUCCEEDED]) == []
+
+
+def test_page_merges_many_names_in_store_order(storage: Storage) -> None:
+    # Given failed tasks spread over many names, among pending ones
+    ids = [enqueue_one(storage, name=f"n{i % 7}", now=T0 + i) for i in range(40)]
+    failed = ids[3::4]
+    for task_id in failed:
+        (task,) = storage.claim("w1", ["default"], now=T0 + 50, ids=[task_id])
+        finish(storage, task, FAILED, error=b"e", now=T0 + 51)
+    # When the failed ones are paged three at a time
+    seen: list[str] = []
+    before = None
+    while True:
+        rows = storage.page(states=[FAILED], limit=3, before=before)
+        if not rows:
+            break
+        seen += [r.id for r in rows]
+        before = rows[-1].id
+    # Then every failed task comes once, newest first
+    assert seen == failed[::-1]
+
+
+def test_oldest_pending_per_queue(storage: Storage) -> None:
+    # Given pending tasks in two queues (the first of "a" claimed) and a scheduled one in "c"
+    a1 = enqueue_one(storage, queue="a", name="x", now=T0)
+    a2 = enqueue_one(storage, queue="a", name="y", now=T0 + 1)
+    enqueue_one(storage, queue="a", name="x", now=T0 + 2)
+    b1 = enqueue_one(storage, queue="b", name="y", now=T0 + 3)
+    enqueue_one(storage, queue="c", run_at=T0 + 100, now=T0 + 4)
+    storage.claim("w1", ["a"], now=T0 + 5, ids=[a1])
+    # Then each queue with a pending task names its first-stored one, with its enqueue time
+    oldest = storage.oldest_pending()
+    assert {q: r.id for q, r in oldest.items()} == {"a": a2, "b": b1}
+    assert oldest["a"].enqueued_at == T0 + 1
+
+
+def test_stats_count_every_finish_per_minute_with_latency(storage: Storage) -> None:
+    # Given tasks enqueued at T0 and finished in two different minutes, in several ways
+    base = T0 - T0 % 60
+    ok1 = enqueue_one(storage, name="x", now=base)
+    ok2 = enqueue_one(storage, name="x", now=base)
+    bad = enqueue_one(storage, name="y", now=base)
+    lost = enqueue_one(storage, name="y", now=base)
+    waiting = enqueue_one(storage, name="x", queue="q2", now=base)
+    finish(storage, storage.claim("w1", ["default"], now=base, ids=[ok1])[0], result=b"r", now=base + 10)
+    finish(storage, storage.claim("w1", ["default"], now=base, ids=[ok2])[0], result=b"r", now=base + 30)
+    finish(storage, storage.claim("w1", ["default"], now=base, ids=[bad])[0], FAILED, error=b"e", now=base + 70)
+    storage.claim("w1", ["default"], now=base, ids=[lost], lease=5)
+    storage.reap(now=base + 80)  # one attempt only: the lost task fails
+    storage.cancel([waiting], now=base + 90)
+    # Then each minute counts its finishes per queue, name and state, with end-to-end latency
+    rows = storage.stats(since=base)
+    got = {
+        (r["minute"], r["queue"], r["name"], r["state"]): (r["count"], r["latency_sum"], r["latency_max"]) for r in rows
+    }
+    assert got == {
+        (base, "default", "x", SUCCEEDED): (2, 40.0, 30.0),
+        (base + 60, "default", "y", FAILED): (2, 150.0, 80.0),
+        (base + 60, "q2", "x", CANCELLED): (1, 90.0, 90.0),
+    }
+    assert [r["minute"] for r in rows] == sorted(r["minute"] for r in rows)
+    # And the window selects minutes by their start
+    assert {r["minute"] for r in storage.stats(since=base + 1)} == {base + 60}
+    assert {r["minute"] for r in storage.stats(since=base, until=base + 60)} == {base}
+    # And the history outlives the tasks: purged and pruned tasks still count
+    storage.purge(states=[SUCCEEDED, FAILED, CANCELLED])
+    assert len(storage.stats(since=base)) == 3
+    assert sum(r["count"] for r in storage.stats(since=base)) == 5
+    # And longer buckets add the minutes up
+    (hourly,) = [r for r in storage.stats(since=base, bucket=3600) if r["state"] == FAILED]
+    assert hourly["minute"] == base - base % 3600 and (hourly["count"], hourly["latency_max"]) == (2, 80.0)
+
+
+def test_stats_count_a_retried_task_each_time_it_finishes(storage: Storage) -> None:
+    # Given a task that failed, was retried by hand and succeeded
+    base = T0 - T0 % 60
+    task_id = enqueue_one(storage, now=base)
+    finish(storage, claim_one(storage, now=base), FAILED, error=b"e", now=base + 1)
+    assert storage.retry([task_id], now=base + 2) == [True]
+    finish(storage, claim_one(storage, now=base + 3), now=base + 4)
+    # Then both finishes are in the history
+    assert sorted((r["state"], r["count"]) for r in storage.stats(since=base)) == [(FAILED, 1), (SUCCEEDED, 1)]
+
+
+def test_stats_older_than_their_memory_are_pruned(storage: Storage) -> None:
+    from liteq.storage.base import STATS_MEMORY
+
+    # Given a finish long ago and one now
+    old = enqueue_one(storage, now=T0 - STATS_MEMORY - 120)
+    finish(storage, storage.claim("w1", ["default"], now=T0, ids=[old])[0], now=T0 - STATS_MEMORY - 120)
+    enqueue_one(storage, now=T0)
+    finish(storage, claim_one(storage, now=T0), now=T0)
+    # When the store is pruned
+    storage.prune(now=T0)
+    # Then only the recent minute is left
+    assert [r["count"] for r in storage.stats(since=0)] == [1]
+
+
+def test_counts_stay_exact_through_every_transition(storage: Storage) -> None:
+    # Given tasks moved through claim, finish, retry, cancel, reap and purge
+    ids = storage.enqueue([new_task("a") for _ in range(4)] + [new_task("b", run_at=T0 + 50)], now=T0)
+    finish(storage, storage.claim("w1", ["a"], now=T0, ids=[ids[0]])[0], FAILED, error=b"e", now=T0 + 1)
+    storage.retry([ids[0]], now=T0 + 2)
+    storage.cancel([ids[1]], now=T0 + 2)
+    storage.claim("w1", ["a"], now=T0 + 3, ids=[ids[2]], lease=1)
+    storage.reap(now=T0 + 10)
+    storage.claim("w1", ["b"], now=T0 + 60)
+    storage.purge(states=[CANCELLED])
+    # Then counts match the rows one by one
+    expected: dict[str, dict[str, int]] = {}
+    for r in storage.list(limit=1000):
+        expected.setdefault(r.queue, {}).setdefault(r.state, 0)
+        expected[r.queue][r.state] += 1
+    assert _nonzero(storage.counts()) == expected == {"a": {PENDING: 2, FAILED: 1}, "b": {RUNNING: 1}}
+
+
+@pytest.mark.only_storage("sqlite")
+def test_sqlite_history_and_counts_survive_a_reopen_and_an_upgrade(storage: Storage, store_dir: Path) -> None:
+    import sqlite3
+
+    from liteq.storage.sqlite import SCHEMA_VERSION, SqliteStorage
+
+    # Given finished and pending tasks in a store, closed
+    base = T0 - T0 % 60
+    enqueue_one(storage, now=base)
+    enqueue_one(storage, now=base)
+    finish(storage, claim_one(storage, now=base), now=base + 5)
+    storage.close()
+    # When it is reopened, the history and counts are there
+    with SqliteStorage(str(store_dir)) as reopened:
+        assert [(r["state"], r["count"]) for r in reopened.stats(since=base)] == [(SUCCEEDED, 1)]
+        assert _nonzero(reopened.counts()) == {"default": {PENDING: 1, SUCCEEDED: 1}}
+    # And a store from before the counts table fills it from its rows when upgraded
+    conn = sqlite3.connect(store_dir / "liteq.sqlite3")
+    with conn:
+        for trigger in ("task_counts_insert", "task_counts_delete", "task_counts_update", "task_stats_finish"):
+            conn.execute(f"DROP TRIGGER {trigger}")
+        conn.execute("DROP TABLE task_counts")
+        conn.execute("DROP TABLE task_stats")
+        conn.execute("DROP INDEX tasks_by_name")
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION - 1}")
+    conn.close()
+    with SqliteStorage(str(store_dir)) as upgraded:
+        assert _nonzero(upgraded.counts()) == {"default": {PENDING: 1, SUCCEEDED: 1}}
+        assert upgraded.page(states=[PENDING])[0].state == PENDING
+
+
+# -- canvas: cancel and manual retry of dependent tasks -------------------------------------------------
+
+
+def _chain(storage: Storage) -> tuple[str, str, str]:
+    """Three tasks, each waiting for the one before (a chain as the canvas stores it)."""
+    a = new_task(max_attempts=1)
+    b = new_task(depends_on=[a.id])
+    c = new_task(depends_on=[b.id])
+    storage.enqueue([a, b, c], now=T0)
+    return a.id, b.id, c.id
+
+
+def test_release_of_a_cancelled_task_fails_its_dependents(storage: Storage) -> None:
+    # Given a running first step that a user cancelled, with two steps waiting behind it
+    a, b, c = _chain(storage)
+    task = claim_one(storage, now=T0 + 1)
+    assert storage.cancel([a], now=T0 + 2) == [RUNNING]
+    # When its pool hands it back without running it (a prefetched task on shutdown)
+    assert storage.release([(task.id, task.lease_token)]) == 1
+    # Then it is cancelled and what waited for it failed with it, naming it; nothing is left waiting
+    assert row(storage, a).state == CANCELLED
+    for dependent in (b, c):
+        found = row(storage, dependent)
+        assert (found.state, found.reason) == (FAILED, f"dependency failed: {a}")
+    assert storage.claim("w1", ["default"], limit=10, now=T0 + 3) == []
+
+
+def test_retry_of_a_chain_failed_by_cascade_restores_the_waiting_order(storage: Storage) -> None:
+    # Given a chain whose first step failed, failing the two after it
+    a, b, c = _chain(storage)
+    finish(storage, claim_one(storage, now=T0 + 1), FAILED, error=b"e", now=T0 + 2)
+    assert row(storage, c).state == FAILED
+    # When every failed step is retried by hand, in any order
+    assert storage.retry([c, a, b], now=T0 + 3) == [True, True, True]
+    # Then they run one after the other again: only the first is claimable, each success frees the next
+    order = []
+    for step in range(3):
+        claimed = storage.claim("w1", ["default"], limit=10, now=T0 + 4 + step)
+        assert len(claimed) == 1, claimed
+        order.append(claimed[0].id)
+        finish(storage, claimed[0], now=T0 + 4 + step)
+    assert order == [a, b, c]
+
+
+def test_retry_of_a_step_whose_dependency_stays_failed_is_refused(storage: Storage) -> None:
+    _, b, _ = _chain(storage)
+    finish(storage, claim_one(storage, now=T0 + 1), FAILED, error=b"e", now=T0 + 2)
+    # A later step cannot run while the step it needs stays failed: it is not retried alone
+    assert storage.retry([b], now=T0 + 3) == [False]
+    assert row(storage, b).state == FAILED

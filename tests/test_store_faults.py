@@ -436,7 +436,8 @@ def test_corrupt_page_raises_store_corrupt_every_time_without_hanging(tmp_path: 
         # Then every operation that touches the damaged page raises StoreCorrupt naming the file,
         # quickly, every time it is called (no hang, no retry loop)
         for _ in range(20):
-            assert_corrupt_quickly(store.counts, store.path, "counts")
+            # (counts() reads the small table its triggers keep, not the damaged one: a full listing scans it)
+            assert_corrupt_quickly(lambda: store.list(limit=5000), store.path, "list")
             assert_corrupt_quickly(lambda: store.get(ids), store.path, "get")
             assert_corrupt_quickly(lambda: store.claim("w1", [QUEUE], limit=5000), store.path, "claim")
             assert_corrupt_quickly(app.run_until_empty, store.path, "run_until_empty")
@@ -533,3 +534,60 @@ def test_enqueue_survives_sigkill_of_the_producer_after_delay_returned(
         rows = store.get(told)
         assert [(r.state, r.name) if r else None for r in rows] == [("pending", faultprocs.TASK_NAME)] * 50
         assert_healthy(store)
+
+
+# -- purge and prune of large sets ------------------------------------------------------------------
+
+PURGE_ROWS = 200_000
+
+
+def insert_finished(db_path: Path, n: int, *, expired_at: float) -> None:
+    """``n`` succeeded rows written straight into the database (fast set-up of a large finished set)."""
+    conn = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        conn.execute("BEGIN")
+        conn.execute(
+            "INSERT INTO tasks (id, name, queue, state, run_at, enqueued_at, finished_at, result, result_expires_at) "
+            "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < ?) "
+            "SELECT printf('%032x', x), ?, 'default', 'succeeded', 0, 0, 0, randomblob(64), ? FROM c",
+            (n, faultprocs.TASK_NAME, expired_at),
+        )
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("how", ["purge", "prune"])
+def test_large_purge_never_makes_another_writer_wait_past_the_busy_timeout(
+    tmp_path: Path, procs: Procs, how: str
+) -> None:
+    # Given a store holding a large finished set, and another process enqueueing all the time
+    busy_timeout = 0.5
+    store_dir = tmp_path / "store"
+    store = SqliteStorage(store_dir, busy_timeout=busy_timeout)
+    insert_finished(store_dir / DB_FILENAME, PURGE_ROWS, expired_at=1.0)
+    started = CTX.Event()
+    stop, out = tmp_path / "stop", tmp_path / "writer.json"
+    writer = procs.start(faultprocs.write_while, str(store_dir), busy_timeout, started, str(stop), str(out))
+    assert started.wait(60), "the writer did not start"
+    # When the whole finished set is deleted (liteq purge, or the pool's prune without a limit)
+    try:
+        if how == "purge":
+            deleted = store.purge(states=["succeeded"])
+        else:
+            deleted = store.prune(now=time.time(), limit=PURGE_ROWS)
+    finally:
+        stop.touch()
+        procs.join_all([writer], 60)
+    # Then every finished row is gone, the writer's tasks are kept, and no write of the writer
+    # waited for the lock past the busy timeout (none raised StoreBusy)
+    summary = read_summary(out, writer)
+    assert deleted == PURGE_ROWS
+    assert summary["store_error"] is None, summary
+    assert summary["longest"] < busy_timeout, summary
+    assert summary["count"] > 0
+    assert store.counts()["default"] == {"pending": summary["count"]}
+    assert_healthy(store)
+    store.close()

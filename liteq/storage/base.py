@@ -28,6 +28,7 @@ import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import TypedDict
 
 from ..exceptions import ConfigurationError
 from ..inputs import check_duration, check_time
@@ -35,12 +36,14 @@ from ..ratelimit import check_rate
 
 __all__ = [
     "ACTIVE_STATES",
+    "CASCADE_REASON",
     "FINISHED_STATES",
     "STATES",
     "ClaimedTask",
     "NewTask",
     "Outcome",
     "ScheduleState",
+    "StatsRow",
     "Storage",
     "TaskRow",
     "WorkerInfo",
@@ -57,10 +60,15 @@ FAILED = "failed"
 CANCELLED = "cancelled"
 EXPIRED = "expired"
 
+#: The reason of a task failed because a task it depends on (canvas) did not succeed, before its id.
+CASCADE_REASON = "dependency failed: "
+
 #: Every state a task can be in, in life-cycle order.
 STATES: tuple[str, ...] = (PENDING, SCHEDULED, RUNNING, SUCCEEDED, FAILED, CANCELLED, EXPIRED)
 #: States a task leaves by itself.
 ACTIVE_STATES: frozenset[str] = frozenset({PENDING, SCHEDULED, RUNNING})
+#: How long every store keeps its per-minute statistics (:meth:`Storage.stats`), in seconds.
+STATS_MEMORY = 8 * 86400.0
 #: States a task never leaves (except by a manual retry).
 FINISHED_STATES: frozenset[str] = frozenset({SUCCEEDED, FAILED, CANCELLED, EXPIRED})
 
@@ -204,6 +212,23 @@ class WorkerInfo:
     started_at: float
     heartbeat_at: float
     tasks_done: int = 0
+
+
+class StatsRow(TypedDict):
+    """Finishes of one task name in one queue and final state during one minute (the store's history).
+
+    A plain dict, so it crosses the network as it is. ``latency`` is end to end: from enqueue to
+    the finish, retries and waiting included.
+    """
+
+    minute: float
+    """Start of the minute, seconds since the epoch."""
+    queue: str
+    name: str
+    state: str
+    count: int
+    latency_sum: float
+    latency_max: float
 
 
 def check_new_tasks(tasks: Sequence[NewTask], now: float) -> None:
@@ -370,6 +395,42 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     def counts(self) -> dict[str, dict[str, int]]:
         """``{queue: {state: n}}`` for every queue with at least one task."""
+
+    @abc.abstractmethod
+    def page(
+        self,
+        *,
+        states: Iterable[str] | None = None,
+        queue: str | None = None,
+        name: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        parent: str | None = None,
+        before: str | None = None,
+        limit: int = 50,
+    ) -> builtins.list[TaskRow]:
+        """Rows matching every filter given, newest first, without payloads or results (keyset paging).
+
+        ``since``/``until`` bound ``enqueued_at`` (``since <= t < until``); ``parent`` selects the
+        tasks whose ``parent_id`` it is (a canvas step's successors). ``before`` is the id of
+        the last row of the previous page: only rows stored before it are returned (none when that
+        task no longer exists). The cost does not grow with the number of tasks stored.
+        """
+
+    @abc.abstractmethod
+    def oldest_pending(self) -> dict[str, TaskRow]:
+        """The pending task stored first in each queue that has one (without payload or result)."""
+
+    @abc.abstractmethod
+    def stats(self, *, since: float, until: float | None = None, bucket: int = 60) -> builtins.list[StatsRow]:
+        """Finish statistics for the minutes starting in ``[since, until)``, oldest first.
+
+        ``bucket`` (seconds, a multiple of 60) adds the minutes up into longer spans: ``minute`` is
+        then the start of each span (a multiple of ``bucket`` since the epoch).
+
+        Every task that reaches a finished state counts once in the minute it finished (again if
+        retried by hand and finished again). Kept for days, whatever the tasks' own ``result_ttl``.
+        """
 
     @abc.abstractmethod
     def next_run_at(self, queues: Sequence[str]) -> float | None:

@@ -24,10 +24,12 @@ from .base import (
     PENDING,
     RUNNING,
     SCHEDULED,
+    STATS_MEMORY,
     ClaimedTask,
     NewTask,
     Outcome,
     ScheduleState,
+    StatsRow,
     Storage,
     TaskRow,
     WorkerInfo,
@@ -77,8 +79,10 @@ class MemoryStorage(Storage):
         self._dependents: dict[str, list[str]] = {}
         self._waiting: dict[str, int] = {}
         self._holds: dict[str, tuple[float, float | None]] = {}
+        self._requires: dict[str, list[str]] = {}
         self._groups: dict[str, dict[int, str]] = {}
         self._seq = itertools.count(1)
+        self._stats: dict[tuple[int, str, str, str], tuple[int, float, float]] = {}
 
     def __repr__(self) -> str:
         return "MemoryStorage()"
@@ -89,7 +93,8 @@ class MemoryStorage(Storage):
     def _finish(self, e: _Entry, state: str, now: float, ttl: float | None = None) -> None:
         self._settle(e, state, now, ttl)
         # Dependents (canvas) move on in the same step: one more success counted, or a failure passed on.
-        for dep_id in self._dependents.pop(e.row.id, []):
+        # The links stay (not popped) so that a manual retry of a failed chain can wait again.
+        for dep_id in list(self._dependents.get(e.row.id, ())):
             d = self._tasks.get(dep_id)
             if d is None or d.row.state != SCHEDULED or self._waiting.get(dep_id, 0) <= 0:
                 continue
@@ -119,6 +124,11 @@ class MemoryStorage(Storage):
         )
         r.lease_owner = r.lease_token = None
         r.lease_deadline = None
+        # The history the dashboard charts (SqliteStorage keeps it with a trigger).
+        latency = max(now - r.enqueued_at, 0.0)
+        key = (int(now // 60), r.queue, r.name, state)
+        n, total, worst = self._stats.get(key, (0, 0.0, 0.0))
+        self._stats[key] = (n + 1, total + latency, max(worst, latency))
 
     # -- writes ------------------------------------------------------------------------------------
 
@@ -200,6 +210,7 @@ class MemoryStorage(Storage):
         return ids
 
     def _wait_for(self, e: _Entry, deps: Sequence[str], now: float, delay: float = 0.0) -> None:
+        deps = self._requires[e.row.id] = list(dict.fromkeys(deps))
         waiting = 0
         for dep_id in deps:
             d = self._tasks.get(dep_id)
@@ -210,7 +221,8 @@ class MemoryStorage(Storage):
             # A dependency already gone (pruned after it finished) or succeeded is not waited for.
             if d is not None and d.row.state != "succeeded":
                 waiting += 1
-                self._dependents.setdefault(dep_id, []).append(e.row.id)
+                if e.row.id not in self._dependents.setdefault(dep_id, []):
+                    self._dependents[dep_id].append(e.row.id)
         if waiting:
             self._waiting[e.row.id] = waiting
             not_before = e.row.run_at if e.row.run_at > e.row.enqueued_at else None
@@ -434,15 +446,35 @@ class MemoryStorage(Storage):
         now = time.time() if now is None else now
         out = []
         with self._lock:
+            chosen = {
+                i
+                for i in ids
+                if (e := self._tasks.get(i)) is not None and e.row.state in FINISHED_STATES - {"succeeded"}
+            }
             for id_ in ids:
                 e = self._tasks.get(id_)
-                ok = e is not None and e.row.state in FINISHED_STATES - {"succeeded"}
+                ok = id_ in chosen and e is not None
+                # A canvas step waits again for the steps it depends on that are retried with it (or
+                # still running); one whose dependency stays failed cannot run and is not retried.
+                cascaded = e is not None and _cascaded(e.row.reason)
+                deps = [d for d in self._requires.get(id_, ()) if d in self._tasks] if cascaded else []
+                if ok and any(d not in chosen and self._tasks[d].row.state in FINISHED_STATES - {"succeeded"}
+                              for d in deps):  # fmt: skip
+                    ok = False
                 if e is not None and ok:
                     r = e.row
                     r.state, r.run_at, r.attempts = PENDING, now, 0
                     r.reason = r.result = None
                     r.finished_at = r.started_at = r.result_expires_at = r.expires_at = None
                     r.cancel_requested = False
+                    open_deps = [d for d in deps if d in chosen or self._tasks[d].row.state != "succeeded"]
+                    if open_deps:
+                        self._waiting[id_] = len(open_deps)
+                        self._holds[id_] = (0.0, None)
+                        r.state, r.run_at = SCHEDULED, float("inf")
+                        for d in open_deps:
+                            if id_ not in self._dependents.setdefault(d, []):
+                                self._dependents[d].append(id_)
                 out.append(ok)
         self.notify()
         return out
@@ -481,6 +513,10 @@ class MemoryStorage(Storage):
         """Delete finished tasks past their TTL; see :meth:`Storage.prune`."""
         now = time.time() if now is None else now
         budget = [limit]
+        with self._lock:
+            horizon = int((now - STATS_MEMORY) // 60)
+            for key in [k for k in self._stats if k[0] < horizon]:
+                del self._stats[key]
 
         def match(e: _Entry) -> bool:
             x = e.row.result_expires_at
@@ -534,6 +570,75 @@ class MemoryStorage(Storage):
                 c.errors = []
                 out.append(c)
             return out
+
+    def page(
+        self,
+        *,
+        states: Iterable[str] | None = None,
+        queue: str | None = None,
+        name: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        parent: str | None = None,
+        before: str | None = None,
+        limit: int = 50,
+    ) -> builtins.list[TaskRow]:
+        """Newest-first keyset page (a linear scan); see :meth:`Storage.page`."""
+        wanted = set(states) if states is not None else None
+        with self._lock:
+            bound = None
+            if before is not None:
+                cursor = self._tasks.get(before)
+                if cursor is None:
+                    return []
+                bound = cursor.seq
+            out: builtins.list[TaskRow] = []
+            for e in sorted(self._tasks.values(), key=lambda e: -e.seq):
+                r = e.row
+                if len(out) >= limit:
+                    break
+                if (
+                    (bound is None or e.seq < bound)
+                    and (wanted is None or r.state in wanted)
+                    and (queue is None or r.queue == queue)
+                    and (name is None or r.name == name)
+                    and (since is None or r.enqueued_at >= since)
+                    and (until is None or r.enqueued_at < until)
+                    and (parent is None or r.parent_id == parent)
+                ):
+                    out.append(self._bare(r))
+            return out
+
+    @staticmethod
+    def _bare(r: TaskRow) -> TaskRow:
+        c = copy.copy(r)
+        c.payload = c.result = c.error = c.progress = None
+        c.errors = []
+        return c
+
+    def oldest_pending(self) -> dict[str, TaskRow]:
+        """The first-stored pending task per queue; see :meth:`Storage.oldest_pending`."""
+        out: dict[str, TaskRow] = {}
+        with self._lock:
+            for e in sorted(self._tasks.values(), key=lambda e: e.seq):
+                if e.row.state == PENDING and e.row.queue not in out:
+                    out[e.row.queue] = self._bare(e.row)
+        return out
+
+    def stats(self, *, since: float, until: float | None = None, bucket: int = 60) -> builtins.list[StatsRow]:
+        """Finish statistics per minute (or ``bucket``); see :meth:`Storage.stats`."""
+        span = max(int(bucket) // 60, 1)
+        summed: dict[tuple[int, str, str, str], tuple[int, float, float]] = {}
+        with self._lock:
+            for (m, q, n, st), (c, total, worst) in self._stats.items():
+                if m * 60 >= since and (until is None or m * 60 < until):
+                    key = (m // span * span, q, n, st)
+                    c0, t0, w0 = summed.get(key, (0, 0.0, 0.0))
+                    summed[key] = (c0 + c, t0 + total, max(w0, worst))
+        return [
+            StatsRow(minute=float(m * 60), queue=q, name=n, state=st, count=c, latency_sum=total, latency_max=worst)
+            for (m, q, n, st), (c, total, worst) in sorted(summed.items())
+        ]
 
     def counts(self) -> dict[str, dict[str, int]]:
         """``{queue: {state: n}}``; see :meth:`Storage.counts`."""

@@ -20,6 +20,7 @@ Why it is shaped this way:
 
 from __future__ import annotations
 
+import builtins
 import os
 import sqlite3
 import time
@@ -27,12 +28,16 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from ..wake import DONE, WORK, broadcast
+from . import sqlite_history
 from .base import (
+    CASCADE_REASON,
     PENDING,
     SCHEDULED,
+    STATS_MEMORY,
     ClaimedTask,
     NewTask,
     Outcome,
+    StatsRow,
     TaskRow,
     check_lease,
     check_new_tasks,
@@ -55,6 +60,11 @@ from .sqlite_schema import (
     _chunks,
     _marks,
 )
+
+#: Rows deleted by the first transaction of a purge or prune; later ones adapt (see ``_delete``).
+_FIRST_DELETE_BATCH = 1000
+_MIN_DELETE_BATCH = 50
+_MAX_DELETE_BATCH = 20_000
 
 __all__ = [
     "DB_FILENAME",
@@ -378,19 +388,25 @@ class SqliteStorage(SqliteExtras):
         now = time.time()
 
         def run(conn: sqlite3.Connection) -> int:
-            return sum(
-                conn.execute(
+            n = 0
+            for id_, token in leases:
+                row = conn.execute(
                     "UPDATE tasks SET state = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'pending' END, "
                     "reason = CASE WHEN cancel_requested THEN 'cancelled' ELSE reason END, "
                     "finished_at = CASE WHEN cancel_requested THEN :now END, "
                     "result_expires_at = CASE WHEN cancel_requested THEN :now + COALESCE(result_ttl, :ttl) END, "
                     "attempts = max(attempts - :back, 0), started_at = NULL, "
                     + _CLEAR_LEASE
-                    + " WHERE id = :id AND lease_token = :token AND state = 'running'",
+                    + " WHERE id = :id AND lease_token = :token AND state = 'running' RETURNING state, dependents",
                     {"back": back, "id": id_, "token": token, "now": now, "ttl": self.result_ttl},
-                ).rowcount
-                for id_, token in leases
-            )
+                ).fetchone()
+                if row is None:
+                    continue
+                n += 1
+                if row[0] == "cancelled" and row[1]:
+                    # A cancelled task handed back fails what waits for it, as everywhere else.
+                    self._cascade(conn, id_, "cancelled", now)
+            return n
 
         return self._write(run, WORK + DONE)
 
@@ -480,38 +496,103 @@ class SqliteStorage(SqliteExtras):
             return []
         now = time.time() if now is None else now
 
-        def run(conn: sqlite3.Connection) -> list[bool]:
-            return [
-                conn.execute(
-                    "UPDATE tasks SET state = 'pending', run_at = ?, attempts = 0, reason = NULL, result = NULL, "
-                    "result_ref = NULL, finished_at = NULL, started_at = NULL, result_expires_at = NULL, "
-                    "expires_at = NULL, cancel_requested = 0 "
-                    "WHERE id = ? AND state IN ('failed', 'cancelled', 'expired')",
-                    (now, id_),
-                ).rowcount
-                == 1
-                for id_ in ids
-            ]
+        def run(conn: sqlite3.Connection) -> tuple[list[bool], list[str | None]]:
+            chosen: set[str] = set()
+            cascaded: set[str] = set()
+            for chunk in _chunks(ids):
+                for id_, reason in conn.execute(
+                    f"SELECT id, reason FROM tasks WHERE id IN ({_marks(len(chunk))}) "
+                    "AND state IN ('failed', 'cancelled', 'expired')",
+                    chunk,
+                ):
+                    chosen.add(id_)
+                    if reason and reason.startswith(CASCADE_REASON):
+                        cascaded.add(id_)
+            out: list[bool] = []
+            refs: list[str | None] = []
+            for id_ in ids:
+                if id_ not in chosen:
+                    out.append(False)
+                    continue
+                # A canvas step that failed because a step before it failed waits again for those
+                # retried with it (or still running); while one stays failed it cannot run, so it
+                # is not retried. (A step cancelled or failed on its own runs at once, as before.)
+                deps = (
+                    conn.execute(
+                        "SELECT t.id, t.state FROM task_deps d JOIN tasks t ON t.id = d.task_id "
+                        "WHERE d.dependent_id = ?",
+                        (id_,),
+                    ).fetchall()
+                    if id_ in cascaded
+                    else []
+                )
+                if any(d not in chosen and st in ("failed", "cancelled", "expired") for d, st in deps):
+                    out.append(False)
+                    continue
+                waiting = sum(1 for d, st in deps if d in chosen or st != "succeeded")
+                (ref,) = conn.execute("SELECT result_ref FROM tasks WHERE id = ?", (id_,)).fetchone()
+                row = conn.execute(
+                    "UPDATE tasks SET state = CASE WHEN :waiting > 0 THEN 'scheduled' ELSE 'pending' END, "
+                    "run_at = CASE WHEN :waiting > 0 THEN :inf ELSE :now END, waiting = :waiting, attempts = 0, "
+                    "reason = NULL, result = NULL, result_ref = NULL, finished_at = NULL, started_at = NULL, "
+                    "result_expires_at = NULL, expires_at = NULL, cancel_requested = 0 "
+                    "WHERE id = :id AND state IN ('failed', 'cancelled', 'expired') RETURNING id",
+                    {"waiting": waiting, "inf": float("inf"), "now": now, "id": id_},
+                ).fetchone()
+                out.append(row is not None)
+                refs.append(ref if row is not None else None)
+            return out, refs
 
-        return self._write(run, WORK)
+        applied, old_refs = self._write(run, WORK)
+        self._drop_blobs(old_refs)  # the results of the runs that are retried are garbage now
+        return applied
 
-    def _delete(self, where: str, params: Sequence[Any]) -> int:
-        def run(conn: sqlite3.Connection) -> list[Any]:
-            rows = conn.execute(
-                f"DELETE FROM tasks WHERE {where} RETURNING id, payload_ref, result_ref", params
-            ).fetchall()
-            for chunk in _chunks([r[0] for r in rows]):
-                marks = _marks(len(chunk))
-                conn.execute(f"DELETE FROM task_errors WHERE task_id IN ({marks})", chunk)
-                conn.execute(f"DELETE FROM task_deps WHERE task_id IN ({marks})", chunk)
-                conn.execute(f"DELETE FROM task_groups WHERE task_id IN ({marks})", chunk)
-            return rows
+    def _delete(self, where: str, params: Sequence[Any], limit: int | None = None) -> int:
+        """Delete the rows matching ``where`` (at most ``limit``) in short transactions.
 
-        rows = self._write(run)
-        refs = [ref for r in rows for ref in (r[1], r[2]) if ref]
-        if refs:
-            self._drop_blobs(refs)
-        return len(rows)
+        One ``DELETE`` of a million finished rows would hold the write lock for seconds and make
+        every other writer of the store fail with ``StoreBusy``. So rows go in batches whose size
+        adapts to stay well under the busy timeout, and between batches the lock is left free for
+        as long as the batch held it, so a waiting writer (whose busy handler polls) gets in.
+        """
+        target = min(max(self.busy_timeout / 10, 0.005), 0.2)
+        batch = _FIRST_DELETE_BATCH
+        total = after = 0
+        while limit is None or total < limit:
+            size = batch if limit is None else min(batch, limit - total)
+
+            def run(conn: sqlite3.Connection, size: int = size, after: int = after) -> list[Any]:
+                # In seq order from where the last batch stopped: rows kept by the filter are not
+                # scanned again by every batch.
+                rows = conn.execute(
+                    f"DELETE FROM tasks WHERE seq IN (SELECT seq FROM tasks WHERE ({where}) AND seq > ? "
+                    "ORDER BY seq LIMIT ?) RETURNING id, payload_ref, result_ref, seq",
+                    [*params, after, size],
+                ).fetchall()
+                for chunk in _chunks([r[0] for r in rows]):
+                    marks = _marks(len(chunk))
+                    conn.execute(f"DELETE FROM task_errors WHERE task_id IN ({marks})", chunk)
+                    conn.execute(f"DELETE FROM task_deps WHERE task_id IN ({marks})", chunk)
+                    conn.execute(f"DELETE FROM task_groups WHERE task_id IN ({marks})", chunk)
+                return rows
+
+            started = time.monotonic()
+            rows = self._write(run)
+            took = time.monotonic() - started
+            refs = [ref for r in rows for ref in (r[1], r[2]) if ref]
+            if refs:
+                self._drop_blobs(refs)
+            total += len(rows)
+            after = max((r[3] for r in rows), default=after)
+            if len(rows) < size:
+                break
+            # Aim each batch at ``target`` seconds under the lock, whatever the machine and the row size.
+            if took > target:
+                batch = max(_MIN_DELETE_BATCH, batch // 2)
+            elif took < target / 4:
+                batch = min(_MAX_DELETE_BATCH, batch * 2)
+            time.sleep(min(took, target))
+        return total
 
     def purge(
         self, *, queue: str | None = None, states: Iterable[str] | None = None, ids: Sequence[str] | None = None
@@ -543,12 +624,13 @@ class SqliteStorage(SqliteExtras):
             self._write(
                 lambda conn: conn.execute("DELETE FROM periodic_slots WHERE fired_at <= ?", (now - SLOT_MEMORY,))
             )
+        if self._read("SELECT 1 FROM task_stats WHERE minute < ? LIMIT 1", (int((now - STATS_MEMORY) // 60),)):
+            self._write(
+                lambda conn: conn.execute("DELETE FROM task_stats WHERE minute < ?", (int((now - STATS_MEMORY) // 60),))
+            )
         if not self._read("SELECT 1 FROM tasks WHERE result_expires_at <= ? LIMIT 1", (now,)):
             return 0
-        return self._delete(
-            "seq IN (SELECT seq FROM tasks WHERE result_expires_at <= ? ORDER BY result_expires_at LIMIT ?)",
-            (now, limit),
-        )
+        return self._delete("result_expires_at <= ?", (now,), limit=limit)
 
     # -- reads -------------------------------------------------------------------------------------
 
@@ -637,9 +719,45 @@ class SqliteStorage(SqliteExtras):
     def counts(self) -> dict[str, dict[str, int]]:
         """``{queue: {state: n}}``; see :meth:`Storage.counts`."""
         out: dict[str, dict[str, int]] = {}
-        for queue, state, n in self._read("SELECT queue, state, count(*) FROM tasks GROUP BY queue, state"):
+        # Kept by triggers in each writing transaction (schema v4): no scan of the tasks.
+        for queue, state, n in self._read("SELECT queue, state, n FROM task_counts WHERE n > 0"):
             out.setdefault(queue, {})[state] = n
         return out
+
+    def page(
+        self,
+        *,
+        states: Iterable[str] | None = None,
+        queue: str | None = None,
+        name: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        parent: str | None = None,
+        before: str | None = None,
+        limit: int = 50,
+    ) -> builtins.list[TaskRow]:
+        """Newest-first keyset page; see :meth:`Storage.page`."""
+        rows = sqlite_history.page(
+            self._read,
+            states=states,
+            queue=queue,
+            name=name,
+            since=since,
+            until=until,
+            parent=parent,
+            before=before,
+            limit=limit,
+        )
+        return [self._row(r[:22]) for r in rows]
+
+    def oldest_pending(self) -> dict[str, TaskRow]:
+        """The first-stored pending task per queue; see :meth:`Storage.oldest_pending`."""
+        queues = [q for q, by_state in self.counts().items() if by_state.get(PENDING)]
+        return {q: self._row(r[:22]) for q, r in sqlite_history.oldest_pending(self._read, queues).items()}
+
+    def stats(self, *, since: float, until: float | None = None, bucket: int = 60) -> builtins.list[StatsRow]:
+        """Finish statistics per minute (or ``bucket``); see :meth:`Storage.stats`."""
+        return sqlite_history.stats(self._read, since=since, until=until, bucket=bucket)
 
     def next_run_at(self, queues: Sequence[str]) -> float | None:
         """Earliest scheduled ``run_at`` in ``queues``; see :meth:`Storage.next_run_at`."""

@@ -44,6 +44,19 @@ from .sqlite_schema import (
 __all__ = ["SqliteBase"]
 
 
+def _statements(script: str) -> list[str]:
+    """Split a migration script into statements; a trigger body's own ``;`` stays inside its statement."""
+    out: list[str] = []
+    pending = ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \n;"):
+                out.append(pending)
+            pending = ""
+    return out
+
+
 def _reopen(cls: type[SqliteBase], path: str, options: dict[str, Any]) -> SqliteBase:
     return cls(path, **options)
 
@@ -241,9 +254,8 @@ class SqliteBase(Storage):
                     f"understands ({SCHEMA_VERSION}); upgrade liteq (pip install -U pyliteq)"
                 )
             while version < SCHEMA_VERSION:
-                for statement in MIGRATIONS[version].split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
+                for statement in _statements(MIGRATIONS[version]):
+                    conn.execute(statement)
                 version += 1
                 conn.execute(f"PRAGMA user_version={version}")
 

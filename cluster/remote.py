@@ -1,0 +1,186 @@
+"""``RemoteStorage``: the whole storage contract, served by ``liteq serve`` over TCP.
+
+Each operation of :data:`.codec.OPERATIONS` becomes a method that binds its arguments by the
+contract's signature and sends them; nothing here is written per operation. Waiting
+(:meth:`Storage.wait`) wakes on the server's ``changed`` pushes, so ``Result.get()`` and idle
+workers hear of a write the moment it commits, without polling the server.
+"""
+
+from __future__ import annotations
+
+import abc
+import os
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any, cast
+
+from liteq.exceptions import ConfigurationError
+from liteq.storage.base import ClaimedTask, Storage
+
+from . import codec
+from .client import Client, parse_url
+
+__all__ = ["RemoteStorage"]
+
+
+def _reopen(url: str, options: dict[str, Any]) -> RemoteStorage:
+    # The operations are installed below the class body, so mypy sees the class as abstract.
+    store: RemoteStorage = cast(Any, RemoteStorage)(url, **options)
+    return store
+
+
+class RemoteStorage(Storage):
+    """A store on a cluster server: ``RemoteStorage("liteq://host:7777", token=...)``.
+
+    - ``token``: the shared secret (default: the ``LITEQ_TOKEN`` environment variable).
+    - ``tls_ca``: a CA file to verify a ``liteqs://`` server's certificate against.
+    - ``connect_timeout``, ``request_timeout``: seconds to connect (and hand-shake), and to wait
+      for one reply.
+    - ``retry_window``: seconds that calls safe to repeat (reads, enqueues) keep retrying through a
+      lost connection before :class:`~liteq.exceptions.StoreUnavailable` is raised.
+
+    Options meant for a local store (``durability``, ``result_ttl``...) are the server's business and
+    ignored here. Pickles as its URL and options, so a spawned child reconnects on its own.
+    """
+
+    supports_cross_process_wakeup = True
+    local_path = None
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        token: str | None = None,
+        tls_ca: str | None = None,
+        connect_timeout: float = 5.0,
+        request_timeout: float = 60.0,
+        retry_window: float = 5.0,
+        **local_options: Any,
+    ) -> None:
+        super().__init__()
+        unknown = set(local_options) - {"result_ttl", "durability", "busy_timeout", "blob_threshold"}
+        if unknown:
+            raise ConfigurationError(f"RemoteStorage got unknown option(s) {sorted(unknown)}")
+        self.endpoint = parse_url(url)
+        self.location = self.endpoint.url
+        if token is None:
+            token = os.environ.get("LITEQ_TOKEN") or None
+        self._options: dict[str, Any] = {
+            "token": token,
+            "tls_ca": tls_ca,
+            "connect_timeout": connect_timeout,
+            "request_timeout": request_timeout,
+            "retry_window": retry_window,
+        }
+        self._listening = False
+        self.commands: list[str] = []
+        """Commands (``drain``, ``stop``) the server sent in heartbeat replies, oldest first."""
+        self.client = Client(
+            self.endpoint,
+            token=token,
+            tls_ca=tls_ca,
+            connect_timeout=connect_timeout,
+            request_timeout=request_timeout,
+            retry_window=retry_window,
+            on_push=self._pushed,
+        )
+
+    def __repr__(self) -> str:
+        return f"RemoteStorage({self.location!r})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_reopen, (self.location, self._options))
+
+    # -- calls ---------------------------------------------------------------------------------
+
+    def _call(self, op: codec.Operation, values: Mapping[str, Any]) -> Any:
+        extra: dict[str, Any] | None = None
+        safe = op.access is codec.READ or op.name in ("heartbeat", "register_worker")
+        if op.name == "enqueue":
+            # A request key lets the server answer a retry (after a lost reply) with the same ids.
+            extra = {"key": uuid.uuid4().hex}
+            safe = True
+        if op.takes_now and values.get("now") is None:
+            values = {k: v for k, v in values.items() if k != "now"}
+        value, reply = self.client.call(op.name, op.encode_args(values), extra=extra, safe=safe)
+        command = reply.get("command")
+        if isinstance(command, str):
+            self.commands.append(command)
+        result = op.decode_result(value)
+        if op.access is codec.WRITE:
+            self.notify()
+        return result
+
+    def claim_wait(
+        self,
+        owner: str,
+        queues: Sequence[str],
+        *,
+        wait: float,
+        limit: int = 1,
+        lease: float = 60.0,
+        limits: Mapping[str, float] | None = None,
+    ) -> list[ClaimedTask]:
+        """Like :meth:`claim`, but the server holds the request up to ``wait`` seconds (capped by the
+        server) and answers the moment a task is ready."""
+        op = codec.operation("claim")
+        assert op is not None
+        args = op.encode_args(
+            {"owner": owner, "queues": list(queues), "limit": limit, "lease": lease, "limits": limits}
+        )
+        value, _ = self.client.call(
+            "claim", args, extra={"wait": float(wait)}, timeout=self.client.request_timeout + float(wait)
+        )
+        result: list[ClaimedTask] = op.decode_result(value)
+        self.notify()
+        return result
+
+    def ping(self) -> float:
+        """Round-trip to the server; returns the server's clock."""
+        value, _ = self.client.call("ping", {}, safe=True)
+        return float(value["time"])
+
+    def reset(self) -> None:
+        """Replace the served store by an empty one (only a server started for tests allows it)."""
+        self.client.call("reset", {})
+        self.notify()
+
+    # -- change notification -------------------------------------------------------------------
+
+    def _pushed(self, kind: str, data: dict[str, Any]) -> None:
+        if kind == "connected":
+            if self._listening:
+                # Called from the connecting thread with the client lock held: subscribe from another.
+                import threading
+
+                threading.Thread(target=self._subscribe, daemon=True).start()
+            return
+        # "changed", "disconnected" (waiters re-check and meet StoreUnavailable), commands.
+        self.notify()
+
+    def _subscribe(self) -> None:
+        try:
+            self.client.call("listen", {}, safe=True)
+        except Exception:
+            self.notify()
+
+    def listen(self) -> None:
+        """Ask the server to push a notice after each write (idempotent)."""
+        if not self._listening:
+            self._listening = True
+            self.client.call("listen", {}, safe=True)
+
+    def wait(self, version: int, timeout: float) -> int:
+        """Block until this process wrote or the server pushed a change, or ``timeout`` passes."""
+        if not self._listening:
+            self.listen()
+        return super().wait(version, timeout)
+
+    def close(self) -> None:
+        """Close the connection. Idempotent."""
+        self.client.close()
+
+
+for _name in codec.OPERATIONS:
+    setattr(RemoteStorage, _name, codec.method_for(_name))
+abc.update_abstractmethods(cast(type, RemoteStorage))

@@ -1,0 +1,1 @@
+"""The web dashboard: ``liteq dashboard`` (see docs/dashboard.md)."""
