@@ -171,6 +171,7 @@ class Client(_Base):
         self._pending: dict[int, _Waiter] = {}
         self._failures = 0
         self._next_attempt = 0.0
+        self._last_error = ""
         self._generation = 0
 
     def __repr__(self) -> str:
@@ -189,14 +190,15 @@ class Client(_Base):
             raise self._unavailable("the client is closed")
         now = time.monotonic()
         if now < self._next_attempt:
-            raise self._unavailable(f"reconnecting in {self._next_attempt - now:.2f}s")
+            raise self._unavailable(f"{self._last_error}; reconnecting in {self._next_attempt - now:.2f}s")
         try:
             sock = self._open()
         except (OSError, TimeoutError) as exc:
             self._failures += 1
             delay = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** min(self._failures, 20)) * random.uniform(0.5, 1.0)
             self._next_attempt = time.monotonic() + delay
-            raise self._unavailable(str(exc) or type(exc).__name__) from None
+            self._last_error = str(exc) or type(exc).__name__
+            raise self._unavailable(self._last_error) from None
         self._failures = 0
         self._next_attempt = 0.0
         self._sock = sock

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import abc
 import os
+import shutil
+import tempfile
+import threading
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
 from liteq.exceptions import ConfigurationError
 from liteq.storage.base import ClaimedTask, Storage
+from liteq.wake import DONE, WORK, broadcast
 
 from . import codec
 from .client import Client, parse_url
@@ -73,6 +77,7 @@ class RemoteStorage(Storage):
             "retry_window": retry_window,
         }
         self._listening = False
+        self._wake_dir: str | None = None
         self.commands: list[str] = []
         """Commands (``drain``, ``stop``) the server sent in heartbeat replies, oldest first."""
         self.client = Client(
@@ -151,12 +156,25 @@ class RemoteStorage(Storage):
         if kind == "connected":
             if self._listening:
                 # Called from the connecting thread with the client lock held: subscribe from another.
-                import threading
-
                 threading.Thread(target=self._subscribe, daemon=True).start()
             return
         # "changed", "disconnected" (waiters re-check and meet StoreUnavailable), commands.
         self.notify()
+        if self._wake_dir is not None:
+            kinds = str(data.get("kinds", "wd")) if kind == "changed" else "wd"
+            for k in kinds:
+                broadcast(self._wake_dir, WORK if k == "w" else DONE)
+
+    @property
+    def wake_dir(self) -> str:
+        """A private directory of local wake-up sockets (see :mod:`liteq.wake`) that this store
+        signals on each server push, so a pool over a cluster store sleeps until work arrives.
+        Asking for it subscribes to the pushes."""
+        if self._wake_dir is None:
+            self._wake_dir = tempfile.mkdtemp(prefix="liteq-remote-wake-")
+            self._listening = True
+            threading.Thread(target=self._subscribe, daemon=True).start()
+        return self._wake_dir
 
     def _subscribe(self) -> None:
         try:
@@ -179,6 +197,9 @@ class RemoteStorage(Storage):
     def close(self) -> None:
         """Close the connection. Idempotent."""
         self.client.close()
+        if self._wake_dir is not None:
+            shutil.rmtree(self._wake_dir, ignore_errors=True)
+            self._wake_dir = None
 
 
 for _name in codec.OPERATIONS:

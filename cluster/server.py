@@ -55,6 +55,17 @@ PRUNE_INTERVAL = 60.0
 #: Enqueue replies remembered for retries of the same request (an idempotency key per request).
 REPLAY_MEMORY = 10_000
 _READ_SIZE = 256 * 1024
+#: What a write tells waiters: ``w`` work may have become runnable (pools claim), ``d`` a task
+#: finished or changed state (producers in ``Result.get`` look). Writes missing here wake nobody.
+_WAKES = {
+    "enqueue": "w",
+    "retry": "w",
+    "release": "w",
+    "complete": "wd",
+    "cancel": "d",
+    "purge": "d",
+    "set_progress": "d",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +133,7 @@ class _Job:
 class StoreThread:
     """Runs every store call in one thread, taking all queued jobs per turn (group commit)."""
 
-    def __init__(self, storage: Storage, config: ServerConfig, on_write: Callable[[], None]) -> None:
+    def __init__(self, storage: Storage, config: ServerConfig, on_write: Callable[[str], None]) -> None:
         self.storage = storage
         self.config = config
         self._on_write = on_write
@@ -164,14 +175,15 @@ class StoreThread:
                 jobs.append(job)
             self.busy = True
             try:
-                wrote = self._turn(jobs)
+                kinds = self._turn(jobs)
             finally:
                 self.busy = False
-            if wrote:
-                self._on_write()
+            if kinds:
+                self._on_write(kinds)
 
-    def _turn(self, jobs: list[_Job]) -> bool:
-        wrote = False
+    def _turn(self, jobs: list[_Job]) -> str:
+        """Run one turn's jobs; return the wake-up kinds it caused (``w`` work, ``d`` done)."""
+        kinds = ""
         i = 0
         while i < len(jobs):
             job = jobs[i]
@@ -186,13 +198,18 @@ class StoreThread:
                 ):
                     j += 1
                 self._grouped(jobs[i:j])
-                wrote = True
+                kinds += _WAKES.get(str(name), "")
                 i = j
                 continue
-            self._one(job)
-            wrote = wrote or job.special is not None or (job.op is not None and job.op.access is codec.WRITE)
+            result = self._one(job)
+            if job.special == "reset":
+                kinds += "wd"
+            elif name == "reap":
+                kinds += "wd" if result else ""
+            elif name is not None:
+                kinds += _WAKES.get(name, "")
             i += 1
-        return wrote
+        return "".join(sorted(set(kinds)))
 
     def _stamp(self, job: _Job) -> dict[str, Any]:
         args = dict(job.args)
@@ -201,7 +218,7 @@ class StoreThread:
             args["now"] = time.time()
         return args
 
-    def _one(self, job: _Job) -> None:
+    def _one(self, job: _Job) -> Any:
         try:
             if job.special == "reset":
                 self._reset()
@@ -213,8 +230,9 @@ class StoreThread:
                 result = getattr(self.storage, job.op.name)(**self._stamp(job))
         except BaseException as exc:
             job.done(None, exc)
-        else:
-            job.done(result, None)
+            return None
+        job.done(result, None)
+        return result
 
     def _grouped(self, jobs: list[_Job]) -> None:
         if len(jobs) == 1:
@@ -629,20 +647,21 @@ class Server:
             op = codec.operation("claim")
             self._finish(parked.conn, parked.request, op, [] if exc is None and not result else result, exc)
 
-    def _wrote_from_thread(self) -> None:
+    def _wrote_from_thread(self, kinds: str) -> None:
         loop = self._loop
         if loop is not None and not loop.is_closed():
             with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(self._wrote)
+                loop.call_soon_threadsafe(self._wrote, kinds)
 
-    def _wrote(self) -> None:
+    def _wrote(self, kinds: str) -> None:
         for conn in list(self._conns):
             if conn.listening and not conn.closed and conn.proto.authenticated:
-                conn.proto.push("changed")
+                conn.proto.push("changed", {"kinds": kinds})
                 self._flush(conn)
-        for parked in self._parked:
-            if not parked.running:
-                self._run_parked(parked)
+        if "w" in kinds:
+            for parked in self._parked:
+                if not parked.running:
+                    self._run_parked(parked)
 
     async def _ticker(self) -> None:
         reap = codec.operation("reap")

@@ -114,3 +114,43 @@ def wait_exit(proc: subprocess.Popen[str], timeout: float) -> int:
             raise AssertionError(f"process {proc.pid} did not exit within {timeout}s")
         time.sleep(0.02)
     return proc.returncode
+
+
+class InProcessServer:
+    """A :class:`liteq.cluster.server.Server` on its own event loop thread in this process, for tests
+    that look at the server's state (parked claims) or wrap its store."""
+
+    def __init__(self, storage: object, **config: object) -> None:
+        import asyncio
+
+        from liteq.cluster.server import Server, ServerConfig
+
+        self.loop = asyncio.new_event_loop()
+        self.server = Server(storage, ServerConfig(host="127.0.0.1", port=0, **config))  # type: ignore[arg-type]
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(10)
+        host, port = self.server.address
+        scheme = "liteqs" if config.get("ssl") else "liteq"
+        self.url = f"{scheme}://{host}:{port}"
+
+    def run(self, coro: object, timeout: float = 10) -> object:
+        """Run a coroutine on the server's loop and return its result."""
+        import asyncio
+
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)  # type: ignore[arg-type]
+
+    def stop(self) -> None:
+        """Close the server (idempotent), wait for it, stop the loop."""
+
+        async def close() -> None:
+            self.server.close()
+            self.server.close()
+            await self.server.wait_closed()
+            await self.server.wait_closed()
+
+        if self.loop.is_running():
+            self.run(close(), 30)
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(10)
+        self.loop.close()

@@ -1,0 +1,444 @@
+"""The cluster server's own behaviour, with the server in this process (its state is visible):
+long-poll claims, pushes, one heartbeat for all leases, the server's clock, group commit, limits
+with their error codes, deadlines, shutdown, TLS and the asyncio client."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from liteq.cluster import codec
+from liteq.cluster.client import AsyncClient, Client, parse_url
+from liteq.cluster.protocol import ClientConnection, Limits, decode_frames, encode_frame
+from liteq.cluster.remote import RemoteStorage
+from liteq.cluster.server import ServerConfig, StoreThread, _Job
+
+from liteq.exceptions import ConfigurationError, ProtocolError, StorageError, StoreUnavailable
+from liteq.storage.base import NewTask, Outcome
+from liteq.storage.memory import MemoryStorage
+from tests.cluster_support import InProcessServer
+from tests.support import wait_for
+
+pytestmark = pytest.mark.timeout(60)
+
+T0 = 2_000_000_000.0
+
+
+class CountingStorage(MemoryStorage):
+    """A memory store that counts the enqueue calls it gets (to see group commit)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enqueue_calls = 0
+
+    def enqueue(self, tasks: Sequence[NewTask], *, now: float | None = None) -> list[str]:
+        self.enqueue_calls += 1
+        return super().enqueue(tasks, now=now)
+
+
+@pytest.fixture
+def served() -> Iterator[InProcessServer]:
+    server = InProcessServer(MemoryStorage(), max_claim_wait=5.0)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def task(queue: str = "default", **fields: Any) -> NewTask:
+    return NewTask(id=uuid.uuid4().hex, name="t", queue=queue, payload=b"M\xc0", **fields)
+
+
+def _raw_authenticated(url: str) -> tuple[socket.socket, ClientConnection]:
+    endpoint = parse_url(url)
+    sock = socket.create_connection((endpoint.host, endpoint.port), timeout=10)
+    proto = ClientConnection(None)
+    while not proto.authenticated:
+        proto.receive_data(sock.recv(65536))
+        sock.sendall(proto.data_to_send())
+    return sock, proto
+
+
+def _replies(sock: socket.socket, proto: ClientConnection, n: int) -> list[Any]:
+    got: list[Any] = []
+    while len(got) < n:
+        data = sock.recv(65536)
+        assert data, "connection closed"
+        got += proto.receive_data(data)
+    return got
+
+
+# -- long polls and pushes ------------------------------------------------------------------------
+
+
+def test_a_long_poll_claim_is_answered_the_moment_a_task_is_enqueued(served: InProcessServer) -> None:
+    with RemoteStorage(served.url) as worker, RemoteStorage(served.url) as producer:
+        # Given a worker parked in a long-poll claim
+        got: list[Any] = []
+        thread = threading.Thread(target=lambda: got.append(worker.claim_wait("w1", ["default"], wait=30)))
+        thread.start()
+        wait_for(lambda: served.server._parked, 10, "the claim to park")
+        # When a producer enqueues
+        started = time.monotonic()
+        (task_id,) = producer.enqueue([task()])
+        thread.join(20)
+        # Then the claim returns that task at once, not at the end of its wait
+        assert got and [c.id for c in got[0]] == [task_id]
+        assert time.monotonic() - started < 3
+
+
+def test_a_long_poll_claim_is_capped_by_the_server_and_answers_empty(served: InProcessServer) -> None:
+    with RemoteStorage(served.url) as worker:
+        started = time.monotonic()
+        # The client asks for 60 s; the server (max_claim_wait=5) answers empty within its cap
+        assert worker.claim_wait("w1", ["default"], wait=60) == []
+        assert 4 <= time.monotonic() - started < 15
+
+
+def test_result_waiters_are_woken_by_a_push_after_a_completion(served: InProcessServer) -> None:
+    with RemoteStorage(served.url) as waiter, RemoteStorage(served.url) as worker:
+        (task_id,) = worker.enqueue([task()])
+        claimed = worker.claim("w1", ["default"])[0]
+        waiter.listen()
+        version = waiter.version
+        woke: list[float] = []
+        thread = threading.Thread(target=lambda: (waiter.wait(version, 60), woke.append(time.monotonic())))
+        thread.start()
+        started = time.monotonic()
+        worker.complete([Outcome(task_id, claimed.lease_token, "succeeded", result=b"M\x01")])
+        thread.join(20)
+        assert woke and woke[0] - started < 3
+
+
+def test_a_remote_store_wakes_a_local_listener_socket_on_pushes(served: InProcessServer) -> None:
+    from liteq.wake import Waker
+
+    with RemoteStorage(served.url) as pool_side, RemoteStorage(served.url) as producer:
+        # Given a pool-style waker on the remote store's wake directory (subscribes to pushes)
+        waker = Waker(pool_side.wake_dir)
+        try:
+            wait_for(lambda: any(c.listening for c in served.server._conns), 10, "the subscription")
+            # When another client enqueues, then the waker's socket becomes readable with a work byte
+            producer.enqueue([task()])
+            assert wait_for(lambda: waker.drain(), 10, "a wake byte").count(b"w") >= 1
+        finally:
+            waker.close()
+
+
+# -- leases, heartbeats, the server's clock --------------------------------------------------------------
+
+
+def test_one_heartbeat_extends_every_lease_of_the_worker(served: InProcessServer) -> None:
+    with RemoteStorage(served.url) as worker:
+        worker.enqueue([task(), task()])
+        claimed = worker.claim("w1", ["default"], limit=2, lease=30)
+        before = {c.id: c.lease_deadline for c in claimed}
+        wait_for(lambda: time.time() > max(before.values()) - 30 + 0.05, 5, "the clock to move")
+        # When the worker sends one heartbeat
+        worker.heartbeat("w1")
+        # Then every lease it holds was pushed out
+        rows = wait_for(
+            lambda: (rs := worker.get(list(before))) and all(r and r.lease_deadline > before[r.id] for r in rs) and rs,
+            10,
+            "the leases to be extended",
+        )
+        assert len(rows) == 2
+
+
+def test_a_heartbeat_reply_carries_drain_or_stop(served: InProcessServer) -> None:
+    with RemoteStorage(served.url) as worker:
+        served.server.command("w1", "drain")
+        worker.heartbeat("w1")
+        assert worker.commands == ["drain"]
+        worker.heartbeat("w1")
+        assert worker.commands == ["drain"]
+    with pytest.raises(ConfigurationError):
+        served.server.command("w1", "explode")
+
+
+def test_the_server_is_the_clock(served: InProcessServer) -> None:
+    with RemoteStorage(served.url) as store:
+        # A client that passes its own (far future) time gets the server's time stamped
+        before = time.time()
+        (task_id,) = store.enqueue([task()], now=T0)
+        claimed = store.claim("w1", ["default"], lease=10, now=T0)[0]
+        after = time.time()
+        row = store.get([task_id])[0]
+        assert row is not None and before <= row.enqueued_at <= after
+        assert before + 10 <= claimed.lease_deadline <= after + 10
+
+
+def test_the_server_returns_a_silent_workers_leases_after_the_lease_time(served: InProcessServer) -> None:
+    with RemoteStorage(served.url) as silent, RemoteStorage(served.url) as other:
+        (task_id,) = other.enqueue([task(max_attempts=3)])
+        # Given a worker that claims with a short lease and then says nothing (its socket stays open)
+        assert silent.claim("w-silent", ["default"], lease=1.0)[0].id == task_id
+        # When no pool reaps, the server does it itself after the lease: another worker gets the task
+        again = wait_for(lambda: other.claim("w-other", ["default"]), 15, "the task to be claimable again")
+        assert again[0].id == task_id and again[0].attempt == 2
+
+
+# -- group commit ------------------------------------------------------------------------------------
+
+
+def test_enqueues_from_many_connections_are_committed_in_fewer_store_calls() -> None:
+    storage = CountingStorage()
+    server = InProcessServer(storage)
+    try:
+        stores = [RemoteStorage(server.url) for _ in range(8)]
+        barrier = threading.Barrier(len(stores))
+
+        def produce(store: RemoteStorage) -> None:
+            barrier.wait()
+            for _ in range(40):
+                store.enqueue([task()])
+
+        threads = [threading.Thread(target=produce, args=(s,)) for s in stores]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert stores[0].counts() == {"default": {"pending": 320}}
+        assert storage.enqueue_calls < 320
+        for s in stores:
+            s.close()
+    finally:
+        server.stop()
+
+
+def test_a_failing_batch_in_a_group_fails_only_its_own_request() -> None:
+    # Given one store turn holding three enqueue requests, the middle one reusing a stored id
+    storage = MemoryStorage()
+    existing = task()
+    storage.enqueue([existing])
+    results: list[tuple[Any, BaseException | None]] = []
+    op = codec.operation("enqueue")
+    jobs = [
+        _Job(op, {"tasks": batch}, lambda r, e: results.append((r, e)))
+        for batch in ([task()], [task(), NewTask(existing.id, "t", "default", b"M")], [task()])
+    ]
+    thread = StoreThread(storage, ServerConfig(), lambda kinds: None)
+    # When the turn runs them as one group
+    thread._turn(jobs)
+    # Then the first and last are stored, the middle one alone fails and wrote nothing
+    assert results[0][1] is None and results[2][1] is None
+    assert isinstance(results[1][1], StorageError)
+    assert storage.counts() == {"default": {"pending": 3}}
+
+
+# -- enqueue retries ------------------------------------------------------------------------------------
+
+
+def test_a_retried_enqueue_with_the_same_key_creates_one_task(served: InProcessServer) -> None:
+    client = Client(parse_url(served.url))
+    try:
+        args = codec.operation("enqueue").encode_args({"tasks": [task()]})  # type: ignore[union-attr]
+        first, _ = client.call("enqueue", args, extra={"key": "req-1"})
+        # The reply was "lost": the client sends the same request again, marked as a retry
+        again, _ = client.call("enqueue", args, extra={"key": "req-1", "retry": True})
+        assert first == again
+        # And after a server restart (the reply memory is gone) the retry still finds the batch
+        served.server._replies.clear()
+        third, _ = client.call("enqueue", args, extra={"key": "req-1", "retry": True})
+        assert third == first
+        with RemoteStorage(served.url) as store:
+            assert store.counts() == {"default": {"pending": 1}}
+    finally:
+        client.close()
+
+
+# -- limits ---------------------------------------------------------------------------------------------
+
+
+def test_connections_over_the_limit_are_refused_with_their_code() -> None:
+    server = InProcessServer(MemoryStorage(), max_connections=2)
+    try:
+        a, b = RemoteStorage(server.url), RemoteStorage(server.url)
+        a.counts()
+        b.counts()
+        with (
+            RemoteStorage(server.url, retry_window=0.1) as c,
+            pytest.raises(StoreUnavailable, match="connection limit"),
+        ):
+            c.counts()
+        a.close()
+        wait_for(lambda: len(server.server._conns) < 2, 10, "the server to see the close")
+        with RemoteStorage(server.url) as d:
+            assert d.counts() == {}
+        b.close()
+    finally:
+        server.stop()
+
+
+def test_requests_over_the_in_flight_limit_are_refused_as_busy() -> None:
+    server = InProcessServer(MemoryStorage(), max_in_flight=1, max_claim_wait=5.0)
+    try:
+        sock, proto = _raw_authenticated(server.url)
+        # Given a parked claim using the connection's only slot, a second request is refused as busy
+        claim = codec.operation("claim").encode_args({"owner": "w", "queues": ["default"]})  # type: ignore[union-attr]
+        proto.request(1, "claim", claim, {"wait": 5})
+        proto.request(2, "counts", {})
+        sock.sendall(proto.data_to_send())
+        (reply,) = _replies(sock, proto, 1)
+        assert reply.id == 2 and reply.error["code"] == "busy"
+        sock.close()
+    finally:
+        server.stop()
+
+
+def test_a_batch_over_the_limit_is_refused_with_its_code() -> None:
+    server = InProcessServer(MemoryStorage(), max_batch=10)
+    try:
+        with RemoteStorage(server.url) as store:
+            with pytest.raises(ProtocolError, match="batch limit"):
+                store.enqueue([task() for _ in range(11)])
+            assert store.enqueue([task() for _ in range(10)])
+    finally:
+        server.stop()
+
+
+def test_a_frame_over_the_cap_closes_only_that_connection() -> None:
+    server = InProcessServer(MemoryStorage(), limits=Limits(max_frame=4096, max_bin_len=4096))
+    try:
+        with RemoteStorage(server.url) as bystander:
+            bystander.counts()
+            sock, proto = _raw_authenticated(server.url)
+            big = codec.operation("enqueue").encode_args({"tasks": [NewTask("x", "t", "q", b"M" * 10_000)]})  # type: ignore[union-attr]
+            proto.request(1, "enqueue", big)
+            sock.sendall(proto.data_to_send())
+            frames = decode_frames(_read_all(sock))
+            sock.close()
+            assert frames[-1]["t"] == "error" and frames[-1]["code"] == "protocol"
+            assert bystander.counts() == {}
+        # And the client refuses to send a frame over its own cap (our fault)
+        with pytest.raises(ProtocolError) as info:
+            encode_frame({"t": "req", "b": b"x" * 5000}, Limits(max_frame=4096))
+        assert info.value.ours
+    finally:
+        server.stop()
+
+
+def _read_all(sock: socket.socket) -> bytes:
+    data = b""
+    sock.settimeout(10)
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+def test_the_handshake_and_a_partial_frame_have_deadlines() -> None:
+    server = InProcessServer(MemoryStorage(), handshake_timeout=0.5, read_timeout=0.5)
+    try:
+        endpoint = parse_url(server.url)
+        # A client that never answers the hello is closed after the handshake deadline
+        silent = socket.create_connection((endpoint.host, endpoint.port), timeout=10)
+        started = time.monotonic()
+        assert [f["t"] for f in decode_frames(_read_all(silent))] == ["hello"]
+        assert time.monotonic() - started < 8
+        silent.close()
+        # A client that sends half a frame after the handshake is closed after the read deadline
+        sock, _ = _raw_authenticated(server.url)
+        sock.sendall(encode_frame({"t": "req", "id": 1, "op": "counts", "args": {}})[:7])
+        started = time.monotonic()
+        assert _read_all(sock) == b""
+        assert time.monotonic() - started < 8
+        sock.close()
+    finally:
+        server.stop()
+
+
+def test_close_is_idempotent_and_clients_then_see_the_store_unavailable() -> None:
+    server = InProcessServer(MemoryStorage())
+    store = RemoteStorage(server.url, retry_window=0.2)
+    store.enqueue([task()])
+    server.stop()
+    server.stop()
+    with pytest.raises(StoreUnavailable):
+        store.counts()
+    store.close()
+    store.close()
+
+
+# -- TLS, pickle, asyncio -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def certificate(tmp_path: Path) -> tuple[Path, Path]:
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is needed to make a test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+         "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )  # fmt: skip
+    return cert, key
+
+
+def test_tls_serves_a_client_that_verifies_the_certificate(certificate: tuple[Path, Path]) -> None:
+    from liteq.cluster.serve import server_ssl_context
+
+    cert, key = certificate
+    server = InProcessServer(MemoryStorage(), ssl=server_ssl_context(str(cert), str(key)), token="t0ken")
+    try:
+        assert server.url.startswith("liteqs://")
+        # A client that trusts the private CA works
+        with RemoteStorage(server.url, token="t0ken", tls_ca=str(cert)) as store:
+            store.enqueue([task()])
+            assert store.counts() == {"default": {"pending": 1}}
+        # A client that does not know the CA refuses the server, naming the fix
+        with RemoteStorage(server.url, token="t0ken") as store, pytest.raises(ConfigurationError, match="tls_ca"):
+            store.counts()
+    finally:
+        server.stop()
+
+
+def test_pickle_payloads_are_stored_only_with_allow_pickle() -> None:
+    pickled = NewTask(uuid.uuid4().hex, "t", "default", b"P\x80\x05N.")
+    for allow in (False, True):
+        server = InProcessServer(MemoryStorage(), allow_pickle=allow)
+        try:
+            with RemoteStorage(server.url) as store:
+                if allow:
+                    assert store.enqueue([pickled]) == [pickled.id]
+                else:
+                    with pytest.raises(ConfigurationError, match="--allow-pickle"):
+                        store.enqueue([pickled])
+                    assert store.counts() == {}
+        finally:
+            server.stop()
+
+
+def test_the_asyncio_client_calls_and_hears_pushes(served: InProcessServer) -> None:
+    async def main() -> tuple[Any, list[str]]:
+        pushes: list[str] = []
+        client = AsyncClient(parse_url(served.url), on_push=lambda kind, data: pushes.append(kind))
+        await client.connect()
+        await client.call("listen", {})
+        enqueue = codec.operation("enqueue")
+        assert enqueue is not None
+        ids = await client.call("enqueue", enqueue.encode_args({"tasks": [task()]}))
+        counts = await client.call("counts", {})
+        for _ in range(200):
+            if pushes:
+                break
+            await asyncio.sleep(0.01)
+        client.close()
+        client.close()
+        await client.wait_closed()
+        return (ids, counts), pushes
+
+    (ids, counts), pushes = asyncio.run(main())
+    assert len(ids) == 1 and counts == {"default": {"pending": 1}}
+    assert "changed" in pushes
