@@ -221,13 +221,18 @@ def test_workers_show_host_pid_health_and_stale_ones(app: LiteQ, client: Client)
     # Given a live worker and one not heard from for a minute
     app.storage.register_worker(WorkerInfo("w-live", "hostA", 11, 4, ["default"], now - 100, now, 7))
     app.storage.register_worker(WorkerInfo("w-gone", "hostB", 22, 2, ["default"], now - 200, now - 60))
+    # And one riding out store errors
+    app.storage.register_worker(WorkerInfo("w-sick", "hostC", 33, 1, ["default"], now - 50, now))
+    app.storage.heartbeat("w-sick", state="degraded", state_reason="store busy during claim", state_since=now - 5)
     # When the workers are listed
     rows = {w["id"]: w for w in client.get("/api/workers")["workers"]}
     # Then each shows host, pid, concurrency, tasks done and health; the silent one is stale
     assert (rows["w-live"]["host"], rows["w-live"]["pid"], rows["w-live"]["concurrency"]) == ("hostA", 11, 4)
     assert rows["w-live"]["tasks_done"] == 7 and rows["w-live"]["state"] == "ok"
     assert not rows["w-live"]["stale"] and rows["w-gone"]["stale"]
-    assert client.get("/api/overview")["workers"]["stale"] == 1
+    sick = rows["w-sick"]
+    assert (sick["state"], sick["state_reason"], sick["state_since"]) == ("degraded", "store busy during claim", now - 5)
+    assert client.get("/api/overview")["workers"] == {"total": 3, "stale": 1, "degraded": 1}
 
 
 def test_periodic_lists_schedules_and_pauses_and_resumes_them(app: LiteQ, client: Client) -> None:

@@ -91,7 +91,7 @@ def overview(app: LiteQ, *, now: float | None = None) -> dict[str, Any]:
         "workers": {
             "total": len(live),
             "stale": sum(1 for w in live if now - w.heartbeat_at > STALE_AFTER),
-            "degraded": sum(1 for w in live if getattr(w, "state", "ok") != "ok"),
+            "degraded": sum(1 for w in live if w.state != "ok"),
         },
     }
 
@@ -121,10 +121,6 @@ def workers(app: LiteQ, *, now: float | None = None) -> list[dict[str, Any]]:
     out = []
     for w in sorted(app.storage.workers(), key=lambda w: (w.host, w.started_at)):
         info = dataclasses.asdict(w)
-        # Health fields arrive with the pool's degraded mode; older stores' workers are "ok".
-        info.setdefault("state", "ok")
-        info.setdefault("state_reason", None)
-        info.setdefault("state_since", None)
         info["stale"] = now - w.heartbeat_at > STALE_AFTER
         info["heartbeat_age"] = max(now - w.heartbeat_at, 0.0)
         out.append(info)

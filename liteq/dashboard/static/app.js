@@ -106,15 +106,13 @@
   function renderOverview() {
     main.innerHTML = `
       <div class="cards" id="cards"></div>
-      <div class="grid2">
-        <div class="card section"><div class="section-head"><h2>Queues</h2><span class="muted legend-note">tasks per queue and state</span></div><div id="queues" class="table-card"></div></div>
-        <div class="card section"><div class="section-head"><h2>Failures per task</h2><span class="muted legend-note" id="fail-window">last hour</span></div><div id="failures" class="table-card"></div></div>
-      </div>
+      <div class="card section"><div class="section-head"><h2>Queues</h2><span class="muted legend-note">tasks per queue and state</span></div><div id="queues" class="table-card"></div></div>
       <div class="section-head"><h2>History</h2><div class="seg" id="window"><button data-w="hour" class="on">Last hour</button><button data-w="day">Last day</button></div></div>
       <div class="grid2">
         <div class="card"><h3>Throughput <span class="muted legend-note" id="tp-unit"></span></h3><div id="chart-tp" class="chart"></div></div>
         <div class="card"><h3>End-to-end latency</h3><div id="chart-lat" class="chart"></div></div>
-      </div>`;
+      </div>
+      <div class="card section"><div class="section-head"><h2>Failures per task</h2><span class="muted legend-note" id="fail-window">last hour</span></div><div id="failures" class="table-card"></div></div>`;
     let win = "hour";
     document.querySelectorAll("#window button").forEach((b) => b.addEventListener("click", () => {
       win = b.dataset.w;
@@ -308,7 +306,7 @@
           <div class="card"><h2>Arguments</h2>${t.undecoded ? `<p class="muted">${esc(t.undecoded)}</p>` : `<div class="muted legend-note">args</div><pre class="light" id="args">${pretty(t.args)}</pre><div class="muted legend-note" style="margin-top:8px">kwargs</div><pre class="light" id="kwargs">${pretty(t.kwargs)}</pre>`}</div>
           <div class="card"><h2>Result</h2>${t.state === "succeeded" ? `<pre class="light" id="result">${pretty(t.result)}</pre>` : `<p class="muted">${t.finished ? "No result: the task did not succeed." : "Not finished yet."}</p>`}</div>
         </div>
-        <div class="card section"><h2>Attempts and errors</h2>${t.errors.length ? t.errors.map((e, i) => `<div class="attempt"><div class="error-line">Error ${i + 1}: ${esc(e.type)}: ${esc(e.message)}</div>${e.traceback ? `<pre>${esc(e.traceback)}</pre>` : ""}</div>`).join("") : `<p class="muted">No error recorded (${t.attempts} attempt${t.attempts === 1 ? "" : "s"}).</p>`}</div>
+        <div class="card section"><h2>Attempts and errors</h2>${t.errors.length ? t.errors.map((e, i) => `<div class="attempt"><div class="error-line">Error ${i + 1}: ${esc(e.type)}: ${esc(e.message)}</div>${e.traceback ? `<pre class="traceback">${esc(e.traceback)}</pre>` : ""}</div>`).join("") : `<p class="muted">No error recorded (${t.attempts} attempt${t.attempts === 1 ? "" : "s"}).</p>`}</div>
         <div class="card section"><h2>Canvas</h2><dl class="kv">
           ${kv("parent", t.parent ? links([t.parent]) : (t.parent_id ? `<span class="mono">${esc(t.parent_id)}</span> (pruned)` : "–"))}
           ${kv("next steps", links(t.children))}
