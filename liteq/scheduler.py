@@ -79,7 +79,10 @@ class Schedule:
         if self.cron is not None:
             from croniter import croniter
 
-            if not isinstance(self.cron, str) or not croniter.is_valid(self.cron):
+            # Five fields only: croniter would also take a sixth (seconds, last) that other cron
+            # dialects put first, so a six-field line means different slots to different readers.
+            fields = self.cron.split() if isinstance(self.cron, str) else []
+            if len(fields) != 5 or not croniter.is_valid(self.cron):
                 raise ConfigurationError(
                     f"periodic {self.name!r}: invalid cron expression {self.cron!r}; expected five fields "
                     "'minute hour day month weekday', e.g. '*/5 * * * *'"

@@ -22,6 +22,8 @@ WAL_AUTOCHECKPOINT_PAGES = 10_000
 DEFAULT_BLOB_THRESHOLD = 64 * 1024
 DEFAULT_RESULT_TTL = 24 * 3600.0
 DURABILITY = {"normal": "NORMAL", "full": "FULL"}
+#: Permissions of a store directory liteq creates: only its user; files get these bits minus execute.
+DEFAULT_MODE = 0o700
 # SQLite limits host parameters per statement; stay well under the lowest default (999).
 _CHUNK = 500
 _NETWORK_FS = {"nfs", "nfs4", "cifs", "smbfs", "smb3", "fuse.sshfs", "9p", "afs", "glusterfs", "ceph"}
