@@ -72,6 +72,9 @@ class LiteQ:
       with write access to the store chooses, so no other module is ever imported because of it:
       such a task fails as ``unknown task`` (payload kept, ``liteq retry`` runs it again).
     - ``token``: the shared secret of a cluster store (``liteq://host:port``); default ``LITEQ_TOKEN``.
+    - ``mode``: permissions of a store directory this app creates (default ``0o700``: only this
+      user); its files get the same bits without execute (``0o600``). ``0o770`` shares the store
+      with the directory's group.
     """
 
     def __init__(
@@ -88,6 +91,7 @@ class LiteQ:
         max_payload_size: int = DEFAULT_MAX_SIZE,
         blob_threshold: int = DEFAULT_BLOB_THRESHOLD,
         include: Iterable[str] = (),
+        mode: int | None = None,
         token: str | None = None,
     ) -> None:
         ttl = seconds(result_ttl, "result_ttl")
@@ -108,6 +112,8 @@ class LiteQ:
         if durability not in ("normal", "full"):
             raise ConfigurationError(f"durability must be 'normal' or 'full', not {durability!r}")
         remote_options: dict[str, Any] = {}
+        if mode is not None:  # a local store's permissions; only passed when given
+            remote_options["mode"] = mode
         if token is not None:
             # Only a cluster store (liteq://) takes a token; a local store refuses it below.
             if not isinstance(store, (str, os.PathLike)) or not os.fspath(store).startswith(("liteq://", "liteqs://")):
@@ -588,13 +594,16 @@ class LiteQ:
         return Result(self, task_id)
 
     def stats(self) -> dict[str, Any]:
-        """``{"states": {state: n}, "queues": {queue: {state: n}}, "workers": [...]}``."""
+        """``{"states": {state: n}, "queues": {queue: {state: n}}, "workers": [...]}``.
+
+        Each worker is its :class:`~liteq.storage.base.WorkerInfo` as a dict, plus ``state_text``:
+        ``ok`` or ``degraded: <reason> since <time>``."""
         queues = self.storage.counts()
         states: dict[str, int] = {}
         for by_state in queues.values():
             for state, n in by_state.items():
                 states[state] = states.get(state, 0) + n
-        workers = [dataclasses.asdict(w) for w in self.storage.workers()]
+        workers = [{**dataclasses.asdict(w), "state_text": w.state_text()} for w in self.storage.workers()]
         return {"states": states, "queues": queues, "workers": workers}
 
     def purge(self, queue: str | None = None, states: Iterable[str] | None = None) -> int:

@@ -347,10 +347,11 @@ def _print_status(report: dict[str, Any]) -> None:
     click.echo("\nworkers:" if report["workers"] else "\nworkers: none")
     if report["workers"]:
         _table(
-            ["id", "host", "pid", "concurrency", "queues", "last heartbeat", "tasks done"],
+            ["id", "host", "pid", "concurrency", "queues", "last heartbeat", "tasks done", "state"],
             [
                 [w["id"], w["host"], str(w["pid"]), str(w["concurrency"]), ",".join(w["queues"]),
-                 _age(w["heartbeat_at"], now) + (" ago" if w["alive"] else " ago (stale)"), str(w["tasks_done"])]
+                 _age(w["heartbeat_at"], now) + (" ago" if w["alive"] else " ago (stale)"), str(w["tasks_done"]),
+                 w["state_text"]]
                 for w in report["workers"]
             ],
         )  # fmt: skip
@@ -654,6 +655,42 @@ def serve(
         max_batch=max_batch,
         test_mode=test_mode,
     )
+
+
+@cli.command()
+@click.argument("app_or_store_or_url")
+@click.option(
+    "--bind",
+    default="127.0.0.1:8777",
+    show_default=True,
+    help="HOST:PORT to listen on; beyond loopback a token is needed.",
+)
+@click.option("--read-only", is_flag=True, help="Hide and refuse every action (retry, cancel, purge, pause).")
+@click.option(
+    "--token-file", default=None, type=click.Path(dir_okay=False), help="File holding the token [LITEQ_TOKEN]."
+)
+@_guard
+def dashboard(app_or_store_or_url: str, bind: str, read_only: bool, token_file: str | None) -> None:
+    """Serve the web dashboard of APP_OR_STORE_OR_URL until Ctrl-C."""
+    from liteq.cluster.auth import read_token  # type: ignore[import-not-found,unused-ignore]
+
+    from .dashboard import Dashboard
+
+    token: str | None = read_token(token_file)
+    app = load_app(app_or_store_or_url, must_exist=True)
+    try:
+        server = Dashboard(app, bind=bind, read_only=read_only, token=token)
+        # Scripts and tests read this line to learn the port chosen for --bind HOST:0.
+        click.echo(f"serving {server.url}" + ("  (read-only)" if read_only else ""))
+        sys.stdout.flush()
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            server.close()
+    finally:
+        app.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

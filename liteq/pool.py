@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 
 from .child import ChildOptions, child_main, pid_alive
 from .exceptions import ConfigurationError, LiteQError
+from .health import Health, PoolState
 from .message import ErrorInfo, new_id
 from .scheduler import Scheduler
 from .slots import (
@@ -176,6 +177,7 @@ class WorkerPool:
         self.reload = reload
         self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{new_id()[-8:]}"
         self._limits = app.rate_limits()
+        self.health = Health(f"worker {self.id}", logger)
         self.scheduler = Scheduler(app) if scheduler and app.schedules else None
         self.children: list[ChildSlot] = []
         self.buffer: collections.deque[ClaimedTask] = collections.deque()
@@ -215,6 +217,22 @@ class WorkerPool:
 
     def __repr__(self) -> str:
         return f"<WorkerPool {self.id} concurrency={self.concurrency} {self.start_method}>"
+
+    @property
+    def state(self) -> PoolState:
+        """``PoolState.OK``, or ``PoolState.DEGRADED`` while the pool rides out store errors
+        (claiming nothing, running tasks go on, outcomes wait in memory; see :mod:`liteq.health`)."""
+        return self.health.state
+
+    @property
+    def state_reason(self) -> str | None:
+        """Why the pool is degraded (``"store busy during claim"``), or None."""
+        return self.health.reason
+
+    @property
+    def state_since(self) -> float | None:
+        """Since when (epoch seconds) the pool is degraded, or None."""
+        return self.health.since
 
     # -- life cycle ----------------------------------------------------------------------------------
 
@@ -365,11 +383,15 @@ class WorkerPool:
         """One supervisor iteration: handle messages and deaths, write outcomes, claim, assign,
         extend leases, wait for the next event. Returns False once the pool has stopped."""
         mono = time.monotonic()
-        self._flush()  # first: a producer is waiting for these
+        if self.health.ok:
+            with self.health.guard("outcome flush"):
+                self._flush()  # first: a producer is waiting for these
         if self._stop_level:
             if not self._stopping_step(mono):
                 return False
-        else:
+        elif self.health.ok:
+            # Degraded, nothing new starts: a buffered task's lease cannot be extended now, and
+            # running it after the lease ran out could run it twice.
             self._assign()
             self._claim(mono)
             self._assign()
@@ -541,9 +563,16 @@ class WorkerPool:
         due = self._next_scheduled is not None and time.time() >= self._next_scheduled
         if not (self._maybe_work or due or mono - self._last_claim >= IDLE_POLL_INTERVAL):
             return
-        self._maybe_work = False
         self._last_claim = mono
-        claimed = self.storage.claim(self.id, self.queues, limit=want, lease=self.lease, limits=self._limits or None)
+        claimed: list[ClaimedTask] = []
+        with self.health.guard("claim") as guard:
+            claimed = self.storage.claim(
+                self.id, self.queues, limit=want, lease=self.lease, limits=self._limits or None
+            )
+        if guard.failed:
+            self._maybe_work = True  # look again as soon as the store is back
+            return
+        self._maybe_work = False
         self.buffer.extend(claimed)
         if len(claimed) == want:
             self._maybe_work = True  # probably more where these came from
@@ -552,7 +581,8 @@ class WorkerPool:
             self._prefetch = min(max(self._prefetch * 2, 1), MAX_PREFETCH_PER_CHILD * self.concurrency)
         else:
             self._prefetch = self.prefetch
-            self._next_scheduled = self.storage.next_run_at(self.queues)
+            with self.health.guard("claim"):
+                self._next_scheduled = self.storage.next_run_at(self.queues)
 
     def _assign(self) -> None:
         if not self.buffer:
@@ -592,42 +622,11 @@ class WorkerPool:
     def _timers(self, mono: float) -> None:
         self._enforce_limits(mono)
         self._checkpoints.maybe_inline(mono, busy=any(c.queue for c in self.children))
-        if mono >= self._next_extend:
-            self._next_extend = mono + self.lease / 3
-            leases = [(t.id, t.lease_token) for t in self._held()]
-            if leases:
-                lost = [
-                    lease
-                    for lease, ok in zip(leases, self.storage.extend(self.id, leases, lease=self.lease), strict=True)
-                    if not ok
-                ]
-                if lost:
-                    logger.warning("lost the lease of %d task(s); their outcomes will be rejected", len(lost))
-        if mono >= self._next_beat:
-            self._next_beat = mono + self.heartbeat_interval
-            self.storage.heartbeat(self.id, tasks_done=self.tasks_done - self._beat_done)
-            self._beat_done = self.tasks_done
-        if mono >= self._next_maintenance:
-            # Expired leases (a dead pool's tasks) come back within half a lease; the probe is a
-            # read of one index entry. Pruning finished tasks can wait longer.
-            self._next_maintenance = mono + min(MAINTENANCE_INTERVAL, max(1.0, self.lease / 2))
-            if self.storage.reap():
-                self._maybe_work = True
-            if mono >= self._next_prune:
-                self._next_prune = mono + MAINTENANCE_INTERVAL
-                self.storage.prune()
-        if self.scheduler is not None:
-            due = self.scheduler.next_due()
-            if due is not None and time.time() >= due:
-                try:
-                    if self.scheduler.tick():
-                        self._maybe_work = True
-                except LiteQError:  # the store is busy or full: the slot fires on a later tick
-                    logger.exception("periodic tick failed; retrying")
-                    self.scheduler._next = {n: time.time() + 1.0 for n in self.scheduler.schedules}
-        if mono >= self._next_cancel_check:
-            self._next_cancel_check = mono + CANCEL_CHECK_INTERVAL
-            self._check_cancels()
+        if not self.health.ok:
+            if self.health.retry_due(mono):
+                self._retry_round(mono)
+        else:
+            self._store_timers(mono)
         if self._reload_pending:
             self._reload_pending = False
             for c in self.children:
@@ -642,6 +641,99 @@ class WorkerPool:
                     c.conn.send_bytes(pickle.dumps(("stop",), PROTOCOL))
                 except OSError:
                     pass
+
+    def _store_timers(self, mono: float) -> None:
+        """The periodic store calls of a healthy pool; the first degrading error ends the round."""
+        health = self.health
+        if mono >= self._next_extend:
+            self._next_extend = mono + self.lease / 3
+            with health.guard("lease extension"):
+                self._extend()
+        if health.ok and mono >= self._next_beat:
+            self._next_beat = mono + self.heartbeat_interval
+            with health.guard("heartbeat"):
+                self._beat()
+        if health.ok and mono >= self._next_maintenance:
+            # Expired leases (a dead pool's tasks) come back within half a lease; the probe is a
+            # read of one index entry. Pruning finished tasks can wait longer.
+            self._next_maintenance = mono + min(MAINTENANCE_INTERVAL, max(1.0, self.lease / 2))
+            with health.guard("reap"):
+                if self.storage.reap():
+                    self._maybe_work = True
+            if health.ok and mono >= self._next_prune:
+                self._next_prune = mono + MAINTENANCE_INTERVAL
+                with health.guard("prune"):
+                    self.storage.prune()
+        if health.ok and self.scheduler is not None:
+            due = self.scheduler.next_due()
+            if due is not None and time.time() >= due:
+                # A failed tick leaves the scheduler's slots as they were: the same slot fires on
+                # the first tick after the pool is back to ok.
+                with health.guard("periodic tick"):
+                    if self.scheduler.tick():
+                        self._maybe_work = True
+        if health.ok and mono >= self._next_cancel_check:
+            self._next_cancel_check = mono + CANCEL_CHECK_INTERVAL
+            with health.guard("cancel check"):
+                self._check_cancels()
+
+    def _retry_round(self, mono: float) -> None:
+        """Degraded: try the writes that matter, in order; all through means ok again.
+
+        The heartbeat goes first so that ``liteq status`` shows the degraded state (a store may
+        keep it aside while its rows cannot be written), then the outcomes held in memory (at most
+        one per task this pool holds, since it claims nothing meanwhile), then the leases, which
+        also tells which buffered tasks another pool took over meanwhile.
+        """
+        health = self.health
+        for what, step in (
+            ("heartbeat", self._beat),
+            ("outcome flush", self._flush_all),
+            ("lease extension", self._extend),
+        ):
+            with health.guard(what) as guard:
+                step()
+            if guard.failed:
+                return
+        health.recovered(mono)
+        self._maybe_work = True
+        self._next_extend = mono + self.lease / 3
+        self._next_beat = mono  # record "ok" at once
+        self._next_cancel_check = mono
+
+    def _beat(self) -> None:
+        health = self.health
+        self.storage.heartbeat(
+            self.id,
+            tasks_done=self.tasks_done - self._beat_done,
+            state=health.state.value,
+            state_reason=health.reason,
+            state_since=health.since,
+        )
+        self._beat_done = self.tasks_done
+
+    def _extend(self) -> None:
+        held = self._held()
+        if not held:
+            return
+        leases = [(t.id, t.lease_token) for t in held]
+        applied = self.storage.extend(self.id, leases, lease=self.lease)
+        lost = {t.id for t, ok in zip(held, applied, strict=True) if not ok}
+        if not lost:
+            return
+        # An unstarted task whose lease passed to another pool (it expired during an outage)
+        # must not start here too; a started one's outcome is fenced off by its token.
+        dropped = [t for t in self.buffer if t.id in lost]
+        if dropped:
+            self.buffer = collections.deque(t for t in self.buffer if t.id not in lost)
+        logger.warning(
+            "lost the lease of %d task(s) (%d unstarted, dropped); their outcomes will be rejected",
+            len(lost),
+            len(dropped),
+        )
+
+    def _flush_all(self) -> None:
+        self._flush(force=True)
 
     def _held(self) -> list[ClaimedTask]:
         return [*self.buffer, *(t for c in self.children for t in c.queue)]
@@ -687,6 +779,8 @@ class WorkerPool:
             pass
 
     def _timeout(self, mono: float) -> float:
+        if not self.health.ok:
+            return self._degraded_timeout(mono)
         deadlines = [self._next_extend, self._next_beat, self._next_maintenance]
         if self.scheduler is not None and not self._stop_level:
             due = self.scheduler.next_due()
@@ -694,14 +788,7 @@ class WorkerPool:
                 deadlines.append(mono + max(due - time.time(), 0.0))
         if any(c.head is not None for c in self.children):
             deadlines.append(self._next_cancel_check)
-        for c in self.children:
-            head = c.head
-            if head is not None:
-                limit = self._timeout_of(head)
-                if limit is not None:
-                    deadlines.append(c.started + limit)
-                if c.cancel_id:
-                    deadlines.append(c.cancel_deadline)
+        deadlines += self._child_deadlines()
         if self._stop_level:
             deadlines.append(self._stop_deadline)
             if self.outcomes or self.buffer:
@@ -716,6 +803,27 @@ class WorkerPool:
             return 0.0
         if self.outcomes and self._outcomes_since is not None:
             deadlines.append(self._outcomes_since + FLUSH_DELAY)
+        return max(min(deadlines) - mono, 0.0)
+
+    def _child_deadlines(self) -> list[float]:
+        """When a running task passes its hard limit or its cancel grace (monotonic)."""
+        out = []
+        for c in self.children:
+            head = c.head
+            if head is not None:
+                limit = self._timeout_of(head)
+                if limit is not None:
+                    out.append(c.started + limit)
+                if c.cancel_id:
+                    out.append(c.cancel_deadline)
+        return out
+
+    def _degraded_timeout(self, mono: float) -> float:
+        # Only the retry round, time limits, cancels and a stop: outcomes wait for the store.
+        deadlines = [self.health.retry_at]
+        deadlines += self._child_deadlines()
+        if self._stop_level:
+            deadlines.append(self._stop_deadline)
         return max(min(deadlines) - mono, 0.0)
 
     def _defer_flush(self, mono: float) -> bool:
@@ -736,15 +844,17 @@ class WorkerPool:
         if self.progress:  # before outcomes: a finished task's last progress must still land
             for task_id, (token, data) in list(self.progress.items()):
                 self.storage.set_progress(task_id, token, data)
-            self.progress.clear()
+                del self.progress[task_id]
         if not self.outcomes or (not force and self._defer_flush(time.monotonic())):
             return
-        self._outcomes_since = None
-        outcomes, self.outcomes = self.outcomes, []
+        outcomes = self.outcomes
         for o in outcomes:
             if o.state == PENDING and o.run_at == 0.0:
                 o.run_at = None
+        # On a store error the outcomes stay in hand (the caller's guard records the error).
         applied = self.storage.complete(outcomes)
+        self._outcomes_since = None
+        self.outcomes = []
         for o, ok in zip(outcomes, applied, strict=True):
             if not ok:
                 logger.warning("outcome of task %s rejected: its lease had passed to another worker", o.id)
@@ -761,9 +871,11 @@ class WorkerPool:
         # Unstarted tasks go back at once, uncounted, so another pool can take them.
         for c in self.children:
             self._requeue_unstarted(c)
-        if self.buffer:
-            self.storage.release([(t.id, t.lease_token) for t in self.buffer])
-            self.buffer.clear()
+        if self.buffer and self.health.ok:
+            with self.health.guard("release") as guard:
+                self.storage.release([(t.id, t.lease_token) for t in self.buffer])
+            if not guard.failed:
+                self.buffer.clear()
         force = self._stop_level >= 2 or mono >= self._stop_deadline
         for c in list(self.children):
             if c.head is None and not c.kill_reason:
@@ -779,14 +891,36 @@ class WorkerPool:
 
     def _shutdown(self) -> None:
         try:
-            self._flush(force=True)
-            leases = [(t.id, t.lease_token) for t in self._held()]
-            if leases:
-                self.storage.release(leases)
-                self.buffer.clear()
+            self._final_writes()
         finally:
             self._kill_all()
             self._teardown()
+
+    def _final_writes(self) -> None:
+        """Record the last outcomes and hand back unstarted tasks, riding out store errors for
+        up to ``shutdown_timeout`` more (or until a second stop request)."""
+        deadline = time.monotonic() + self.shutdown_timeout
+        level = self._stop_level
+        while True:
+            with self.health.guard("outcome flush") as guard:
+                self._flush(force=True)
+                leases = [(t.id, t.lease_token) for t in self._held()]
+                if leases:
+                    self.storage.release(leases)
+                    self.buffer.clear()
+            if not guard.failed:
+                return
+            mono = time.monotonic()
+            if mono >= deadline or self._stop_level > level:
+                logger.error(
+                    "worker %s stopping with %d outcome(s) not recorded (%s): those tasks run again once "
+                    "their lease runs out",
+                    self.id,
+                    len(self.outcomes),
+                    self.health.reason,
+                )
+                return
+            time.sleep(max(0.0, min(self.health.retry_at, deadline) - mono))
 
     def _kill_all(self) -> None:
         for c in self.children:

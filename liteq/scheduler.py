@@ -32,7 +32,8 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from .exceptions import ConfigurationError, LiteQError
+from .exceptions import ConfigurationError
+from .health import Health
 from .message import new_id
 
 if TYPE_CHECKING:
@@ -78,7 +79,10 @@ class Schedule:
         if self.cron is not None:
             from croniter import croniter
 
-            if not isinstance(self.cron, str) or not croniter.is_valid(self.cron):
+            # Five fields only: croniter would also take a sixth (seconds, last) that other cron
+            # dialects put first, so a six-field line means different slots to different readers.
+            fields = self.cron.split() if isinstance(self.cron, str) else []
+            if len(fields) != 5 or not croniter.is_valid(self.cron):
                 raise ConfigurationError(
                     f"periodic {self.name!r}: invalid cron expression {self.cron!r}; expected five fields "
                     "'minute hour day month weekday', e.g. '*/5 * * * *'"
@@ -181,6 +185,14 @@ class Scheduler:
         self.app = app
         self._next: dict[str, float] = {}
         self._registered = False
+        self._hold_until = -math.inf
+        #: ``ok``, or ``degraded`` while :meth:`run` rides out store errors.
+        self.health = Health("scheduler", logger)
+
+    def postpone(self, until: float) -> None:
+        """Tick no earlier than ``until`` (epoch seconds), e.g. after a failed tick, without
+        touching any schedule's next slot: the slots due now are still due then, and fire once."""
+        self._hold_until = until
 
     @property
     def schedules(self) -> dict[str, Schedule]:
@@ -191,12 +203,16 @@ class Scheduler:
         """Epoch time of the next slot of any schedule (None without schedules)."""
         if not self.schedules:
             return None
-        if not self._registered:
-            return time.time()
-        return min(self._next.values(), default=None)
+        # A schedule without a next time yet (never ticked, or its tick failed) is due now.
+        due = min(self._next.get(name, -math.inf) for name in self.schedules) if self._registered else -math.inf
+        return max(due, self._hold_until, time.time() if due == -math.inf else -math.inf)
 
     def tick(self, now: float | None = None) -> list[Result]:
-        """Enqueue every due slot (each at most once across all pools); return the new Results."""
+        """Enqueue every due slot (each at most once across all pools); return the new Results.
+
+        A schedule's next time advances only once the enqueue committed: when the store raises,
+        nothing changes here, and the next tick fires the same slots (once, by their slot rows).
+        """
         from .result import Result
 
         if not self.schedules:
@@ -211,12 +227,13 @@ class Scheduler:
             return []
         states = storage.schedule_states(due)
         messages = []
+        advanced: dict[str, float] = {}
         for name in due:
             schedule = self.schedules[name]
             state = states.get(name)
             last = state.last_slot if state is not None and state.last_slot is not None else now
             if state is not None and state.paused:
-                self._next[name] = schedule.next_after(now)
+                advanced[name] = schedule.next_after(now)
                 continue
             task = self.app.get_task(schedule.task_name)
             known = self._next.get(name)
@@ -236,10 +253,13 @@ class Scheduler:
                 message.slot = (name, slot)
                 messages.append(message)
             # A capped catch-up continues on the very next tick (following == now).
-            self._next[name] = following
+            advanced[name] = following
+        if messages:
+            ids = storage.enqueue(messages, now=now)
+        self._next.update(advanced)
+        self._hold_until = -math.inf
         if not messages:
             return []
-        ids = storage.enqueue(messages, now=now)
         fresh = [Result(self.app, i) for i, m in zip(ids, messages, strict=True) if i == m.id]
         if fresh:
             logger.info("fired %d periodic slot(s)", len(fresh))
@@ -247,12 +267,19 @@ class Scheduler:
 
     def run(self, stop: threading.Event, *, idle: float = 1.0) -> None:
         """Tick until ``stop`` is set (``liteq scheduler``): sleep until the next slot, at most ``idle``
-        seconds so pause/resume from other processes is noticed."""
+        seconds so pause/resume from other processes is noticed.
+
+        A store error that retrying may cure (busy, full, unreachable) makes it degraded, not
+        dead: it logs once, retries with capped, jittered backoff, and fires the missed slot once
+        when the store is back. Other errors (a corrupt store) end it."""
+        health = self.health
         while not stop.is_set():
-            try:
+            with health.guard("periodic tick") as guard:
                 self.tick()
-            except LiteQError:  # busy or full store: this slot fires on a later tick
-                logger.exception("periodic tick failed; retrying")
+            if guard.failed:
+                self.postpone(time.time() + max(health.retry_at - time.monotonic(), 0.0))
+            else:
+                health.recovered()
             due = self.next_due()
             wait = idle if due is None else min(max(due - time.time(), 0.0), idle)
             stop.wait(wait)

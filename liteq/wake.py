@@ -27,8 +27,16 @@ the directory, and every commit that makes work runnable (enqueue, retry, releas
 task sends a byte to each. The directory listing is cached against the directory's mtime, so a
 sender pays one ``stat`` per commit when nothing changed, and none at all for a millisecond after
 it found no listener. Where ``AF_UNIX`` is missing (old
-Windows), waiters fall back to polling at a bounded interval. Sockets live under the store unless
-that path is too long for ``sun_path`` (108 bytes), then under the temp dir keyed by the store.
+Windows), waiters fall back to polling at a bounded interval.
+
+Where the sockets live, and why it is checked: a listener's socket must not be readable or
+pre-creatable by another user (who could then block or spy on wake-ups). They live in
+``<store>/wake`` (the store directory's own permissions, 0700 by default, protect them) unless that
+path is too long for ``sun_path`` (108 bytes); then in a per-user runtime directory:
+``$XDG_RUNTIME_DIR`` when it is ours and private, else ``<tmp>/liteq-<uid>``, created 0700. Before
+binding, the directory is checked: a symlink, or a directory owned by another user (or, in the
+shared temp dir, open to others) is refused with a :class:`ConfigurationError` naming it, never
+used and never waited on.
 """
 
 from __future__ import annotations
@@ -38,11 +46,14 @@ import errno
 import hashlib
 import os
 import socket
+import stat
 import tempfile
 import threading
 import time
 
-__all__ = ["Waker", "broadcast", "wake_dir"]
+from .exceptions import ConfigurationError
+
+__all__ = ["Waker", "broadcast", "prepare_wake_dir", "runtime_dir", "wake_dir"]
 
 # The kernel keeps at most this many unread wake bytes per listener; more would say nothing new.
 _MAX_PATH = 100
@@ -60,7 +71,80 @@ def wake_dir(store_path: str) -> str:
     if len(inside) + 40 <= _MAX_PATH:
         return inside
     digest = hashlib.sha1(store_path.encode()).hexdigest()[:16]
-    return os.path.join(tempfile.gettempdir(), f"liteq-wake-{digest}")
+    return os.path.join(runtime_dir(), f"liteq-wake-{digest}")
+
+
+def _euid() -> int | None:
+    return os.geteuid() if hasattr(os, "geteuid") else None
+
+
+def runtime_dir() -> str:
+    """This user's directory for wake-up sockets of stores whose own path is too long.
+
+    ``$XDG_RUNTIME_DIR`` (made by the login manager, owned by the user, mode 0700) when it is so;
+    else ``<tmp>/liteq-<uid>``, which :func:`prepare_wake_dir` creates 0700 and checks.
+    """
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    euid = _euid()
+    if xdg and os.path.isabs(xdg):
+        try:
+            st = os.lstat(xdg)
+        except OSError:
+            st = None
+        if st is not None and stat.S_ISDIR(st.st_mode) and st.st_uid == euid and not st.st_mode & 0o077:
+            return xdg
+    return os.path.join(tempfile.gettempdir(), f"liteq-{euid if euid is not None else 'user'}")
+
+
+def _check_dir(path: str, owners: set[int], private: bool) -> None:
+    """Refuse a wake-up directory another user could have planted or can read (see module doc)."""
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        raise ConfigurationError(
+            f"wake-up directory {path} is a symlink or not a directory; liteq does not follow it. "
+            "Remove it (liteq recreates it) and check who created it"
+        )
+    if st.st_uid not in owners:
+        raise ConfigurationError(
+            f"wake-up directory {path} belongs to uid {st.st_uid}, not to this user (uid {_euid()}); another "
+            "user may have created it to block or read wake-ups. Remove it, or set XDG_RUNTIME_DIR to a "
+            "private directory of yours"
+        )
+    if private and st.st_mode & 0o077:
+        raise ConfigurationError(
+            f"wake-up directory {path} is open to other users (mode {stat.S_IMODE(st.st_mode):o}); run chmod 700 {path}"
+        )
+
+
+def _mkdir(path: str, mode: int) -> None:
+    try:
+        os.mkdir(path, mode)
+    except FileExistsError:
+        return
+    os.chmod(path, mode)  # mkdir's mode is reduced by the umask
+
+
+def prepare_wake_dir(directory: str) -> None:
+    """Create ``directory`` for listener sockets, or check an existing one is safe to bind in.
+
+    Inside a store it takes the store directory's permissions and may belong to the store's owner
+    (a store shared by a group); in the runtime directory it must be this user's and private.
+    """
+    euid = _euid()
+    if euid is None:  # no POSIX owners to check (Windows)
+        os.makedirs(directory, exist_ok=True)
+        return
+    parent = os.path.dirname(directory)
+    if parent == runtime_dir():
+        if not os.path.isdir(parent) and not os.path.islink(parent):
+            _mkdir(parent, 0o700)
+        _check_dir(parent, {euid}, private=True)
+        _mkdir(directory, 0o700)
+        _check_dir(directory, {euid}, private=True)
+        return
+    store = os.stat(parent)
+    _mkdir(directory, stat.S_IMODE(store.st_mode))
+    _check_dir(directory, {euid, store.st_uid}, private=False)
 
 
 class _Senders:
@@ -154,7 +238,7 @@ class Waker:
         self.sock: socket.socket | None = None
         if not HAVE_UNIX:
             return
-        os.makedirs(directory, exist_ok=True)
+        prepare_wake_dir(directory)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         sock.setblocking(False)
         path = os.path.join(directory, f"{os.getpid()}-{os.urandom(6).hex()}.sock")

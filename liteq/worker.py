@@ -26,6 +26,7 @@ from .exceptions import (
     Retry,
     SerializationError,
     SoftTimeLimit,
+    StoreCorrupt,
     UnknownTask,
 )
 from .message import ErrorInfo, Progress, decode_call, new_id
@@ -147,6 +148,8 @@ def _inputs(app: LiteQ, meta: dict[str, Any]) -> Any:
                 f"the result of task {task_id}, which this task takes as input, is gone ("
                 f"{'pruned' if row is None else row.state}); raise result_ttl above the workflow's duration"
             )
+        if row.damaged is not None:  # a lost result blob fails this step, not the worker
+            raise StoreCorrupt(f"the result of task {task_id}, this task's input, is lost: {row.damaged}")
         values.append(app.serializer.loads(row.result) if row.result is not None else None)
     return values[0] if "prev" in meta else values
 

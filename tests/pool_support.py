@@ -187,11 +187,12 @@ class Reaper:
             f.close()
 
 
-def pool_env(store: Path, lease: float = 60.0) -> dict[str, str]:
+def pool_env(store: Path, lease: float = 60.0, busy_timeout: float = 5.0) -> dict[str, str]:
     """The environment of a pool subprocess running :mod:`tests.pool_app` on ``store``."""
     env = dict(os.environ)
     env["LITEQ_TEST_STORE"] = str(store)
     env["LITEQ_TEST_LEASE"] = str(lease)
+    env["LITEQ_TEST_BUSY_TIMEOUT"] = str(busy_timeout)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     return env
 

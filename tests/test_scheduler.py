@@ -377,6 +377,8 @@ def test_cron_coalesce_after_days_asleep() -> None:
         ({"cron": "* * *"}, "invalid cron expression '\\* \\* \\*'"),
         ({"cron": "61 * * * *"}, "invalid cron expression"),
         ({"cron": "* * * * * * * *"}, "invalid cron expression"),
+        ({"cron": "*/5 * * * * *"}, "invalid cron expression '\\*/5 \\* \\* \\* \\* \\*'; expected five fields"),
+        ({"cron": "0 */5 * * * *"}, "expected five fields 'minute hour day month weekday'"),
         ({"cron": "*/5 * * * *", "tz": "Mars/Olympus_Mons"}, "unknown time zone 'Mars/Olympus_Mons'"),
         ({"every": 60, "tz": "Not/AZone"}, "unknown time zone"),
         ({"cron": "*/5 * * * *", "every": 60}, "exactly one of cron"),

@@ -815,6 +815,24 @@ def test_worker_registration_heartbeat_and_unregister(storage: Storage) -> None:
     assert [w.id for w in storage.workers()] == ["w2"]
 
 
+def test_heartbeat_records_the_worker_state(storage: Storage) -> None:
+    # Given a registered worker, ok by default
+    storage.register_worker(_worker("w1", T0))
+    (w1,) = storage.workers()
+    assert (w1.state, w1.state_reason, w1.state_since, w1.state_text()) == ("ok", None, None, "ok")
+    # When it beats as degraded, then the state, reason and since are recorded with the beat
+    storage.heartbeat("w1", tasks_done=1, now=T0 + 5, state="degraded", state_reason="store busy during claim", state_since=T0 + 3)
+    (w1,) = storage.workers()
+    assert (w1.state, w1.state_reason, w1.state_since, w1.heartbeat_at, w1.tasks_done) == (
+        "degraded", "store busy during claim", T0 + 3, T0 + 5, 1
+    )
+    assert w1.state_text().startswith("degraded: store busy during claim since ")
+    # When it beats as ok again, then it reads ok
+    storage.heartbeat("w1", now=T0 + 6)
+    (w1,) = storage.workers()
+    assert (w1.state, w1.state_reason, w1.state_since) == ("ok", None, None)
+
+
 def test_worker_records_are_copies(storage: Storage) -> None:
     # Given a registered worker
     info = _worker("w1", T0)
@@ -1144,7 +1162,7 @@ def test_counts_stay_exact_through_every_transition(storage: Storage) -> None:
 def test_sqlite_history_and_counts_survive_a_reopen_and_an_upgrade(storage: Storage, store_dir: Path) -> None:
     import sqlite3
 
-    from liteq.storage.sqlite import SCHEMA_VERSION, SqliteStorage
+    from liteq.storage.sqlite import SqliteStorage
 
     # Given finished and pending tasks in a store, closed
     base = T0 - T0 % 60
@@ -1164,7 +1182,9 @@ def test_sqlite_history_and_counts_survive_a_reopen_and_an_upgrade(storage: Stor
         conn.execute("DROP TABLE task_counts")
         conn.execute("DROP TABLE task_stats")
         conn.execute("DROP INDEX tasks_by_name")
-        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION - 1}")
+        for column in ("state", "state_reason", "state_since"):  # version 6 (worker health) came later
+            conn.execute(f"ALTER TABLE workers DROP COLUMN {column}")
+        conn.execute("PRAGMA user_version = 4")
     conn.close()
     with SqliteStorage(str(store_dir)) as upgraded:
         assert _nonzero(upgraded.counts()) == {"default": {PENDING: 1, SUCCEEDED: 1}}

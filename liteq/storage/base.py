@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import abc
 import builtins
+import datetime
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -50,6 +51,7 @@ __all__ = [
     "check_lease",
     "check_new_tasks",
     "checked_outcomes",
+    "state_text",
 ]
 
 PENDING = "pending"
@@ -198,6 +200,8 @@ class TaskRow:
     lock_key: str | None = None
     errors: list[bytes] = field(default_factory=list)
     """Errors of earlier attempts, oldest first (``get(..., history=True)`` only)."""
+    damaged: str | None = None
+    """Why the payload or result of this row could not be read (a missing or damaged blob), or None."""
 
 
 @dataclass(slots=True)
@@ -212,6 +216,28 @@ class WorkerInfo:
     started_at: float
     heartbeat_at: float
     tasks_done: int = 0
+    state: str = "ok"
+    """``"ok"``, or ``"degraded"`` while the worker rides out store errors (it claims nothing then)."""
+    state_reason: str | None = None
+    """Why it is degraded (``"store busy during claim"``); None when ok."""
+    state_since: float | None = None
+    """Epoch seconds since when it is degraded; None when ok."""
+
+    def state_text(self) -> str:
+        """The display form: ``ok`` or ``degraded: <reason> since <UTC time>``."""
+        return state_text(self.state, self.state_reason, self.state_since)
+
+
+def state_text(state: str, reason: str | None, since: float | None) -> str:
+    """``ok`` or ``degraded: <reason> since <UTC time>`` (what ``liteq status`` shows)."""
+    if state == "ok":
+        return "ok"
+    when = (
+        "?"
+        if since is None
+        else datetime.datetime.fromtimestamp(since, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+    )
+    return f"{state}: {reason or 'unknown reason'} since {when}"
 
 
 class StatsRow(TypedDict):
@@ -461,8 +487,22 @@ class Storage(abc.ABC):
         """Record (or refresh) a live worker."""
 
     @abc.abstractmethod
-    def heartbeat(self, worker_id: str, *, tasks_done: int = 0, now: float | None = None) -> None:
-        """Refresh a worker's heartbeat and add ``tasks_done``."""
+    def heartbeat(
+        self,
+        worker_id: str,
+        *,
+        tasks_done: int = 0,
+        now: float | None = None,
+        state: str = "ok",
+        state_reason: str | None = None,
+        state_since: float | None = None,
+    ) -> None:
+        """Refresh a worker's heartbeat, add ``tasks_done`` and record its health ``state``
+        (``"ok"`` or ``"degraded"``, with the reason and since when; see :class:`WorkerInfo`).
+
+        A store whose writes can be blocked by another process should still make a degraded
+        state visible to :meth:`workers` while that lasts (the SQLite store keeps it in a side
+        file when the row cannot be written); the heartbeat itself may then raise."""
 
     @abc.abstractmethod
     def unregister_worker(self, worker_id: str) -> None:

@@ -696,14 +696,24 @@ class MemoryStorage(Storage):
         with self._lock:
             self._workers[info.id] = copy.deepcopy(info)
 
-    def heartbeat(self, worker_id: str, *, tasks_done: int = 0, now: float | None = None) -> None:
-        """Refresh a heartbeat; see :meth:`Storage.heartbeat`."""
+    def heartbeat(
+        self,
+        worker_id: str,
+        *,
+        tasks_done: int = 0,
+        now: float | None = None,
+        state: str = "ok",
+        state_reason: str | None = None,
+        state_since: float | None = None,
+    ) -> None:
+        """Refresh a heartbeat and state; see :meth:`Storage.heartbeat`."""
         now = time.time() if now is None else now
         with self._lock:
             w = self._workers.get(worker_id)
             if w is not None:
                 w.heartbeat_at = now
                 w.tasks_done += tasks_done
+                w.state, w.state_reason, w.state_since = state, state_reason, state_since
 
     def unregister_worker(self, worker_id: str) -> None:
         """Forget a worker; see :meth:`Storage.unregister_worker`."""

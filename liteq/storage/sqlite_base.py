@@ -32,6 +32,7 @@ from .sqlite_schema import (
     DB_FILENAME,
     DEFAULT_BLOB_THRESHOLD,
     DEFAULT_BUSY_TIMEOUT,
+    DEFAULT_MODE,
     DEFAULT_RESULT_TTL,
     DURABILITY,
     MIGRATIONS,
@@ -72,8 +73,13 @@ class SqliteBase(Storage):
         busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
         blob_threshold: int = DEFAULT_BLOB_THRESHOLD,
         result_ttl: float = DEFAULT_RESULT_TTL,
+        mode: int = DEFAULT_MODE,
     ) -> None:
         super().__init__()
+        if isinstance(mode, bool) or not isinstance(mode, int) or not 0 <= mode <= 0o777 or mode & 0o700 != 0o700:
+            raise ConfigurationError(
+                f"mode must be permission bits that give the owner rwx, such as 0o700 or 0o770, not {mode!r}"
+            )
         if durability not in DURABILITY:
             raise ConfigurationError(f"durability must be 'normal' or 'full', not {durability!r}")
         if busy_timeout < 0:
@@ -87,9 +93,12 @@ class SqliteBase(Storage):
         self.busy_timeout = float(busy_timeout)
         self.blob_threshold = int(blob_threshold)
         self.result_ttl = float(result_ttl)
+        self.mode = mode
+        self.file_mode = mode & 0o666
         self._local = threading.local()
         self._blobs: Any = None
         self._blobs_pid = 0
+        self._next_blob_sweep = 0.0  # monotonic time of the next orphan-blob sweep (see prune)
         self._blob_lock = threading.Lock()
         self._closed = False
         self.wake_dir = wake_dir(self.path)
@@ -97,7 +106,7 @@ class SqliteBase(Storage):
         self._conns: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
         try:
-            os.makedirs(self.path, exist_ok=True)
+            self._create_private()
         except PermissionError as exc:
             raise StoreReadOnly(f"cannot create store directory {self.path}: {exc}", path=self.path) from exc
         except OSError as exc:
@@ -115,12 +124,31 @@ class SqliteBase(Storage):
     def __repr__(self) -> str:
         return f"SqliteStorage({self.path!r})"
 
+    def _create_private(self) -> None:
+        """Create the store directory with ``mode`` and the database file with ``file_mode``.
+
+        SQLite creates its files with 0644 (less the umask) and gives the WAL and shared-memory
+        files the database file's permissions; so the database file is created here first, with
+        the store's bits, before SQLite opens it. An existing directory or file keeps its own
+        permissions (the user chose them).
+        """
+        if not os.path.isdir(self.path):
+            os.makedirs(self.path, mode=self.mode, exist_ok=True)
+            os.chmod(self.path, self.mode)  # mkdir's mode is reduced by the umask
+        try:
+            fd = os.open(self.db_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, self.file_mode)
+        except FileExistsError:
+            return
+        os.close(fd)
+        os.chmod(self.db_path, self.file_mode)
+
     def __reduce__(self) -> tuple[Any, ...]:
         options = {
             "durability": self.durability,
             "busy_timeout": self.busy_timeout,
             "blob_threshold": self.blob_threshold,
             "result_ttl": self.result_ttl,
+            "mode": self.mode,
         }
         return (_reopen, (type(self), self.path, options))
 
@@ -329,9 +357,11 @@ class SqliteBase(Storage):
                     # Built in two steps so that a cache whose __init__ fails half-way (disk full)
                     # still has its connection closed instead of holding the file open.
                     cache = diskcache.Cache.__new__(diskcache.Cache)
+                    directory = os.path.join(self.path, BLOB_DIRNAME)
                     try:
+                        self._private_blob_dir(directory)
                         cache.__init__(
-                            os.path.join(self.path, BLOB_DIRNAME),
+                            directory,
                             eviction_policy="none",
                             timeout=self.busy_timeout,
                             size_limit=2**62,
@@ -344,15 +374,48 @@ class SqliteBase(Storage):
                     self._blobs_pid = os.getpid()
         return self._blobs
 
+    def _private_blob_dir(self, directory: str) -> None:
+        """Create the blob cache's directory and index with the store's permissions (diskcache
+        would create them 0755/0644); the value files it writes inside are shielded by the directory."""
+        if not os.path.isdir(directory):
+            os.makedirs(directory, mode=self.mode, exist_ok=True)
+            os.chmod(directory, self.mode)
+        index = os.path.join(directory, "cache.db")
+        try:
+            fd = os.open(index, os.O_WRONLY | os.O_CREAT | os.O_EXCL, self.file_mode)
+        except FileExistsError:
+            return
+        os.close(fd)
+        os.chmod(index, self.file_mode)
+
     def _put_blob(self, key: str, value: bytes) -> None:
         try:
             self.blobs.set(key, value)
         except (sqlite3.Error, OSError) as exc:
             raise self._translate(exc, 0.0, where=os.path.join(self.path, BLOB_DIRNAME)) from exc
 
+    @property
+    def _value_threshold(self) -> float:
+        """Size above which a value goes to the blob cache. Under ``durability="full"`` nothing
+        does: a blob file is not fsynced with the row's commit, so a value kept beside its row
+        could be lost on power loss while the row survives. In the database it is exactly as
+        durable as the row."""
+        return float("inf") if self.durability == "full" else self.blob_threshold
+
     def _get_blob(self, key: str) -> bytes | None:
         value = self.blobs.get(key)
         return bytes(value) if value is not None else None
+
+    def _read_blob(self, key: str) -> tuple[bytes | None, str | None]:
+        """``(value, None)``, or ``(None, problem)`` when the blob is missing or cannot be read."""
+        where = os.path.join(self.path, BLOB_DIRNAME)
+        try:
+            value = self._get_blob(key)
+        except Exception as exc:  # a damaged cache (sqlite3, OSError, unpickling): this value only
+            return None, f"blob damaged: {key} in {where} cannot be read ({type(exc).__name__}: {exc})"
+        if value is None:
+            return None, f"blob missing: {key} is not in {where} (deleted or lost)"
+        return value, None
 
     def _drop_blobs(self, keys: Iterable[str | None]) -> None:
         for key in keys:

@@ -18,6 +18,7 @@ from .base import (
 )
 from .sqlite_base import SqliteBase
 from .sqlite_schema import _CLEAR_LEASE, _FINISH, _chunks, _marks
+from .state_files import StateFiles
 
 __all__ = ["SqliteExtras"]
 
@@ -251,7 +252,7 @@ class SqliteExtras(SqliteBase):
         self._write(
             lambda conn: conn.execute(
                 "INSERT OR REPLACE INTO workers (id, host, pid, concurrency, queues, started_at, heartbeat_at, "
-                "tasks_done) VALUES (?,?,?,?,?,?,?,?)",
+                "tasks_done, state, state_reason, state_since) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     info.id,
                     info.host,
@@ -261,33 +262,60 @@ class SqliteExtras(SqliteBase):
                     info.started_at,
                     info.heartbeat_at,
                     info.tasks_done,
+                    info.state,
+                    info.state_reason,
+                    info.state_since,
                 ),
             )
         )
+        if info.state == "ok":
+            StateFiles(self.path).clear(info.id)
 
-    def heartbeat(self, worker_id: str, *, tasks_done: int = 0, now: float | None = None) -> None:
-        """Refresh a worker's heartbeat; see :meth:`Storage.heartbeat`."""
+    def heartbeat(
+        self,
+        worker_id: str,
+        *,
+        tasks_done: int = 0,
+        now: float | None = None,
+        state: str = "ok",
+        state_reason: str | None = None,
+        state_since: float | None = None,
+    ) -> None:
+        """Refresh a worker's heartbeat and state; see :meth:`Storage.heartbeat`.
+
+        A degraded state goes to a side file first (:mod:`.state_files`): the row cannot be
+        written while another process holds the lock, and that is when it matters."""
         now = time.time() if now is None else now
+        files = StateFiles(self.path)
+        if state != "ok":
+            files.write(worker_id, state, state_reason, state_since)
         self._write(
             lambda conn: conn.execute(
-                "UPDATE workers SET heartbeat_at = ?, tasks_done = tasks_done + ? WHERE id = ?",
-                (now, tasks_done, worker_id),
+                "UPDATE workers SET heartbeat_at = ?, tasks_done = tasks_done + ?, state = ?, state_reason = ?, "
+                "state_since = ? WHERE id = ?",
+                (now, tasks_done, state, state_reason, state_since, worker_id),
             )
         )
+        if state == "ok":
+            files.clear(worker_id)
 
     def unregister_worker(self, worker_id: str) -> None:
         """Forget a worker; see :meth:`Storage.unregister_worker`."""
         self._write(lambda conn: conn.execute("DELETE FROM workers WHERE id = ?", (worker_id,)))
+        StateFiles(self.path).clear(worker_id)
 
     def workers(self, *, stale_after: float | None = None, now: float | None = None) -> builtins.list[WorkerInfo]:
         """Recorded workers; see :meth:`Storage.workers`."""
         now = time.time() if now is None else now
-        sql = "SELECT id, host, pid, concurrency, queues, started_at, heartbeat_at, tasks_done FROM workers"
+        sql = (
+            "SELECT id, host, pid, concurrency, queues, started_at, heartbeat_at, tasks_done, state, state_reason, "
+            "state_since FROM workers"
+        )
         params: list[Any] = []
         if stale_after is not None:
             sql += " WHERE heartbeat_at >= ?"
             params.append(now - stale_after)
-        return [
+        rows = [
             WorkerInfo(
                 id=r[0],
                 host=r[1],
@@ -297,6 +325,10 @@ class SqliteExtras(SqliteBase):
                 started_at=r[5],
                 heartbeat_at=r[6],
                 tasks_done=r[7],
+                state=r[8],
+                state_reason=r[9],
+                state_since=r[10],
             )
             for r in self._read(sql + " ORDER BY started_at", params)
         ]
+        return StateFiles(self.path).overlay(rows)

@@ -16,12 +16,14 @@ T = TypeVar("T")
 
 DB_FILENAME = "liteq.sqlite3"
 BLOB_DIRNAME = "blobs"
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 DEFAULT_BUSY_TIMEOUT = 5.0
 WAL_AUTOCHECKPOINT_PAGES = 10_000
 DEFAULT_BLOB_THRESHOLD = 64 * 1024
 DEFAULT_RESULT_TTL = 24 * 3600.0
 DURABILITY = {"normal": "NORMAL", "full": "FULL"}
+#: Permissions of a store directory liteq creates: only its user; files get these bits minus execute.
+DEFAULT_MODE = 0o700
 # SQLite limits host parameters per statement; stay well under the lowest default (999).
 _CHUNK = 500
 _NETWORK_FS = {"nfs", "nfs4", "cifs", "smbfs", "smb3", "fuse.sshfs", "9p", "afs", "glusterfs", "ceph"}
@@ -187,8 +189,22 @@ END;
 CREATE INDEX tasks_by_name ON tasks(name, state, seq);
 """
 
+# Version 6: a worker's health, so `liteq status` shows a pool riding out store errors.
+_SCHEMA_V6 = """
+ALTER TABLE workers ADD COLUMN state TEXT NOT NULL DEFAULT 'ok';
+ALTER TABLE workers ADD COLUMN state_reason TEXT;
+ALTER TABLE workers ADD COLUMN state_since REAL;
+"""
+
 #: ``MIGRATIONS[v]`` upgrades a store from version ``v`` to ``v + 1``.
-MIGRATIONS: dict[int, str] = {0: _SCHEMA_V1, 1: _SCHEMA_V2, 2: _SCHEMA_V3, 3: _SCHEMA_V4, 4: _SCHEMA_V5}
+MIGRATIONS: dict[int, str] = {
+    0: _SCHEMA_V1,
+    1: _SCHEMA_V2,
+    2: _SCHEMA_V3,
+    3: _SCHEMA_V4,
+    4: _SCHEMA_V5,
+    5: _SCHEMA_V6,
+}
 #: How long fired periodic slots are remembered (a slot older than this can no longer race).
 SLOT_MEMORY = 7 * 86400.0
 
