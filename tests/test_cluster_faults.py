@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,22 +17,18 @@ from liteq.cluster.remote import RemoteStorage
 
 from liteq import LiteQ, chord
 from tests import canvas_tasks, cluster_tasks, pool_tasks
-from tests.cluster_support import ServerProcess, start_server
+from tests.cluster_support import TOKEN, ServerProcess, served, start_server
 from tests.pool_support import ROOT, Gate, Reaper, RunLog, registered
 from tests.support import wait_for
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.slow]
 
-TOKEN = "fault-" + uuid.uuid4().hex
-
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[ServerProcess]:
-    proc = start_server(tmp_path / "served", env={"LITEQ_TOKEN": TOKEN})
-    try:
+    """A ``liteq serve`` with a token, on a fresh store."""
+    with served(tmp_path / "served", kill=True) as proc:
         yield proc
-    finally:
-        proc.stop(signal.SIGKILL)
 
 
 @pytest.fixture
