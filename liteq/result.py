@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from .exceptions import (
     ResultExpired,
     ResultTimeout,
+    StoreCorrupt,
     TaskCancelled,
     TaskExpired,
     TaskFailed,
@@ -187,9 +188,7 @@ class Result:
             if propagate:
                 raise exc
             return exc
-        if row.result is None:
-            return None
-        return self.app.serializer.loads(row.result)
+        return _value(self.app, row)
 
 
 class GroupResult:
@@ -276,9 +275,14 @@ class GroupResult:
                 f"group {self.id}: {unfinished[0]} of {len(self.results)} member(s) still unfinished after {timeout}s"
             ),
         )
-        return [
-            (self.app.serializer.loads(row.result) if row.result is not None else None)
-            if row.state == SUCCEEDED
-            else failure(row)
-            for row in rows
-        ]
+        return [_value(self.app, row) if row.state == SUCCEEDED else failure(row) for row in rows]
+
+
+def _value(app: LiteQ, row: TaskRow) -> Any:
+    """The decoded result of a succeeded row; a result blob that is missing or damaged raises
+    :class:`~liteq.StoreCorrupt` for this task only (never a silent ``None``)."""
+    if row.damaged is not None:
+        raise StoreCorrupt(f"the result of task {row.id} is lost: {row.damaged}", path=app.storage.location)
+    if row.result is None:
+        return None
+    return app.serializer.loads(row.result)

@@ -21,7 +21,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     # The soak's options (read by tests/soak/conftest.py) live here, in the first conftest pytest
     # loads, so that `pytest --soak-seed 7` works from the repository root too.
     group = parser.getgroup("liteq soak")
-    group.addoption("--soak-seconds", type=float, default=None, help="seconds of faults in tests/soak [60]")
+    group.addoption("--soak-seconds", type=float, default=None, help="seconds of faults in tests/soak, per mode [50]")
     group.addoption("--soak-seed", type=int, action="append", default=None, help="a soak seed (repeatable)")
 
 

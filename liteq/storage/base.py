@@ -200,6 +200,8 @@ class TaskRow:
     lock_key: str | None = None
     errors: list[bytes] = field(default_factory=list)
     """Errors of earlier attempts, oldest first (``get(..., history=True)`` only)."""
+    damaged: str | None = None
+    """Why the payload or result of this row could not be read (a missing or damaged blob), or None."""
 
 
 @dataclass(slots=True)

@@ -27,6 +27,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from ..exceptions import StorageError
 from ..wake import DONE, WORK, broadcast
 from . import sqlite_history
 from .base import (
@@ -50,6 +51,7 @@ from .sqlite_schema import (
     _FINISH,
     _ROW_COLUMNS,
     _UNLOCKED,
+    BLOB_DIRNAME,
     DB_FILENAME,
     DEFAULT_BLOB_THRESHOLD,
     DEFAULT_BUSY_TIMEOUT,
@@ -61,6 +63,8 @@ from .sqlite_schema import (
     _marks,
 )
 
+#: A blob no row refers to is collected once it is this old (seconds): a write in flight is younger.
+BLOB_MIN_AGE = 3600.0
 #: Rows deleted by the first transaction of a purge or prune; later ones adapt (see ``_delete``).
 _FIRST_DELETE_BATCH = 1000
 _MIN_DELETE_BATCH = 50
@@ -96,7 +100,7 @@ class SqliteStorage(SqliteExtras):
         rows = []
         refs: list[str] = []
         keys = [t.idempotency_key for t in tasks if t.idempotency_key is not None]
-        threshold = self.blob_threshold
+        threshold = self._value_threshold
         special = False
         for t in tasks:
             payload: bytes | None = t.payload
@@ -264,12 +268,16 @@ class SqliteStorage(SqliteExtras):
         rows = self._write(run)
         rows.sort(key=lambda r: (-r[11], r[12]))  # RETURNING promises no order
         claimed = []
+        lost: list[tuple[str, str, str]] = []
         for r in rows:
             if r[10] is not None and r[10] <= now:
                 continue
             payload = r[3]
             if r[4]:
-                payload = self._get_blob(r[4])
+                payload, problem = self._read_blob(r[4])
+                if problem is not None:
+                    lost.append((r[0], r[7], problem))
+                    continue
             claimed.append(
                 ClaimedTask(
                     id=r[0],
@@ -287,7 +295,28 @@ class SqliteStorage(SqliteExtras):
                     soft_timeout=r[15],
                 )
             )
+        if lost:
+            self._fail_lost_payloads(lost, now)
         return claimed
+
+    def _fail_lost_payloads(self, lost: Sequence[tuple[str, str, str]], now: float) -> None:
+        """Fail claimed tasks whose payload blob cannot be read, each with the reason; the other
+        tasks of the claim are unaffected. The row keeps its blob key, so a restored blob file and
+        ``liteq retry`` bring the task back."""
+
+        def run(conn: sqlite3.Connection) -> None:
+            for id_, token, problem in lost:
+                row = conn.execute(
+                    "UPDATE tasks SET state = 'failed', reason = :reason, "
+                    + _FINISH
+                    + " WHERE id = :id AND lease_token = :token AND state = 'running' RETURNING dependents",
+                    {"reason": problem, "id": id_, "token": token, "now": now, "ttl": None,
+                     "default_ttl": self.result_ttl},
+                ).fetchone()  # fmt: skip
+                if row is not None and row[0]:
+                    self._cascade(conn, id_, "failed", now)
+
+        self._write(run, DONE)
 
     def extend(
         self, owner: str, leases: Sequence[tuple[str, str]], *, lease: float, now: float | None = None
@@ -318,7 +347,7 @@ class SqliteStorage(SqliteExtras):
         refs: list[str | None] = []
         for o in outcomes:
             ref = None
-            if o.result is not None and len(o.result) > self.blob_threshold:
+            if o.result is not None and len(o.result) > self._value_threshold:
                 ref = f"r:{o.id}:{o.lease_token}"
                 self._put_blob(ref, o.result)
             refs.append(ref)
@@ -617,9 +646,58 @@ class SqliteStorage(SqliteExtras):
             return total
         return self._delete(" AND ".join(clauses), params)
 
-    def prune(self, *, now: float | None = None, limit: int = 10_000) -> int:
-        """Delete finished tasks past their TTL; see :meth:`Storage.prune`."""
+    def collect_blobs(self, *, now: float | None = None, min_age: float = BLOB_MIN_AGE) -> int:
+        """Delete blobs that no task refers to and that were written over ``min_age`` seconds ago;
+        return how many.
+
+        Rows drop their blobs when deleted, and a refused write drops its own; what is left are
+        blobs of a process killed between writing a blob and committing its row. ``min_age``
+        keeps the blob of a write still in flight.
+        """
         now = time.time() if now is None else now
+        index = os.path.join(self.path, BLOB_DIRNAME, "cache.db")
+        if not os.path.exists(index):
+            return 0
+        try:
+            # diskcache's own table, read directly: it keeps each key's store time, which its API
+            # does not expose.
+            conn = sqlite3.connect(f"file:{index}?mode=ro", uri=True, timeout=self.busy_timeout)
+            try:
+                keys = [
+                    k for (k,) in conn.execute("SELECT key FROM Cache WHERE store_time < ?", (now - min_age,))
+                    if isinstance(k, str)
+                ]  # fmt: skip
+            finally:
+                conn.close()
+        except sqlite3.Error as exc:
+            raise self._translate(exc, 0.0, where=index) from exc
+        by_id: dict[str, list[str]] = {}
+        for key in keys:
+            parts = key.split(":")
+            if len(parts) == 3 and parts[0] in ("p", "r"):
+                by_id.setdefault(parts[1], []).append(key)
+        live: set[str] = set()
+        ids = list(by_id)
+        for chunk in _chunks(ids):
+            for payload_ref, result_ref in self._read(
+                f"SELECT payload_ref, result_ref FROM tasks WHERE id IN ({_marks(len(chunk))})", chunk
+            ):
+                live.update(ref for ref in (payload_ref, result_ref) if ref)
+        orphans = [key for group in by_id.values() for key in group if key not in live]
+        self._drop_blobs(orphans)
+        return len(orphans)
+
+    def prune(self, *, now: float | None = None, limit: int = 10_000) -> int:
+        """Delete finished tasks past their TTL; see :meth:`Storage.prune`. Now and then (every
+        ``BLOB_MIN_AGE``) it also collects orphaned blobs (:meth:`collect_blobs`)."""
+        now = time.time() if now is None else now
+        mono = time.monotonic()
+        if mono >= self._next_blob_sweep:
+            self._next_blob_sweep = mono + BLOB_MIN_AGE
+            try:
+                self.collect_blobs(now=now)
+            except StorageError:  # an orphan blob is harmless; the next sweep tries again
+                pass
         if self._read("SELECT 1 FROM periodic_slots WHERE fired_at <= ? LIMIT 1", (now - SLOT_MEMORY,)):
             self._write(
                 lambda conn: conn.execute("DELETE FROM periodic_slots WHERE fired_at <= ?", (now - SLOT_MEMORY,))
@@ -662,8 +740,14 @@ class SqliteStorage(SqliteExtras):
         )
         if extra is not None:
             payload, payload_ref, result, result_ref, error, progress = extra
-            row.payload = self._get_blob(payload_ref) if payload_ref else (None if payload is None else bytes(payload))
-            row.result = self._get_blob(result_ref) if result_ref else (None if result is None else bytes(result))
+            row.payload = None if payload is None else bytes(payload)
+            row.result = None if result is None else bytes(result)
+            # A blob that cannot be read marks this row only (``damaged``), never the whole read.
+            if payload_ref:
+                row.payload, row.damaged = self._read_blob(payload_ref)
+            if result_ref:
+                row.result, problem = self._read_blob(result_ref)
+                row.damaged = problem or row.damaged
             row.error = None if error is None else bytes(error)
             row.progress = None if progress is None else bytes(progress)
         return row

@@ -98,6 +98,7 @@ class SqliteBase(Storage):
         self._local = threading.local()
         self._blobs: Any = None
         self._blobs_pid = 0
+        self._next_blob_sweep = 0.0  # monotonic time of the next orphan-blob sweep (see prune)
         self._blob_lock = threading.Lock()
         self._closed = False
         self.wake_dir = wake_dir(self.path)
@@ -393,9 +394,28 @@ class SqliteBase(Storage):
         except (sqlite3.Error, OSError) as exc:
             raise self._translate(exc, 0.0, where=os.path.join(self.path, BLOB_DIRNAME)) from exc
 
+    @property
+    def _value_threshold(self) -> float:
+        """Size above which a value goes to the blob cache. Under ``durability="full"`` nothing
+        does: a blob file is not fsynced with the row's commit, so a value kept beside its row
+        could be lost on power loss while the row survives. In the database it is exactly as
+        durable as the row."""
+        return float("inf") if self.durability == "full" else self.blob_threshold
+
     def _get_blob(self, key: str) -> bytes | None:
         value = self.blobs.get(key)
         return bytes(value) if value is not None else None
+
+    def _read_blob(self, key: str) -> tuple[bytes | None, str | None]:
+        """``(value, None)``, or ``(None, problem)`` when the blob is missing or cannot be read."""
+        where = os.path.join(self.path, BLOB_DIRNAME)
+        try:
+            value = self._get_blob(key)
+        except Exception as exc:  # a damaged cache (sqlite3, OSError, unpickling): this value only
+            return None, f"blob damaged: {key} in {where} cannot be read ({type(exc).__name__}: {exc})"
+        if value is None:
+            return None, f"blob missing: {key} is not in {where} (deleted or lost)"
+        return value, None
 
     def _drop_blobs(self, keys: Iterable[str | None]) -> None:
         for key in keys:

@@ -7,7 +7,7 @@ tests.soak.actors <role> ARGS``.
   (:mod:`tests.soak.oracle`). A restarted producer reads those logs, goes back a few plain keys
   before the first one it was not told about (their retry must return the first id), and skips
   canvas keys it already sent. A store error (busy, full) is retried after a short backoff, like
-  a careful producer would.
+  a careful producer would; after a lost connection (cluster) only a plain, idempotent call is.
 - ``pool-host CONCURRENCY START_METHOD``: ``app.workers()`` in this process until SIGTERM; exits 3
   at once if the pool's thread dies while it should run.
 - ``hold-lock DB SECONDS TIMES``: ``BEGIN EXCLUSIVE`` on the database file for SECONDS; writes the
@@ -25,11 +25,13 @@ import sys
 import threading
 import time
 
-from liteq import StorageError, chain, chord
+from liteq import StorageError, StoreUnavailable, chain, chord
 from tests.faultprocs import append_line
 
 #: Plain tasks, chains and chords among the keys (the rest are plain tasks).
 CHAIN_SHARE, CHORD_SHARE = 0.08, 0.08
+#: Plain tasks that run for a second or so instead of a few milliseconds.
+LONG_SHARE = 0.1
 #: Chord header size and chain length.
 CHORD_MEMBERS, CHAIN_STEPS = 4, 3
 #: How many acknowledged plain keys a restarted producer sends again.
@@ -48,7 +50,9 @@ def _send(key: str, seed: int) -> list[str]:
 
     shape, rng = shape_of(seed, key)
     if shape == "plain":
-        r = work.apply_async((rng.randint(5, 60), rng.random() < 0.05), {"key": key}, idempotency_key=key)
+        # Mostly short tasks, and some long enough that kills and pauses catch them running.
+        ms = rng.randint(300, 1500) if rng.random() < LONG_SHARE else rng.randint(5, 60)
+        r = work.apply_async((ms, rng.random() < 0.05), {"key": key}, idempotency_key=key)
         return [r.id]
     if shape == "chain":
         last = chain(first.s(rng.randint(0, 9), key=key), *(step.s(i, key=key) for i in range(1, CHAIN_STEPS))).delay()
@@ -85,13 +89,25 @@ def producer(index: int, keys: int, rate: float, t0: float, seed: int) -> None:
             append_line(log, f"send {key} {time.time():.6f} {shape}")
             try:
                 ids = _send(key, seed)
-            except StorageError as exc:
+            except StoreUnavailable as exc:
+                # The reply was lost: the call may have committed. Only an idempotent call may be sent
+                # again; a chain or chord is given up (the checks accept it stored whole or not at all).
+                if shape != "plain":
+                    print(f"{key}: {exc}; not sent again", file=sys.stderr, flush=True)
+                    ids = []
+                    break
+                print(f"{key}: {exc}; retrying", file=sys.stderr, flush=True)
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 1.0)
+                continue
+            except StorageError as exc:  # busy, full: nothing was written
                 print(f"{key}: {type(exc).__name__}: {exc}; retrying", file=sys.stderr, flush=True)
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 1.0)
                 continue
             break
-        append_line(log, f"told {key} {time.time():.6f} {' '.join(ids)}")
+        if ids:
+            append_line(log, f"told {key} {time.time():.6f} {' '.join(ids)}")
 
 
 def pool_host(concurrency: int, start_method: str) -> int:

@@ -1,7 +1,7 @@
 """Options of the soak: how long the nemesis runs and with which seeds.
 
-``--soak-seconds N`` (or ``LITEQ_SOAK_SECONDS``): seconds of faults (default 60, which keeps the
-whole test under about three minutes). ``--soak-seed S`` (repeatable, or ``LITEQ_SOAK_SEEDS=1,2,3``):
+``--soak-seconds N`` (or ``LITEQ_SOAK_SECONDS``): seconds of faults per mode (default 50, which keeps
+both modes together under about three minutes). ``--soak-seed S`` (repeatable, or ``LITEQ_SOAK_SEEDS=1,2,3``):
 one test per seed; without one, a fresh seed is drawn and printed, and every failure message
 names it so that ``--soak-seed S`` replays the same fault plan. The options are registered in
 ``tests/conftest.py``, so they work whichever paths pytest is given.
@@ -15,7 +15,7 @@ import random
 import pytest
 
 #: Seconds of faults by default.
-DEFAULT_SECONDS = 60.0
+DEFAULT_SECONDS = 50.0
 #: Seconds the test may take beyond the fault phase: start-up, drain, stop and checks.
 OVERHEAD = 150.0
 

@@ -33,16 +33,16 @@ logger = logging.getLogger("tests.soak")
 #: (children look for their supervisor every 0.5 s).
 ORPHAN_GRACE = 1.5
 #: At most this many faults at once.
-MAX_CONCURRENT = 3
+MAX_CONCURRENT = 4
 #: Mean seconds between two faults.
-MEAN_GAP = 1.6
+MEAN_GAP = 1.0
 
 
 @dataclass
 class Proc:
     """One process of the soak."""
 
-    role: str  # "pool", "producer" or "scheduler"
+    role: str  # "pool", "producer", "scheduler" or "server"
     slot: str  # what it stands for across restarts: "pool-a", "producer-1"...
     name: str  # this incarnation: "pool-a.2"
     popen: subprocess.Popen[bytes]
@@ -123,6 +123,10 @@ class Cast:
         self.procs.append(proc)
         return proc
 
+    def stdout(self, name: str) -> str:
+        """What the incarnation ``name`` printed so far."""
+        return (self.reaper.tmp / f"{name}.out").read_text(errors="replace")
+
     def current(self, role: str | None = None) -> list[Proc]:
         """The latest incarnation of each slot (of ``role``)."""
         latest: dict[str, Proc] = {}
@@ -196,6 +200,9 @@ class Nemesis:
         }
         if tmpfs is not None:
             self.weights["disk-full"] = 1
+        if cast.current("server"):
+            self.weights["kill-server"] = 1
+            self.weights["stop-server"] = 1
         self.skipped = skipped
         self._next_at = 0.0
         self._lock_seq = 0
@@ -290,6 +297,36 @@ class Nemesis:
 
                 longest = 10.0 if role == "pool" else 5.0
                 self._pause(fault, 1 + (longest - 1) * duration, cont)
+            return
+        if kind in ("kill-server", "stop-server"):
+            servers = self.cast.live("server")
+            if not servers:
+                return
+            server = servers[0]
+            # Every client loses the store: a global window, until the server listens again.
+            fault = Fault(kind, server.name, now, now, [])
+            if kind == "stop-server":
+                if server.signal(signal.SIGSTOP):
+                    server.stopped = True
+
+                    def cont(sig: int, p: Proc = server) -> None:
+                        p.signal(sig)
+                        p.stopped = False
+
+                    self._pause(fault, 1 + 3 * duration, cont)
+                return
+            server.killed = True
+            server.signal(signal.SIGKILL)
+            server.restart_at = now + 0.5 + 1.5 * duration
+
+            def listening() -> float | None:
+                latest = self.cast.current("server")[0]
+                if latest is server or "listening on" not in self.cast.stdout(latest.name):
+                    return None
+                return time.time()
+
+            self.count[kind] = self.count.get(kind, 0) + 1
+            self.open.append(_Open(fault, server.restart_at, listening))
             return
         if kind == "lock":
             self._lock_seq += 1

@@ -122,3 +122,16 @@ def test_a_chord_callback_stored_twice_is_reported() -> None:
     world["stored"]["C2"] = Stored(_row("C2", name="tests.soak.soak_app.total"), "c1", 14, "1:100")
     found = _problems(world)
     assert any("chord c1: 2 callback tasks" in p for p in found)
+
+
+def test_a_failure_is_explained_only_by_a_fault_on_its_run_or_on_its_failed_dependency() -> None:
+    world = _world()
+    world["told"]["c2"] = Told("c2", "chain", 1, [["S1", "S2", "S3"]])
+    world["stored"]["S1"] = Stored(_row("S1", name="tests.soak.soak_app.first", state="failed", reason="timeout"), "c2")
+    world["runs"]["S1"] = [Run("S1", 1, "t", 100, 1002.0, "step", "c2")]
+    for tid in ("S2", "S3"):
+        row = _row(tid, name="tests.soak.soak_app.step", state="failed", reason="dependency failed: S1")
+        world["stored"][tid] = Stored(row, "c2")
+    assert len([p for p in _problems(world) if p.startswith("lost:")]) == 3
+    world["faults"] = [Fault("stop-child", "pool-a.1 child 100", 1003.0, 1013.0, [100])]
+    assert _problems(world) == []

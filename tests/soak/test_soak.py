@@ -1,6 +1,8 @@
 """The seeded nemesis soak (RELIABILITY.md, "Round 2 additions" → "Soak").
 
-Real processes on one SQLite store: two ``liteq worker`` pools and one ``app.workers()`` pool in a
+Two modes: ``local`` (every process opens the SQLite store) and ``cluster`` (a ``liteq serve`` on
+it, every other process connects over 127.0.0.1; the nemesis also SIGKILLs and SIGSTOPs the
+server). Real processes on one store: two ``liteq worker`` pools and one ``app.workers()`` pool in a
 host process, ``liteq scheduler`` with three ``every=`` schedules, and two producers sending plain
 tasks with idempotency keys, chains and chords. For ``--soak-seconds`` a nemesis seeded by
 ``--soak-seed`` SIGKILLs and SIGSTOPs pool children, supervisors and producers, holds the store's
@@ -16,7 +18,10 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import secrets
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -27,7 +32,7 @@ from typing import Any
 import pytest
 
 from liteq import LiteQ
-from liteq.storage.base import FINISHED_STATES, WorkerInfo
+from liteq.storage.base import FINISHED_STATES
 from liteq.storage.sqlite import DB_FILENAME
 from tests.pool_support import ROOT, Reaper
 from tests.soak import checks, oracle
@@ -43,13 +48,26 @@ PRODUCERS = 2
 CONCURRENCY = 2
 #: Seconds a live pool's heartbeat may be old at the end (three heartbeat intervals).
 FRESH_HEARTBEAT = 15.0
+#: The pools' store: the SQLite directory itself, or a ``liteq serve`` on it (cluster mode).
+MODES = ("local", "cluster")
+
+
+def _free_port() -> int:
+    """A loopback port free now; the server binds it, and binds it again after each restart."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 @contextlib.contextmanager
 def store_place(tmp_path: Path, reaper: Reaper) -> Iterator[tuple[Path, Path | None, list[str]]]:
     """Where the store lives: on a 64 MiB tmpfs as root (so the nemesis can fill the disk), else in
     ``tmp_path``; also the faults left out, with why."""
-    skipped = ["clock-step: liteq has no clock that can be injected into its pool processes; left out"]
+    skipped = [
+        "clock-step: liteq has no clock that can be injected into its pool processes, and libfaketime "
+        "(0.9.10) either steps CLOCK_MONOTONIC with the wall clock or makes time.sleep fail with EINVAL "
+        "when told not to; left out"
+    ]
     mnt = tmp_path / "tmpfs"
     if os.geteuid() != 0:
         skipped.append("disk-full: mounting a tmpfs needs root; left out")
@@ -112,43 +130,55 @@ def _unfinished(app: LiteQ, ids: list[str]) -> list[str]:
     return left
 
 
-#: Until the pool rides out store errors (issue 9, the pool's "degraded" state, shown as
-#: ``WorkerInfo.state``), a pool exits on the first busy or full store and the soak's liveness check
-#: fails; the mark goes away by itself once that state exists.
-_POOL_DIES_ON_STORE_ERRORS = "state" not in WorkerInfo.__dataclass_fields__
+#: What the soak found that is not fixed yet (each has a regression test marked xfail strict, named
+#: here): the soak fails until they are, so it is marked xfail, not strict, meanwhile. Delete an
+#: entry with its fix; delete the mark when the list is empty.
+OPEN_FINDINGS = [
+    "a pool that starts while the store is locked or full exits at once instead of starting degraded "
+    "(tests/test_pool_health.py::"
+    "test_a_liteq_worker_started_while_the_store_is_locked_starts_degraded_instead_of_exiting)",
+    "a pool paused past its lease still starts the tasks whose lease it found lost, and runs them again "
+    "under its new claim (tests/test_pool_faults.py::test_a_paused_pool_does_not_start_tasks_whose_lease_it_lost)",
+    "a forked pool child shares its parent's cluster connection and waits out the request timeout "
+    "(tests/test_cluster.py::test_a_forked_child_gets_its_own_connection_instead_of_sharing_its_parents)",
+    "a canvas step whose input read meets a transient store error fails for good (tests/test_canvas.py::"
+    "test_a_step_whose_input_read_meets_a_transient_store_error_runs_later_instead_of_failing)",
+]
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    _POOL_DIES_ON_STORE_ERRORS,
-    reason="issue 9: a pool exits on StoreBusy/StoreFull (no degraded state yet)",
-    strict=False,
-)
+@pytest.mark.xfail(bool(OPEN_FINDINGS), reason="open soak findings: " + "; ".join(OPEN_FINDINGS), strict=False)
+@pytest.mark.parametrize("mode", MODES)
 def test_nemesis_soak(
-    soak_seed: int, tmp_path: Path, reaper: Reaper, request: pytest.FixtureRequest, capsys: Any
+    soak_seed: int, mode: str, tmp_path: Path, reaper: Reaper, request: pytest.FixtureRequest, capsys: Any
 ) -> None:
+    if mode == "cluster":
+        pytest.importorskip("liteq.cluster.remote", reason="cluster mode is not installed")
     seed = soak_seed
     seconds = soak_seconds(request.config)
-    tag = f"[soak seed={seed}]"
-    replay = f"replay: pytest tests/soak --soak-seed {seed} --soak-seconds {seconds:g}"
+    tag = f"[soak {mode} seed={seed}]"
+    replay = f"replay: pytest 'tests/soak/test_soak.py::test_nemesis_soak[{mode}-seed{seed}]' --soak-seed {seed} --soak-seconds {seconds:g}"
     with capsys.disabled():
         print(f"\n{tag} {seconds:g}s of faults ({replay})", flush=True)
     oracle_dir = tmp_path / "oracle"
     oracle_dir.mkdir()
     with store_place(tmp_path, reaper) as (store_dir, tmpfs, skipped):
         env = dict(os.environ)
+        port = _free_port() if mode == "cluster" else None
         env.update(
-            LITEQ_SOAK_STORE=str(store_dir),
+            LITEQ_SOAK_STORE=str(store_dir) if port is None else f"liteq://127.0.0.1:{port}",
             LITEQ_SOAK_ORACLE=str(oracle_dir),
             LITEQ_SOAK_LEASE=str(LEASE),
             LITEQ_SOAK_BUSY=str(BUSY_TIMEOUT),
             PYTHONPATH=os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep),
         )
+        if port is not None:
+            env["LITEQ_TOKEN"] = secrets.token_hex(16)
         os.environ["LITEQ_SOAK_ORACLE"] = str(oracle_dir)  # for the oracle readers in this process
         app = LiteQ(store_dir, busy_timeout=BUSY_TIMEOUT)
         try:
             problems, figures, cast, nemesis = _soak(
-                seed, seconds, app, env, reaper, oracle_dir, store_dir, tmpfs, skipped
+                seed, seconds, app, env, reaper, oracle_dir, store_dir, tmpfs, skipped, port
             )
         finally:
             app.close()
@@ -181,15 +211,25 @@ def _soak(
     store_dir: Path,
     tmpfs: Path | None,
     skipped: list[str],
+    port: int | None,
 ) -> tuple[list[str], dict[str, Any], Cast, Nemesis]:
     began = time.time()
     keys = int(RATE * seconds)
     # The producers pace themselves from t0: set once the pools run, so the keys spread over the faults.
     t0_holder = {"t0": began + 3600.0}
     commands, roles = _commands(seed, keys, lambda: t0_holder["t0"])
+    if port is not None:
+        commands["server"] = lambda n: [
+            sys.executable, "-m", "liteq", "serve", str(store_dir), "--bind", f"127.0.0.1:{port}"
+        ]  # fmt: skip
+        roles["server"] = "server"
     cast = Cast(reaper, env, commands, roles)
 
-    # Given three pools and a scheduler running on the store
+    # Given (in cluster mode, a server on the store, and) three pools and a scheduler running on the store
+    if port is not None:
+        server = cast.start("server")
+        wait_for(lambda: "listening on" in cast.stdout(server.name) or not server.alive(), 30, "the server to listen")
+        assert server.alive(), reaper.stderr(server.name)
     for slot in ("pool-a", "pool-b", "pool-c", "scheduler"):
         cast.start(slot)
     pools = [p for p in cast.current("pool")]
@@ -209,6 +249,7 @@ def _soak(
 
     # When the nemesis runs for the soak's duration, then stops and ends every fault
     nemesis.run(seconds)
+    phases = {"faults": time.time() - began}
 
     problems: list[str] = []
 
@@ -228,10 +269,12 @@ def _soak(
         lambda: all(not p.alive() and p.popen.returncode == 0 for p in cast.current("producer")),
         90,
     )
+    phases["producers"] = time.time() - began
     # And every acknowledged task reaches a final state
     told = oracle.read_told(str(oracle_dir))
     acked = sorted({i for t in told.values() for call in t.ids for i in call})
     settle("every acknowledged task to finish", lambda: not _unfinished(app, acked), 90)
+    phases["drained"] = time.time() - began
 
     # And every pool the nemesis did not kill is alive, with a fresh heartbeat, and stops cleanly
     now = time.time()
@@ -239,7 +282,7 @@ def _soak(
     beats = {w["pid"]: w["heartbeat_at"] for w in app.stats()["workers"]}
     for d in cast.deaths:
         problems.append(f"alive: {d.role} {d.name} exited by itself with {d.code} at {d.at - began:.1f}s")
-    for p in cast.current("pool") + cast.current("scheduler"):
+    for p in cast.current("pool") + cast.current("scheduler") + cast.current("server"):
         if not p.alive():
             problems.append(f"alive: {p.name} is not running at the end")
         elif p.role == "pool" and now - beats.get(p.pid, 0.0) > FRESH_HEARTBEAT:
@@ -247,7 +290,10 @@ def _soak(
     ended = time.time()
     for p in cast.current("pool") + cast.current("scheduler"):
         p.signal(signal.SIGTERM)
-    for p in cast.current("pool") + cast.current("scheduler"):
+    stopping = cast.current("pool") + cast.current("scheduler") + cast.current("server")
+    for p in stopping:
+        if p.role == "server":  # last: the pools unregister through it
+            p.signal(signal.SIGTERM)
         try:
             code = p.popen.wait(40)
         except subprocess.TimeoutExpired:
@@ -256,6 +302,7 @@ def _soak(
         if code != 0 and not p.seen_exit:
             problems.append(f"stop: {p.name} exited with {code} on SIGTERM:\n{reaper.stderr(p.name)[-1500:]}")
 
+    phases["stopped"] = time.time() - began
     # And the oracle agrees with the store
     found, figures = checks.check(
         oracle.read_told(str(oracle_dir)),
@@ -265,6 +312,11 @@ def _soak(
         checks.load_slots(str(store_dir / DB_FILENAME)),
         (began, ended),
     )
-    figures["seconds"] = f"{time.time() - began:.0f}"
+    if tmpfs is not None:  # keep the final store for a post-mortem: the tmpfs goes away with the test
+        kept = oracle_dir.parent / "final-store"
+        kept.mkdir()
+        for f in store_dir.glob(f"{DB_FILENAME}*"):
+            shutil.copy2(f, kept / f.name)
+    figures.update({f"t_{k}": f"{v:.0f}s" for k, v in phases.items()})
     figures["restarts"] = len(cast.procs) - len(cast.generation)
     return problems + found, figures, cast, nemesis
