@@ -78,6 +78,7 @@ class RemoteStorage(Storage):
         }
         self._listening = False
         self._wake_dir: str | None = None
+        self._wake_owner = 0
         self.commands: list[str] = []
         """Commands (``drain``, ``stop``) the server sent in heartbeat replies, oldest first."""
         self.client = Client(
@@ -172,6 +173,7 @@ class RemoteStorage(Storage):
         Asking for it subscribes to the pushes."""
         if self._wake_dir is None:
             self._wake_dir = tempfile.mkdtemp(prefix="liteq-remote-wake-")
+            self._wake_owner = os.getpid()
             self._listening = True
             threading.Thread(target=self._subscribe, daemon=True).start()
         return self._wake_dir
@@ -198,7 +200,9 @@ class RemoteStorage(Storage):
         """Close the connection. Idempotent."""
         self.client.close()
         if self._wake_dir is not None:
-            shutil.rmtree(self._wake_dir, ignore_errors=True)
+            # A forked child inherits the attribute: only the process that made the directory removes it.
+            if self._wake_owner == os.getpid():
+                shutil.rmtree(self._wake_dir, ignore_errors=True)
             self._wake_dir = None
 
 

@@ -105,10 +105,14 @@ def _cancel_running_task(signum: int, frame: Any) -> None:
     """SIGUSR1 from the supervisor: the running task was cancelled. Raise inside it so it can clean
     up; the supervisor kills the child if the task does not stop within the grace."""
     from .exceptions import TaskCancelled
+    from .worker import defer_cancel, interrupting_task
 
     ctx = _current.get()
-    if ctx is not None:
+    if ctx is None:
+        return
+    if interrupting_task(frame):
         raise TaskCancelled(ctx.id, message="cancelled while running", reason="cancelled", state="cancelled")
+    defer_cancel()  # outside the task's code: raising here would escape execute() as a lost worker
 
 
 def _rss() -> int:
@@ -142,6 +146,9 @@ class _Inbox:
                 message = pickle.loads(self.conn.recv_bytes())
             except (EOFError, OSError):
                 message = ("stop",)
+            if message[0] == "ping":  # liveness: answered by this thread, whatever the task does
+                self.send(("pong",))
+                continue
             with self.cond:
                 kind = message[0]
                 if kind == "run":
@@ -168,8 +175,9 @@ class _Inbox:
 def child_main(app: LiteQ, conn: Connection, options: ChildOptions) -> None:
     """Serve tasks until told to stop or the pipe closes.
 
-    Messages in: ``("run", ClaimedTask)``, ``("revoke", ids)``, ``("stop",)``. Out: ``("ready", pid)``,
-    ``("progress", id, token, bytes)``, ``("done", Outcome, rss)``, ``("returned", ids)``.
+    Messages in: ``("run", ClaimedTask)``, ``("revoke", ids)``, ``("ping",)``, ``("stop",)``. Out:
+    ``("ready", pid)``, ``("progress", id, token, bytes)``, ``("done", Outcome, rss)``, ``("returned", ids)``,
+    ``("pong",)``.
     """
     from .worker import execute
 

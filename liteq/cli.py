@@ -232,7 +232,11 @@ def cli() -> None:
     show_default=True,
     help="Seconds running tasks get on stop.",
 )
-@click.option("--worker-id", default=None, help="Stable id; a restart with the same id takes back its leases at once.")
+@click.option(
+    "--worker-id",
+    default=None,
+    help="Stable id; a restart with the same id takes back its leases once the old heartbeat is stale.",
+)
 @_LOGLEVEL
 @click.option("--logfile", default=None, type=click.Path(dir_okay=False), help="Log to this file instead of stderr.")
 @_guard

@@ -44,10 +44,12 @@ from multiprocessing.connection import wait
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from .child import ChildOptions, child_main, pid_alive
+from .child import ChildOptions, child_main
 from .exceptions import ConfigurationError, LiteQError
 from .health import Health, PoolState
+from .liveness import Liveness
 from .message import ErrorInfo, new_id
+from .reclaim import recover_local_leases
 from .scheduler import Scheduler
 from .slots import (
     Checkpointer,
@@ -107,7 +109,12 @@ class WorkerPool:
       keeps the next task from waiting behind a slow one).
     - ``shutdown_timeout``: seconds running tasks get to finish on a graceful stop.
     - ``max_tasks_per_child`` / ``max_memory_per_child`` (bytes): recycle children.
-    - ``worker_id``: a stable id; a restarted pool with the same id takes back its old leases at once.
+    - ``worker_id``: a stable id; a restarted pool with the same id takes back its old leases once
+      the old pool's heartbeat is stale (a live pool with the same id keeps its tasks; see
+      :mod:`liteq.reclaim`).
+    - ``liveness_timeout``: seconds a busy child may stay silent (stopped, stuck holding the GIL)
+      before it is killed and its task handled as a hard timeout (default: the lease; see
+      :mod:`liteq.liveness`).
     - ``scheduler``: fire the app's periodic tasks from this pool (default True; safe in every pool).
     """
 
@@ -128,6 +135,7 @@ class WorkerPool:
         heartbeat_interval: float = HEARTBEAT_INTERVAL,
         reload: bool = False,
         scheduler: bool = True,
+        liveness_timeout: float | None = None,
     ) -> None:
         from .storage.memory import MemoryStorage
 
@@ -174,6 +182,10 @@ class WorkerPool:
         self.max_tasks_per_child = max_tasks_per_child
         self.max_memory_per_child = max_memory_per_child
         self.heartbeat_interval = heartbeat_interval
+        if liveness_timeout is not None and not liveness_timeout > 0:
+            raise ConfigurationError(f"liveness_timeout must be > 0 seconds, not {liveness_timeout!r}")
+        # A child silent for a whole lease would have lost its lease as a worker of its own.
+        self.liveness = Liveness(float(liveness_timeout) if liveness_timeout is not None else self.lease)
         self.reload = reload
         self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{new_id()[-8:]}"
         self._limits = app.rate_limits()
@@ -182,6 +194,7 @@ class WorkerPool:
         self.children: list[ChildSlot] = []
         self.buffer: collections.deque[ClaimedTask] = collections.deque()
         self.outcomes: list[Outcome] = []
+        self._cancelled: set[str] = set()  # held, unstarted tasks whose cancel was requested
         self._outcomes_since: float | None = None
         self.progress: dict[str, tuple[str, bytes]] = {}
         self.tasks_done = 0
@@ -248,7 +261,7 @@ class WorkerPool:
             if skip is not None:
                 skip(self._waker.path)
         self._logs.start()
-        self._recover_local_leases()
+        recover_local_leases(self.storage, self.id, heartbeat_interval=self.heartbeat_interval)
         now = time.time()
         self.storage.register_worker(
             WorkerInfo(self.id, socket.gethostname(), os.getpid(), self.concurrency, self.queues, now, now)
@@ -283,19 +296,6 @@ class WorkerPool:
         self._kill_all()
         self._teardown()
         raise LiteQError(message)
-
-    def _recover_local_leases(self) -> None:
-        # A restarted pool with the same id, or a pool on this host whose process is gone, still
-        # owns leases in the store: hand those tasks back now instead of after the lease runs out.
-        host = socket.gethostname()
-        for w in self.storage.workers():
-            dead_here = w.host == host and w.pid != os.getpid() and not pid_alive(w.pid)
-            if w.id == self.id or dead_here:
-                back = self.storage.reap(owner=w.id)
-                if back:
-                    logger.warning("took back %d task(s) leased by stopped worker %s", len(back), w.id)
-                if w.id != self.id:
-                    self.storage.unregister_worker(w.id)
 
     def _spawn(self, index: int) -> ChildSlot:
         parent_conn, child_conn = self.ctx.Pipe(duplex=True)
@@ -450,6 +450,7 @@ class WorkerPool:
             # tells the same for a fraction of the cost (this runs once per finished task).
             while readable(conn):
                 message = pickle.loads(conn.recv_bytes())
+                c.answered = time.monotonic()  # any message proves the child runs (liveness)
                 kind = message[0]
                 if kind == "done":
                     self._done(c, Outcome(*message[1]), message[2])
@@ -490,14 +491,15 @@ class WorkerPool:
         c.retiring = True
         self._requeue_unstarted(c)
 
-    def _requeue_unstarted(self, c: ChildSlot) -> None:
-        """Ask a live child for the tasks queued in its pipe behind the running one.
+    def _requeue_unstarted(self, c: ChildSlot, only: set[str] | None = None) -> None:
+        """Ask a live child for the tasks queued in its pipe behind the running one (or those of
+        them in ``only``).
 
         They stay in ``c.queue`` until the child answers: each comes back (``returned``) or has
         started by then (its ``done`` follows). Taking them back without asking would let the
         child run a task that another worker also runs.
         """
-        ids = [t.id for t in list(c.queue)[1:] if t.id not in c.revoking]
+        ids = [t.id for t in list(c.queue)[1:] if t.id not in c.revoking and (only is None or t.id in only)]
         if not ids:
             return
         c.revoking.update(ids)
@@ -585,6 +587,7 @@ class WorkerPool:
                 self._next_scheduled = self.storage.next_run_at(self.queues)
 
     def _assign(self) -> None:
+        self._drop_cancelled()
         if not self.buffer:
             return
         # Level by level: every idle child gets a task before any child gets a second one.
@@ -597,7 +600,7 @@ class WorkerPool:
                     continue
                 task = self.buffer.popleft()
                 if not c.queue:
-                    c.started = time.monotonic()
+                    c.started = c.answered = time.monotonic()
                 c.queue.append(task)
                 depth[id(c)] = self._depth_for(c)  # a task with a hard limit ahead caps the queue
                 try:
@@ -753,22 +756,64 @@ class WorkerPool:
             if limit is not None and mono - c.started >= limit:
                 logger.error("task %s %s ran past its %ss timeout: killing child %s", head.name, head.id, limit, c.pid)
                 self._kill(c, "timeout")
+        for c in self.liveness.silent(self.children, mono):
+            logger.error(
+                "child %s running task %s stopped answering for %ss: killing it",
+                c.pid,
+                c.head.id if c.head else "-",
+                self.liveness.timeout,
+            )
+            self._kill(c, "unresponsive")
+        for c in self.liveness.to_ping(self.children, mono):
+            try:
+                c.conn.send_bytes(pickle.dumps(("ping",), PROTOCOL))
+            except OSError:
+                pass  # a dead child: its sentinel says so
 
     def _check_cancels(self) -> None:
         running = {c.head.id: c for c in self.children if c.head is not None and not c.kill_reason and not c.cancel_id}
-        if not running:
+        # Tasks held but not started (in the buffer, or queued in a child's pipe) are checked too:
+        # a cancel that arrives after the claim must stop them from starting at all.
+        held = self._held()
+        self._cancelled &= {t.id for t in held}  # forget those that ended meanwhile
+        heads = {c.head.id for c in self.children if c.head is not None}
+        waiting = [t.id for t in held if t.id not in heads and t.id not in self._cancelled]
+        if not running and not waiting:
             return
-        for row in self.storage.get(list(running)):
-            if row is not None and row.cancel_requested:
-                c = running[row.id]
-                # Ask first (TaskCancelled is raised inside the task, which may clean up), kill after a grace.
-                logger.warning("task %s cancelled while running: stopping it in child %s", row.id, c.pid)
-                c.cancel_id, c.cancel_deadline = row.id, time.monotonic() + CANCEL_GRACE
-                self._requeue_unstarted(c)
-                try:
-                    os.kill(c.process.pid, signal.SIGUSR1)
-                except (ProcessLookupError, TypeError):
-                    pass
+        for row in self.storage.get([*running, *waiting]):
+            if row is None or not row.cancel_requested:
+                continue
+            if row.id not in running:
+                self._cancelled.add(row.id)
+                continue
+            c = running[row.id]
+            # Ask first (TaskCancelled is raised inside the task, which may clean up), kill after a grace.
+            logger.warning("task %s cancelled while running: stopping it in child %s", row.id, c.pid)
+            c.cancel_id, c.cancel_deadline = row.id, time.monotonic() + CANCEL_GRACE
+            self._requeue_unstarted(c)
+            try:
+                os.kill(c.process.pid, signal.SIGUSR1)
+            except (ProcessLookupError, TypeError):
+                pass
+        if self._cancelled:
+            for c in self.children:
+                self._requeue_unstarted(c, only=self._cancelled)  # back to the buffer, then dropped
+            self._drop_cancelled()
+
+    def _drop_cancelled(self) -> None:
+        """Record unstarted tasks whose cancel was requested as cancelled instead of running them."""
+        if not self._cancelled or not self.buffer:
+            return
+        kept: collections.deque[ClaimedTask] = collections.deque()
+        for t in self.buffer:
+            if t.id in self._cancelled:
+                self._cancelled.discard(t.id)
+                info = ErrorInfo("liteq.exceptions.TaskCancelled", "cancelled before it started")
+                self.outcomes.append(Outcome(t.id, t.lease_token, CANCELLED, error=info.encode(), reason="cancelled"))
+                logger.info("task %s cancelled before it started: not running it", t.id)
+            else:
+                kept.append(t)
+        self.buffer = kept
 
     def _kill(self, c: ChildSlot, reason: str) -> None:
         # Its queued tasks come back when the child is buried; killed, it cannot start them.
@@ -816,7 +861,7 @@ class WorkerPool:
                     out.append(c.started + limit)
                 if c.cancel_id:
                     out.append(c.cancel_deadline)
-        return out
+        return out + self.liveness.deadlines(self.children)
 
     def _degraded_timeout(self, mono: float) -> float:
         # Only the retry round, time limits, cancels and a stop: outcomes wait for the store.

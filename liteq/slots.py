@@ -47,6 +47,7 @@ class ChildSlot:
     """The supervisor's view of one child process."""
 
     __slots__ = (
+        "answered",
         "cancel_deadline",
         "cancel_id",
         "conn",
@@ -54,6 +55,7 @@ class ChildSlot:
         "index",
         "kill_reason",
         "pid",
+        "pinged",
         "process",
         "queue",
         "ready",
@@ -76,6 +78,8 @@ class ChildSlot:
         self.revoking: set[str] = set()  # queued task ids asked back, not answered yet
         self.cancel_id = ""  # the running task asked to stop (SIGUSR1), killed at cancel_deadline
         self.cancel_deadline = 0.0
+        self.answered = 0.0  # monotonic time of the last message from the child (liveness)
+        self.pinged = 0.0  # monotonic time of the last liveness ping sent
 
     @property
     def head(self) -> ClaimedTask | None:
@@ -92,6 +96,15 @@ def lost_outcome(c: ChildSlot, task: ClaimedTask, code: int | None, limit: float
             f"task ran past its hard timeout of {limit}s; its worker process was killed",
         )
         return Outcome(task.id, task.lease_token, FAILED, error=info.encode(), reason="timeout")
+    if c.kill_reason == "unresponsive":
+        info = ErrorInfo(
+            "liteq.exceptions.TaskTimedOut",
+            f"worker process {c.pid} stopped answering the supervisor's liveness pings (stopped, or stuck in "
+            f"code that holds the GIL) and was killed (attempt {task.attempt} of {task.max_attempts})",
+        )
+        if task.attempt < task.max_attempts:
+            return Outcome(task.id, task.lease_token, PENDING, error=info.encode(), reason="unresponsive", run_at=0.0)
+        return Outcome(task.id, task.lease_token, FAILED, error=info.encode(), reason="unresponsive")
     if c.kill_reason == "cancelled":
         info = ErrorInfo("liteq.exceptions.TaskCancelled", "cancelled while running; its worker process was killed")
         return Outcome(task.id, task.lease_token, CANCELLED, error=info.encode(), reason="cancelled")

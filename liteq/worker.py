@@ -61,7 +61,10 @@ class _SoftLimit:
         self.since = 0.0
 
     def _fire(self, signum: int, frame: FrameType | None) -> None:
-        raise SoftTimeLimit(f"task ran past its soft_timeout of {self.seconds}s")
+        # An alarm that lands after the function returned (or before it was called) is late:
+        # raising it in execute's own code would turn a success into a retry.
+        if interrupting_task(frame):
+            raise SoftTimeLimit(f"task ran past its soft_timeout of {self.seconds}s")
 
     def __enter__(self) -> _SoftLimit:
         if self.seconds and hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread():
@@ -79,6 +82,44 @@ class _SoftLimit:
             if delay > 0:  # the caller had an alarm of its own running: put back what is left of it
                 left = max(delay - (time.monotonic() - self.since), 1e-6)
                 signal.setitimer(signal.ITIMER_REAL, left, interval)
+
+
+class _Deferred:
+    """A cancel signal that arrived while this process was not inside a task's function."""
+
+    cancel = False
+
+
+def _call_task(task_id: str, fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
+    """The one frame between :func:`execute` and a task's function (see :func:`interrupting_task`)."""
+    if _Deferred.cancel:  # cancelled between the task's set-up and here: it does not start
+        from .exceptions import TaskCancelled
+
+        raise TaskCancelled(task_id, message="cancelled before it started", reason="cancelled", state="cancelled")
+    return fn(*args, **kwargs)
+
+
+def interrupting_task(frame: FrameType | None) -> bool:
+    """True when a signal that interrupted ``frame`` interrupted a task's own code.
+
+    Signal handlers that raise into a task (cancel, soft time limit) call this first: raised
+    anywhere else in :func:`execute` (before the ``try`` that records failures, or after the
+    function returned) the exception would escape and the pool would count a success, or a cancel,
+    as a lost worker. The task is running exactly while :func:`_call_task` has called it: its
+    frame is on the stack *above* the interrupted one.
+    """
+    f = frame
+    while f is not None:
+        if f.f_code is _call_task.__code__:
+            return f is not frame
+        f = f.f_back
+    return False
+
+
+def defer_cancel() -> None:
+    """Remember a cancel that arrived outside the task's code: the task will not start, and one
+    that already returned keeps its outcome (the pool records it as cancelled)."""
+    _Deferred.cancel = True
 
 
 def execute(
@@ -108,10 +149,11 @@ def execute(
     retries = call.meta.get("retries", opts.retries)
     retries_left = max(0, min(retries - claimed.attempt + 1, claimed.max_attempts - claimed.attempt))
     ctx = TaskContext(claimed.id, claimed.name, claimed.queue, claimed.attempt, retries_left, report, app)
+    _Deferred.cancel = False
     token = _enter(ctx)
     try:
         with _SoftLimit(claimed.soft_timeout if claimed.soft_timeout is not None else opts.soft_timeout):
-            value = task.fn(*call.args, **call.kwargs)
+            value = _call_task(claimed.id, task.fn, call.args, call.kwargs)
     except Retry as exc:
         return _retry(app, claimed, opts, exc.exc or exc, ctx, exc, now())
     except SoftTimeLimit as exc:

@@ -21,23 +21,18 @@ from liteq import LiteQ
 from liteq.exceptions import AuthenticationError, ConfigurationError, StoreUnavailable
 from liteq.storage.base import NewTask
 from tests import cluster_tasks, pool_tasks
-from tests.cluster_support import ServerProcess, start_server
+from tests.cluster_support import TOKEN, ServerProcess, served, start_server
 from tests.pool_support import ROOT, Reaper, RunLog, pool_env, run_worker_cmd
 from tests.support import wait_for
 
 pytestmark = pytest.mark.timeout(90)
 
-TOKEN = "s3cret-" + uuid.uuid4().hex
-
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[ServerProcess]:
     """A ``liteq serve`` with a token, on a fresh store."""
-    proc = start_server(tmp_path / "served", env={"LITEQ_TOKEN": TOKEN})
-    try:
+    with served(tmp_path / "served") as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 @pytest.fixture
@@ -302,3 +297,43 @@ def test_cli_status_takes_a_cluster_url(server: ServerProcess, remote_app: Calla
     )
     assert out.returncode == 0, out.stderr
     assert '"pending": 1' in out.stdout
+
+
+# -- found by the soak ---------------------------------------------------------------------------
+
+
+def test_a_forked_child_gets_its_own_connection_instead_of_sharing_its_parents(server: ServerProcess) -> None:
+    # Found by the soak (cluster mode, a pool started with start_method="fork"): the child inherits
+    # the parent's socket but not its reader thread, so its requests go unanswered until the request
+    # timeout, and both processes number requests from the same counter on one stream.
+    # Given a client that is connected (its reader thread runs)
+    store = RemoteStorage(server.url, token=TOKEN, request_timeout=5.0)
+    try:
+        (task_id,) = store.enqueue([_task()])
+        assert store.get([task_id])[0] is not None
+        r, w = os.pipe()
+
+        # When the process forks and the child reads through the same RemoteStorage
+        pid = os.fork()
+        if pid == 0:  # the child: report what it saw, then leave without any cleanup
+            try:
+                row = store.get([task_id])[0]
+                os.write(w, b"ok" if row is not None and row.id == task_id else b"wrong row")
+            except BaseException as exc:
+                os.write(w, f"{type(exc).__name__}: {exc}".encode()[:500])
+            os._exit(0)
+        os.close(w)
+        # (while the parent goes on using its own connection)
+        for _ in range(20):
+            row = store.get([task_id])[0]
+            assert row is not None and row.id == task_id
+        _, status = os.waitpid(pid, 0)
+        answer = os.read(r, 1000).decode()
+        os.close(r)
+
+        # Then the child got its answer (over a connection of its own) and the parent still gets its own
+        assert answer == "ok", f"the forked child's read failed: {answer}"
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert store.get([task_id])[0] is not None
+    finally:
+        store.close()
