@@ -214,3 +214,11 @@ def test_store_options_refuse_bad_durations(tmp_path: Path, option: str, value: 
 
     with pytest.raises(ConfigurationError, match=option):
         SqliteStorage(tmp_path / "store", **{option: value})
+
+
+@pytest.mark.parametrize("size", ["9" * 400, "0", "0.1"])
+def test_cli_refuses_absurd_sizes(tmp_path: Path, capsys: pytest.CaptureFixture[str], size: str) -> None:
+    code = main(["worker", str(tmp_path / "store"), "--max-memory-per-child", size])
+    err = capsys.readouterr().err
+    assert code == EXIT_USAGE, err
+    assert "size" in err and "Traceback" not in err
