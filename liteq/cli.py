@@ -15,6 +15,7 @@ import datetime as dt
 import importlib
 import json
 import logging
+import math
 import os
 import re
 import sys
@@ -119,7 +120,10 @@ def parse_size(text: str | None) -> int | None:
     m = _SIZE.match(text)
     if not m or (m.group(2) or "").lower() not in _UNITS:
         raise click.BadParameter(f"{text!r} is not a size; use e.g. 500MB, 2GiB or a number of bytes")
-    return int(float(m.group(1)) * _UNITS[(m.group(2) or "").lower()])
+    size = float(m.group(1)) * _UNITS[(m.group(2) or "").lower()]
+    if not math.isfinite(size) or size < 1:
+        raise click.BadParameter(f"{text!r} is not a usable size; use e.g. 500MB, 2GiB or a number of bytes")
+    return int(size)
 
 
 def _when(ts: float | None) -> str:
