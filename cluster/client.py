@@ -12,12 +12,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import os
 import random
 import socket
 import ssl
 import threading
 import time
 import urllib.parse
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -173,6 +175,7 @@ class Client(_Base):
         self._next_attempt = 0.0
         self._last_error = ""
         self._generation = 0
+        _CLIENTS.add(self)
 
     def __repr__(self) -> str:
         return f"<Client {self.endpoint.url}>"
@@ -289,6 +292,17 @@ class Client(_Base):
         if self.on_push is not None and not self._closed:
             self.on_push("disconnected", {})
 
+    def _forget_after_fork(self) -> None:
+        # A forked child inherits the socket but not the reader thread, and would number its
+        # requests from the parent's counter on the parent's stream: it opens a connection of its own.
+        self._lock = threading.RLock()
+        sock, self._sock, self._proto = self._sock, None, None
+        self._pending = {}
+        self._generation += 1
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                os.close(sock.detach())  # this process's copy only; never a shutdown of the parent's
+
     def close(self) -> None:
         """Close the connection; later calls raise StoreUnavailable. Idempotent."""
         with self._lock:
@@ -373,6 +387,18 @@ class Client(_Base):
         if response.error is not None:
             raise_error(response.error, op)
         return response.value, response.extra
+
+
+_CLIENTS: weakref.WeakSet[Client] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for client in list(_CLIENTS):
+        client._forget_after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class AsyncClient(_Base):

@@ -136,7 +136,6 @@ def decode_body(body: bytes, limits: Limits = DEFAULT_LIMITS) -> dict[str, Any]:
             max_bin_len=limits.max_bin_len,
             max_array_len=limits.max_array_len,
             max_map_len=limits.max_map_len,
-            max_ext_len=0,
         )
     except ProtocolError:
         raise

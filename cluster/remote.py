@@ -37,7 +37,8 @@ class RemoteStorage(Storage):
     """A store on a cluster server: ``RemoteStorage("liteq://host:7777", token=...)``.
 
     - ``token``: the shared secret (default: the ``LITEQ_TOKEN`` environment variable).
-    - ``tls_ca``: a CA file to verify a ``liteqs://`` server's certificate against.
+    - ``tls_ca``: a CA file to verify a ``liteqs://`` server's certificate against (default: the
+      ``LITEQ_TLS_CA`` environment variable; without it, the system's CAs).
     - ``connect_timeout``, ``request_timeout``: seconds to connect (and hand-shake), and to wait
       for one reply.
     - ``retry_window``: seconds that calls safe to repeat (reads, enqueues) keep retrying through a
@@ -69,6 +70,8 @@ class RemoteStorage(Storage):
         self.location = self.endpoint.url
         if token is None:
             token = os.environ.get("LITEQ_TOKEN") or None
+        if tls_ca is None:
+            tls_ca = os.environ.get("LITEQ_TLS_CA") or None
         self._options: dict[str, Any] = {
             "token": token,
             "tls_ca": tls_ca,
@@ -78,6 +81,7 @@ class RemoteStorage(Storage):
         }
         self._listening = False
         self._wake_dir: str | None = None
+        self._wake_owner = 0
         self.commands: list[str] = []
         """Commands (``drain``, ``stop``) the server sent in heartbeat replies, oldest first."""
         self.client = Client(
@@ -172,6 +176,7 @@ class RemoteStorage(Storage):
         Asking for it subscribes to the pushes."""
         if self._wake_dir is None:
             self._wake_dir = tempfile.mkdtemp(prefix="liteq-remote-wake-")
+            self._wake_owner = os.getpid()
             self._listening = True
             threading.Thread(target=self._subscribe, daemon=True).start()
         return self._wake_dir
@@ -198,7 +203,9 @@ class RemoteStorage(Storage):
         """Close the connection. Idempotent."""
         self.client.close()
         if self._wake_dir is not None:
-            shutil.rmtree(self._wake_dir, ignore_errors=True)
+            # A forked child inherits the attribute: only the process that made the directory removes it.
+            if self._wake_owner == os.getpid():
+                shutil.rmtree(self._wake_dir, ignore_errors=True)
             self._wake_dir = None
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -154,3 +156,17 @@ class InProcessServer:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(10)
         self.loop.close()
+
+
+#: The token of the servers :func:`served` starts.
+TOKEN = "test-token-" + os.urandom(8).hex()
+
+
+@contextlib.contextmanager
+def served(store: Path, *args: str, kill: bool = False) -> Iterator[ServerProcess]:
+    """A ``liteq serve`` with :data:`TOKEN` on ``store``, stopped (or SIGKILLed) afterwards."""
+    proc = start_server(store, *args, env={"LITEQ_TOKEN": TOKEN})
+    try:
+        yield proc
+    finally:
+        proc.stop(signal.SIGKILL if kill else signal.SIGTERM)

@@ -19,3 +19,11 @@ class Canary:
 def echo(value: Any) -> Any:
     """Return ``value``."""
     return value
+
+
+def tick(log: str) -> None:
+    """A periodic task: log this run's task id (one line per run)."""
+    from liteq import current
+    from tests.pool_tasks import append_line
+
+    append_line(log, current().id)

@@ -21,23 +21,18 @@ from liteq import LiteQ
 from liteq.exceptions import AuthenticationError, ConfigurationError, StoreUnavailable
 from liteq.storage.base import NewTask
 from tests import cluster_tasks, pool_tasks
-from tests.cluster_support import ServerProcess, start_server
+from tests.cluster_support import TOKEN, ServerProcess, served, start_server
 from tests.pool_support import ROOT, Reaper, RunLog, pool_env, run_worker_cmd
 from tests.support import wait_for
 
 pytestmark = pytest.mark.timeout(90)
 
-TOKEN = "s3cret-" + uuid.uuid4().hex
-
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[ServerProcess]:
     """A ``liteq serve`` with a token, on a fresh store."""
-    proc = start_server(tmp_path / "served", env={"LITEQ_TOKEN": TOKEN})
-    try:
+    with served(tmp_path / "served") as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 @pytest.fixture
@@ -307,10 +302,6 @@ def test_cli_status_takes_a_cluster_url(server: ServerProcess, remote_app: Calla
 # -- found by the soak ---------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="soak finding: a forked child shares its parent's connection; remove this mark with the fix",
-)
 def test_a_forked_child_gets_its_own_connection_instead_of_sharing_its_parents(server: ServerProcess) -> None:
     # Found by the soak (cluster mode, a pool started with start_method="fork"): the child inherits
     # the parent's socket but not its reader thread, so its requests go unanswered until the request

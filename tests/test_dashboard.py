@@ -451,6 +451,23 @@ def test_dashboard_over_a_cluster_store(tmp_path: Path) -> None:
         server.stop()
 
 
+def test_many_requests_keep_the_store_connections_few(app: LiteQ, client: Client) -> None:
+    from liteq.dashboard.server import STORE_THREADS
+
+    db = os.path.realpath(os.path.join(app.storage.location, "liteq.sqlite3"))
+
+    def open_db_files() -> int:
+        fds = Path("/proc/self/fd")
+        return sum(1 for fd in fds.iterdir() if os.path.realpath(fd) == db) if fds.exists() else 0
+
+    # When many requests come, each on its own connection (a thread of the server each)
+    for _ in range(40):
+        client.get("/api/tasks?limit=5")
+        client.get("/api/workers")
+    # Then the store was read through a few threads' connections, not one per request
+    assert open_db_files() <= STORE_THREADS + 1
+
+
 def test_static_files_ship_and_paths_cannot_escape(client: Client) -> None:
     for path in ("/", "/static/app.js", "/static/style.css", "/static/vendor/uPlot.iife.min.js", "/login"):
         with urllib.request.urlopen(client.url + path, timeout=10) as resp:

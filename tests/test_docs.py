@@ -96,6 +96,7 @@ def test_the_guide_has_its_pages() -> None:
         "guarantees.md",
         "migrating.md",
         "troubleshooting.md",
+        "dashboard.md",
     }
     assert expected <= names, f"missing pages: {sorted(expected - names)}"
 

@@ -125,7 +125,11 @@ def test_every_public_method_has_a_docstring(name: str, member: Any) -> None:
     assert doc and doc.strip(), f"{name} has no docstring"
 
 
-@pytest.mark.parametrize("module", ["liteq.app", "liteq.task", "liteq.result", "liteq.worker", "liteq.serializer"])
+@pytest.mark.parametrize(
+    "module",
+    ["liteq.app", "liteq.task", "liteq.result", "liteq.worker", "liteq.serializer", "liteq.dashboard",
+     "liteq.dashboard.api", "liteq.dashboard.server", "liteq.dashboard.history"],
+)  # fmt: skip
 def test_module_all_names_exist(module: str) -> None:
     # Given a module with its own __all__
     mod = importlib.import_module(module)

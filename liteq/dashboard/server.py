@@ -28,10 +28,12 @@ import secrets
 import threading
 import time
 import urllib.parse
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar
 
 from .. import __version__
 from ..app import LiteQ
@@ -41,10 +43,14 @@ from . import api
 __all__ = ["DEFAULT_BIND", "Dashboard", "is_loopback", "parse_bind"]
 
 logger = logging.getLogger("liteq.dashboard")
+T = TypeVar("T")
 
 DEFAULT_BIND = "127.0.0.1:8777"
 #: Seconds between two looks at the store for the live counts (the event stream).
 DEFAULT_POLL = 1.0
+#: Threads that read and write the store. Requests each get a thread of their own, but a store may
+#: keep a connection per thread (SQLite): the reads run here, so the connections stay this few.
+STORE_THREADS = 4
 COOKIE = "liteq_dashboard"
 _LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
 _STATIC = resources.files(__package__) / "static"
@@ -112,6 +118,7 @@ class Dashboard:
         self._cache_lock = threading.Lock()
         self._cache: tuple[float, bytes] | None = None
         self._thread: threading.Thread | None = None
+        self._store = ThreadPoolExecutor(max_workers=STORE_THREADS, thread_name_prefix="liteq-dashboard-store")
         self._state_lock = threading.Lock()
         self._serving = False
         self._closed = False
@@ -167,6 +174,7 @@ class Dashboard:
         if serving:
             self.server.shutdown()  # waits for serve_forever to return
         self.server.server_close()
+        self._store.shutdown(wait=True, cancel_futures=True)
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=5)
 
@@ -176,12 +184,16 @@ class Dashboard:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)`` on one of the store threads and return its result (or raise its error)."""
+        return self._store.submit(fn, *args).result()
+
     def overview_json(self) -> bytes:
         """The overview as JSON, computed at most once per half poll interval for every client."""
         with self._cache_lock:
             now = time.monotonic()
             if self._cache is None or now - self._cache[0] >= self.poll / 2:
-                self._cache = (now, json.dumps(api.overview(self.app)).encode())
+                self._cache = (now, json.dumps(self.call(api.overview, self.app)).encode())
             return self._cache[1]
 
 
@@ -297,7 +309,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._events()
             return
         query = {k: v[-1] for k, v in urllib.parse.parse_qs(url.query).items()}
-        self._api(lambda: self._get(path, query))
+        self._api(lambda: self._get(path, query) if path == "/api/overview" else self.dash.call(self._get, path, query))
 
     def do_POST(self) -> None:
         path = urllib.parse.urlsplit(self.path).path
@@ -316,7 +328,13 @@ class _Handler(BaseHTTPRequestHandler):
         if self.dash.read_only:
             self._error(HTTPStatus.FORBIDDEN, "this dashboard is read-only (--read-only)")
             return
-        self._api(lambda: self._post(path, _json_body(self)))
+        body = None
+        try:
+            body = _json_body(self)
+        except api.BadRequest as exc:
+            self._error(HTTPStatus.BAD_REQUEST, str(exc))
+            return
+        self._api(lambda: self.dash.call(self._post, path, body))
 
     def _api(self, fn: Any) -> None:
         try:

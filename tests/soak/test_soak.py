@@ -32,7 +32,7 @@ from typing import Any
 import pytest
 
 from liteq import LiteQ
-from liteq.storage.base import FINISHED_STATES, WorkerInfo
+from liteq.storage.base import FINISHED_STATES
 from liteq.storage.sqlite import DB_FILENAME
 from tests.pool_support import ROOT, Reaper
 from tests.soak import checks, oracle
@@ -130,18 +130,22 @@ def _unfinished(app: LiteQ, ids: list[str]) -> list[str]:
     return left
 
 
-#: Until the pool rides out store errors (issue 9, the pool's "degraded" state, shown as
-#: ``WorkerInfo.state``), a pool exits on the first busy or full store and the soak's liveness check
-#: fails; the mark goes away by itself once that state exists.
-_POOL_DIES_ON_STORE_ERRORS = "state" not in WorkerInfo.__dataclass_fields__
+#: What the soak found that is not fixed yet (each has a regression test marked xfail strict, named
+#: here): the soak fails until they are, so it is marked xfail, not strict, meanwhile. Delete an
+#: entry with its fix; delete the mark when the list is empty.
+OPEN_FINDINGS = [
+    "a pool that starts while the store is locked or full exits at once instead of starting degraded "
+    "(tests/test_pool_health.py::"
+    "test_a_liteq_worker_started_while_the_store_is_locked_starts_degraded_instead_of_exiting)",
+    "a pool paused past its lease still starts the tasks whose lease it found lost, and runs them again "
+    "under its new claim (tests/test_pool_faults.py::test_a_paused_pool_does_not_start_tasks_whose_lease_it_lost)",
+    "a canvas step whose input read meets a transient store error fails for good (tests/test_canvas.py::"
+    "test_a_step_whose_input_read_meets_a_transient_store_error_runs_later_instead_of_failing)",
+]
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    _POOL_DIES_ON_STORE_ERRORS,
-    reason="issue 9: a pool exits on StoreBusy/StoreFull (no degraded state yet)",
-    strict=False,
-)
+@pytest.mark.xfail(bool(OPEN_FINDINGS), reason="open soak findings: " + "; ".join(OPEN_FINDINGS), strict=False)
 @pytest.mark.parametrize("mode", MODES)
 def test_nemesis_soak(
     soak_seed: int, mode: str, tmp_path: Path, reaper: Reaper, request: pytest.FixtureRequest, capsys: Any
