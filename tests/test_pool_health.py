@@ -316,10 +316,6 @@ def test_app_workers_rides_out_a_full_disk(small_tmpfs: Path, make_app: MakeApp,
 # -- found by the soak -----------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="soak finding: a pool that starts while the store is locked exits with StoreBusy; remove this mark with the fix",
-)
 @pytest.mark.timeout(90)
 def test_a_liteq_worker_started_while_the_store_is_locked_starts_degraded_instead_of_exiting(
     tmp_path: Path, make_app: MakeApp, runlog: RunLog
