@@ -37,7 +37,8 @@ class RemoteStorage(Storage):
     """A store on a cluster server: ``RemoteStorage("liteq://host:7777", token=...)``.
 
     - ``token``: the shared secret (default: the ``LITEQ_TOKEN`` environment variable).
-    - ``tls_ca``: a CA file to verify a ``liteqs://`` server's certificate against.
+    - ``tls_ca``: a CA file to verify a ``liteqs://`` server's certificate against (default: the
+      ``LITEQ_TLS_CA`` environment variable; without it, the system's CAs).
     - ``connect_timeout``, ``request_timeout``: seconds to connect (and hand-shake), and to wait
       for one reply.
     - ``retry_window``: seconds that calls safe to repeat (reads, enqueues) keep retrying through a
@@ -69,6 +70,8 @@ class RemoteStorage(Storage):
         self.location = self.endpoint.url
         if token is None:
             token = os.environ.get("LITEQ_TOKEN") or None
+        if tls_ca is None:
+            tls_ca = os.environ.get("LITEQ_TLS_CA") or None
         self._options: dict[str, Any] = {
             "token": token,
             "tls_ca": tls_ca,

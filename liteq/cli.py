@@ -15,6 +15,7 @@ import datetime as dt
 import importlib
 import json
 import logging
+import math
 import os
 import re
 import sys
@@ -119,7 +120,10 @@ def parse_size(text: str | None) -> int | None:
     m = _SIZE.match(text)
     if not m or (m.group(2) or "").lower() not in _UNITS:
         raise click.BadParameter(f"{text!r} is not a size; use e.g. 500MB, 2GiB or a number of bytes")
-    return int(float(m.group(1)) * _UNITS[(m.group(2) or "").lower()])
+    size = float(m.group(1)) * _UNITS[(m.group(2) or "").lower()]
+    if not math.isfinite(size) or size < 1:
+        raise click.BadParameter(f"{text!r} is not a usable size; use e.g. 500MB, 2GiB or a number of bytes")
+    return int(size)
 
 
 def _when(ts: float | None) -> str:
@@ -211,6 +215,9 @@ def cli() -> None:
 @click.option("-c", "--concurrency", type=click.IntRange(min=1), default=None, help="Child processes [CPU count].")
 @click.option("-Q", "--queues", default=None, help="Comma-separated queues to serve [all the app's queues].")
 @click.option("--connect", default=None, help="Serve tasks of a cluster server: liteq://host:port.")
+@click.option(
+    "--tls-ca", default=None, type=click.Path(dir_okay=False), help="CA file that signed a liteqs:// server's cert."
+)
 @click.option("--reload", is_flag=True, help="Replace children when the app's .py files change.")
 @click.option("--max-tasks-per-child", type=click.IntRange(min=1), default=None, help="Recycle a child after N tasks.")
 @click.option("--max-memory-per-child", default=None, help="Recycle a child above this memory, e.g. 500MB.")
@@ -245,6 +252,7 @@ def worker(
     concurrency: int | None,
     queues: str | None,
     connect: str | None,
+    tls_ca: str | None,
     reload: bool,
     max_tasks_per_child: int | None,
     max_memory_per_child: str | None,
@@ -265,6 +273,9 @@ def worker(
         )
     )
     logging.basicConfig(level=loglevel.upper(), handlers=[handler], force=True)
+    if tls_ca is not None:
+        # Through the environment, so the pool's children verify the server with the same CA.
+        os.environ["LITEQ_TLS_CA"] = tls_ca
     app = load_app(app_or_store, include=include)
     if connect is not None:
         app = _connected(app, connect)

@@ -125,3 +125,10 @@ def gather(values: list[int], log: str) -> dict[str, Any]:
     in_place = all(v == i * i for i, v in enumerate(values))
     append_line(log, f"end callback {attempt} {os.getpid()}")
     return {"n": len(values), "sum": sum(values), "in_place": in_place}
+
+
+def fails_until(path: str) -> int:
+    """Fail until the file ``path`` exists, then return 1 (a step fixed between two runs)."""
+    if not os.path.exists(path):
+        raise CanvasError(f"{path} is missing")
+    return 1

@@ -1313,3 +1313,25 @@ def test_contract_purge_and_prune_remove_group_membership(storage: Storage) -> N
     # When the others are pruned past their ttl, Then the group is empty
     assert storage.prune(now=T0 + 100) == 2
     assert storage.group_members(gid) == []
+
+
+def test_liteq_retry_of_a_chain_failed_by_cascade_runs_it_in_order_again(
+    make_app: Callable[..., LiteQ], tmp_path: Path
+) -> None:
+    # Given a chain whose first step failed, failing the steps after it
+    from liteq.cli import EXIT_OK, main
+
+    app = make_app()
+    fixed = tmp_path / "fixed"
+    first, double, square = app.task(ct.fails_until), app.task(ct.double), app.task(ct.square)
+    r = chain(first.s(str(fixed)), double.s(), square.s()).delay()
+    app.run_until_empty()
+    assert app.stats()["states"] == {"failed": 3}
+    # When the cause is fixed and every failed task is retried with the CLI
+    fixed.touch()
+    assert main(["retry", str(tmp_path / "store"), "--all-failed"]) == EXIT_OK
+    # Then only the first step is runnable; the others wait for it as before, and the chain completes
+    assert app.stats()["states"] == {"pending": 1, "scheduled": 2}
+    assert _run_ids(app, r.id) == 0
+    app.run_until_empty()
+    assert r.get(timeout=WAIT) == 4

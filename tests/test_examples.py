@@ -157,3 +157,10 @@ def test_desktop_progress_without_a_display_says_so(tmp_path: Path) -> None:
         check(result, "tkinter not available")
     else:
         check(result, "no display available", "xvfb-run")
+
+
+def test_cluster(tmp_path: Path) -> None:
+    # Three processes: liteq serve, a remote worker (--connect) and a producer through the server
+    result = run_example("cluster/cluster_demo.py", tmp_path)
+    check(result, "server listening on liteq://127.0.0.1:", "checksums computed by", "cluster demo done")
+    assert (tmp_path / "data" / "store").is_dir()

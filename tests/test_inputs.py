@@ -205,3 +205,20 @@ def test_cli_refuses_bad_duration_flags(
     assert code == EXIT_USAGE, err
     assert flag in err
     assert not (tmp_path / "store").exists()
+
+
+@pytest.mark.parametrize("option", ["busy_timeout", "result_ttl"])
+@pytest.mark.parametrize("value", [NAN, INF, -1.0])
+def test_store_options_refuse_bad_durations(tmp_path: Path, option: str, value: float) -> None:
+    from liteq.storage.sqlite import SqliteStorage
+
+    with pytest.raises(ConfigurationError, match=option):
+        SqliteStorage(tmp_path / "store", **{option: value})
+
+
+@pytest.mark.parametrize("size", ["9" * 400, "0", "0.1"])
+def test_cli_refuses_absurd_sizes(tmp_path: Path, capsys: pytest.CaptureFixture[str], size: str) -> None:
+    code = main(["worker", str(tmp_path / "store"), "--max-memory-per-child", size])
+    err = capsys.readouterr().err
+    assert code == EXIT_USAGE, err
+    assert "size" in err and "Traceback" not in err

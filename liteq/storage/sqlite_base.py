@@ -22,6 +22,7 @@ from ..exceptions import (
     StoreMoved,
     StoreReadOnly,
 )
+from ..inputs import check_duration
 from ..wake import Waker, broadcast, wake_dir
 from .base import (
     Storage,
@@ -82,8 +83,8 @@ class SqliteBase(Storage):
             )
         if durability not in DURABILITY:
             raise ConfigurationError(f"durability must be 'normal' or 'full', not {durability!r}")
-        if busy_timeout < 0:
-            raise ConfigurationError(f"busy_timeout must be >= 0 seconds, not {busy_timeout!r}")
+        busy_timeout = check_duration(busy_timeout, "busy_timeout")
+        result_ttl = check_duration(result_ttl, "result_ttl")
         if blob_threshold < 1:
             raise ConfigurationError(f"blob_threshold must be a positive number of bytes, not {blob_threshold!r}")
         self.path = os.path.abspath(os.fspath(path))

@@ -72,6 +72,14 @@ def producer(index: int, keys: int, rate: float, t0: float, seed: int) -> None:
 
     directory = os.environ["LITEQ_SOAK_ORACLE"]
     log = os.path.join(directory, f"told-{os.getpid()}.log")
+    while True:  # a producer restarted while the store is locked or full waits to open it
+        try:
+            import tests.soak.soak_app  # noqa: F401  opens the store
+        except StorageError as exc:
+            print(f"opening the store: {type(exc).__name__}: {exc}; retrying", file=sys.stderr, flush=True)
+            time.sleep(0.2)
+            continue
+        break
     told = oracle.read_told(directory)
     names = [f"p{index}-{i}" for i in range(keys)]
     first_untold = next((i for i, k in enumerate(names) if k not in told or not told[k].ids), keys)

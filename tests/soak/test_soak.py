@@ -139,8 +139,6 @@ OPEN_FINDINGS = [
     "test_a_liteq_worker_started_while_the_store_is_locked_starts_degraded_instead_of_exiting)",
     "a pool paused past its lease still starts the tasks whose lease it found lost, and runs them again "
     "under its new claim (tests/test_pool_faults.py::test_a_paused_pool_does_not_start_tasks_whose_lease_it_lost)",
-    "a forked pool child shares its parent's cluster connection and waits out the request timeout "
-    "(tests/test_cluster.py::test_a_forked_child_gets_its_own_connection_instead_of_sharing_its_parents)",
     "a canvas step whose input read meets a transient store error fails for good (tests/test_canvas.py::"
     "test_a_step_whose_input_read_meets_a_transient_store_error_runs_later_instead_of_failing)",
 ]
