@@ -8,7 +8,8 @@ Liveness. A child that is stopped (SIGSTOP, a debugger) or stuck in C code that 
 runs no Python at all, so it never finishes its task nor dies, and without a check the
 supervisor would extend its task's lease forever. The child's pipe reader is a thread of its
 own, separate from the task: it answers ``("ping",)`` with ``("pong",)`` whatever the task does,
-as long as the process runs Python. The supervisor pings each busy child after a quarter of
+as long as the process runs Python. Answers are read only while the supervisor's loop runs, so a
+gap in the loop itself (the supervisor stopped too, or blocked) restarts the count. The supervisor pings each busy child after a quarter of
 ``liveness_timeout`` of silence (any message counts as an answer), and a child silent for the
 whole timeout is killed and its task handled as a hard timeout: retried while attempts remain,
 else failed (see :func:`liteq.slots.lost_outcome`). A child sleeping or waiting on I/O answers,
@@ -44,6 +45,7 @@ class Watchdog:
         self.app = app
         self.liveness_timeout = liveness_timeout
         self.ping_interval = liveness_timeout * PING_FRACTION
+        self._checked = 0.0  # monotonic time of the last verdicts
 
     def time_limit(self, task: ClaimedTask) -> float | None:
         """The hard limit of ``task`` in seconds, or None."""
@@ -58,6 +60,12 @@ class Watchdog:
 
     def verdicts(self, children: Iterable[ChildSlot], mono: float) -> list[tuple[ChildSlot, str]]:
         """Children to kill now, each with the reason (``cancelled``, ``timeout``, ``unresponsive``)."""
+        if mono - self._checked > 2 * self.ping_interval:
+            # The supervisor itself did not run for a while (stopped with its children, starved,
+            # blocked on the store): answers were not read meanwhile. Silence counts from now.
+            for c in self._busy(children):
+                c.answered = max(c.answered, mono)
+        self._checked = mono
         out = []
         for c in self._busy(children):
             head = c.head
