@@ -210,8 +210,13 @@ def check(
         if n > most:
             problems.append(f"periodic {schedule}: {n} tasks in {last - first:.0f}s, at most {most} slots")
 
+    ended: dict[str, int] = defaultdict(int)
+    for i in acked:
+        if i in stored:
+            ended[stored[i].row.state] += 1
     figures = {
         "acked_ids": len(acked),
+        "acked_states": ",".join(f"{k}:{v}" for k, v in sorted(ended.items())),
         "keys": len(told),
         "stored": len(stored),
         "runs": sum(len(r) for r in runs.values()),

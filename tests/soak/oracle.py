@@ -105,6 +105,8 @@ class Fault:
     end: float
     pids: list[int]
     note: str = ""
+    explains: bool = True
+    """False for a fault liteq promises to hide (a clock step): a duplicate run in it is not explained."""
 
     @property
     def is_global(self) -> bool:
@@ -178,7 +180,9 @@ def explaining(faults: list[Fault], before: Run, after_start: float) -> list[Fau
     """The fault windows that explain a run after ``before``: a window that overlaps the time from
     ``before``'s start to the next run's start, on the store or on a process that ran ``before``."""
     return [
-        f for f in faults if f.start <= after_start and f.end >= before.start and (f.is_global or before.pid in f.pids)
+        f
+        for f in faults
+        if f.explains and f.start <= after_start and f.end >= before.start and (f.is_global or before.pid in f.pids)
     ]
 
 
