@@ -123,12 +123,26 @@ def operation(name: str) -> Operation | None:
 # -- values ----------------------------------------------------------------------------------------
 
 
+_PLAIN = frozenset({type(None), bool, int, float, str, bytes})
+_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
 def to_wire(value: Any) -> Any:
     """A Python value as plain msgpack types (dataclasses as maps, tuples and sets as arrays)."""
-    if value is None or isinstance(value, (bool, int, float, str, bytes)):
+    kind = type(value)
+    if kind in _PLAIN:
         return value
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: to_wire(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    names = _FIELDS.get(kind)
+    if names is None and dataclasses.is_dataclass(value) and not isinstance(value, type):
+        names = _FIELDS[kind] = tuple(f.name for f in dataclasses.fields(value))
+    if names is not None:
+        out = {}
+        for name in names:
+            item = getattr(value, name)
+            out[name] = item if type(item) in _PLAIN else to_wire(item)
+        return out
+    if isinstance(value, (bool, int, float, str, bytes)):
+        return value
     if isinstance(value, Mapping):
         return {k: to_wire(v) for k, v in value.items()}
     if isinstance(value, (bytearray, memoryview)):
@@ -138,107 +152,181 @@ def to_wire(value: Any) -> Any:
     raise WireTypeError(f"cannot send a {type(value).__name__} over the wire")
 
 
-_FIELD_HINTS: dict[type, dict[str, Any]] = {}
-
-
-def _fields_of(cls: type) -> dict[str, Any]:
-    hints = _FIELD_HINTS.get(cls)
-    if hints is None:
-        hints = _FIELD_HINTS[cls] = typing.get_type_hints(cls)
-    return hints
-
-
 def _bad(value: Any, expected: str, where: str) -> WireTypeError:
     return WireTypeError(f"{where}: expected {expected}, got {type(value).__name__}")
 
 
-def _scalar(value: Any, tp: type, where: str) -> Any:
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif tp is bool:
-        if isinstance(value, bool):
-            return value
-    elif (tp is str and isinstance(value, str)) or (tp is bytes and isinstance(value, bytes)):
-        return value
-    raise _bad(value, tp.__name__, where)
-
-
+Converter = Callable[[Any, str], Any]
 _SEQUENCES: tuple[Any, ...] = (list, Sequence, Iterable, typing.Sequence, typing.Iterable)
+_CONVERTERS: dict[Any, Converter] = {}
 
 
 def from_wire(value: Any, tp: Any, where: str = "value") -> Any:
     """``value`` (plain msgpack types) converted to and checked against the annotation ``tp``."""
+    return _converter(tp)(value, where)
+
+
+def _converter(tp: Any) -> Converter:
+    # Compiled once per annotation: decoding a batch of tasks is then a few calls per field.
+    conv = _CONVERTERS.get(tp)
+    if conv is None:
+        conv = _CONVERTERS[tp] = _compile(tp)
+    return conv
+
+
+def _any(value: Any, where: str) -> Any:
+    return value
+
+
+def _compile(tp: Any) -> Converter:
     if tp is Any or tp is object:
-        return value
+        return _any
     origin = typing.get_origin(tp)
     if origin is typing.Union or origin is types.UnionType:
-        members = typing.get_args(tp)
+        return _compile_union(tp)
+    if tp is type(None):
+
+        def none(value: Any, where: str) -> Any:
+            if value is None:
+                return None
+            raise _bad(value, "nil", where)
+
+        return none
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        return _compile_record(tp, construct=True)
+    if typing.is_typeddict(tp):
+        return _compile_record(tp, construct=False)
+    if origin is None and tp in (float, int, bool, str, bytes):
+        return _compile_scalar(tp)
+    if origin in (dict, Mapping, typing.Mapping) or tp is dict:
+        key_t, val_t = typing.get_args(tp) or (Any, Any)
+        key_c, val_c = _converter(key_t), _converter(val_t)
+
+        def mapping(value: Any, where: str) -> Any:
+            if not isinstance(value, dict):
+                raise _bad(value, "map", where)
+            return {key_c(k, where): val_c(v, f"{where}[{k!r}]") for k, v in value.items()}
+
+        return mapping
+    if origin is tuple:
+        return _compile_tuple(tp)
+    if origin in (*_SEQUENCES, set, frozenset) or tp in (list, set, frozenset):
+        (item_t,) = typing.get_args(tp) or (Any,)
+        item_c = _converter(item_t)
+        make: Any = origin if origin in (set, frozenset) else (tp if tp in (set, frozenset) else None)
+
+        def sequence(value: Any, where: str) -> Any:
+            if not isinstance(value, list):
+                raise _bad(value, "array", where)
+            items = [item_c(v, where) for v in value]
+            return make(items) if make is not None else items
+
+        return sequence
+
+    def instance(value: Any, where: str) -> Any:
+        if isinstance(tp, type) and isinstance(value, tp):
+            return value
+        raise _bad(value, getattr(tp, "__name__", str(tp)), where)
+
+    return instance
+
+
+def _compile_union(tp: Any) -> Converter:
+    members = typing.get_args(tp)
+    nullable = type(None) in members
+    convs = [_converter(m) for m in members if m is not type(None)]
+
+    def union(value: Any, where: str) -> Any:
         if value is None:
-            if type(None) in members:
+            if nullable:
                 return None
             raise _bad(value, str(tp), where)
         errors = []
-        for member in members:
-            if member is type(None):
-                continue
+        for conv in convs:
             try:
-                return from_wire(value, member, where)
+                return conv(value, where)
             except WireTypeError as exc:
                 errors.append(str(exc))
         raise WireTypeError("; ".join(errors))
-    if tp is type(None):
-        if value is None:
-            return None
-        raise _bad(value, "nil", where)
-    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+
+    return union
+
+
+def _compile_scalar(tp: type) -> Converter:
+    if tp is float:
+
+        def to_float(value: Any, where: str) -> Any:
+            if type(value) is float:
+                return value
+            if isinstance(value, int) and not isinstance(value, bool):
+                return float(value)
+            raise _bad(value, "float", where)
+
+        return to_float
+    if tp is int:
+
+        def to_int(value: Any, where: str) -> Any:
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value
+            raise _bad(value, "int", where)
+
+        return to_int
+
+    def exact(value: Any, where: str) -> Any:
+        if isinstance(value, tp):
+            return value
+        raise _bad(value, tp.__name__, where)
+
+    return exact
+
+
+def _compile_tuple(tp: Any) -> Converter:
+    args = typing.get_args(tp)
+    if len(args) == 2 and args[1] is Ellipsis:
+        item_c = _converter(args[0])
+
+        def homogeneous(value: Any, where: str) -> Any:
+            if not isinstance(value, list):
+                raise _bad(value, "array", where)
+            return tuple(item_c(v, where) for v in value)
+
+        return homogeneous
+    convs = [_converter(a) for a in args]
+
+    def fixed(value: Any, where: str) -> Any:
+        if not isinstance(value, list):
+            raise _bad(value, "array", where)
+        if len(value) != len(convs):
+            raise WireTypeError(f"{where}: expected {len(convs)} items, got {len(value)}")
+        return tuple(c(v, where) for c, v in zip(convs, value, strict=True))
+
+    return fixed
+
+
+def _compile_record(tp: Any, *, construct: bool) -> Converter:
+    hints = typing.get_type_hints(tp)
+    fields = {name: _converter(t) for name, t in hints.items()}
+    name = tp.__name__
+
+    def record(value: Any, where: str) -> Any:
         if not isinstance(value, dict):
-            raise _bad(value, tp.__name__, where)
-        hints = _fields_of(tp)
-        unknown = set(value) - set(hints)
-        if unknown:
-            raise WireTypeError(f"{where}: {tp.__name__} has no field {sorted(unknown)[0]!r}")
+            raise _bad(value, name, where)
+        out = {}
+        for k, v in value.items():
+            conv = fields.get(k)
+            if conv is None:
+                raise WireTypeError(f"{where}: {name} has no field {k!r}")
+            out[k] = conv(v, where)
+        if not construct:
+            if len(out) != len(fields):
+                raise WireTypeError(f"{where}: {name} needs the keys {sorted(fields)}, got {sorted(out)}")
+            return out
         try:
-            return tp(**{k: from_wire(v, hints[k], f"{where}.{k}") for k, v in value.items()})
+            return tp(**out)
         except TypeError as exc:
             raise WireTypeError(f"{where}: {exc}") from None
-    if typing.is_typeddict(tp):
-        if not isinstance(value, dict):
-            raise _bad(value, tp.__name__, where)
-        hints = _fields_of(tp)
-        if set(value) != set(hints):
-            raise WireTypeError(f"{where}: {tp.__name__} needs the keys {sorted(hints)}, got {sorted(value)}")
-        return {k: from_wire(v, hints[k], f"{where}.{k}") for k, v in value.items()}
-    if origin is None and tp in (float, int, bool, str, bytes):
-        return _scalar(value, tp, where)
-    if origin in (dict, Mapping, typing.Mapping) or tp is dict:
-        if not isinstance(value, dict):
-            raise _bad(value, "map", where)
-        key_t, val_t = typing.get_args(tp) or (Any, Any)
-        return {from_wire(k, key_t, where): from_wire(v, val_t, f"{where}[{k!r}]") for k, v in value.items()}
-    if origin is tuple:
-        if not isinstance(value, list):
-            raise _bad(value, "array", where)
-        args = typing.get_args(tp)
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(from_wire(v, args[0], where) for v in value)
-        if len(args) != len(value):
-            raise WireTypeError(f"{where}: expected {len(args)} items, got {len(value)}")
-        return tuple(from_wire(v, t, where) for v, t in zip(value, args, strict=True))
-    if origin in (*_SEQUENCES, set, frozenset) or tp in (list, set, frozenset):
-        if not isinstance(value, list):
-            raise _bad(value, "array", where)
-        (item_t,) = typing.get_args(tp) or (Any,)
-        items = [from_wire(v, item_t, f"{where}[{i}]") for i, v in enumerate(value)]
-        if origin in (set, frozenset):
-            return origin(items)
-        return items
-    if isinstance(tp, type) and isinstance(value, tp):
-        return value
-    raise _bad(value, getattr(tp, "__name__", str(tp)), where)
+
+    return record
 
 
 def method_for(name: str) -> Callable[..., Any]:
