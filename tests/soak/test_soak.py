@@ -139,8 +139,6 @@ OPEN_FINDINGS = [
     "a pool that starts while the store is locked or full exits at once instead of starting degraded "
     "(tests/test_pool_health.py::"
     "test_a_liteq_worker_started_while_the_store_is_locked_starts_degraded_instead_of_exiting)",
-    "a pool paused past its lease still starts the tasks whose lease it found lost, and runs them again "
-    "under its new claim (tests/test_pool_faults.py::test_a_paused_pool_does_not_start_tasks_whose_lease_it_lost)",
     "a canvas step whose input read meets a transient store error fails for good (tests/test_canvas.py::"
     "test_a_step_whose_input_read_meets_a_transient_store_error_runs_later_instead_of_failing)",
 ]
