@@ -275,7 +275,7 @@ class Nemesis:
             if kind == "kill-child":
                 with contextlib.suppress(psutil.Error):
                     child.send_signal(signal.SIGKILL)
-                    self._record(Fault(kind, target, now, now, [child.pid]))
+                    self._record(Fault(kind, target, now, time.time(), [child.pid]))  # ends once sent
                 return
             with contextlib.suppress(psutil.Error):
                 child.send_signal(signal.SIGSTOP)
@@ -292,7 +292,7 @@ class Nemesis:
                 p.killed = True
                 p.signal(signal.SIGKILL)
                 p.restart_at = now + 0.5 + 1.5 * duration
-                fault.end = now + (ORPHAN_GRACE if role == "pool" else 0.0)
+                fault.end = time.time() + (ORPHAN_GRACE if role == "pool" else 0.0)
                 self._record(fault)
                 return
             if p.signal(signal.SIGSTOP):
