@@ -245,7 +245,15 @@ def _soak(
     t0_holder["t0"] = time.time()
     for i in range(PRODUCERS):
         cast.start(f"producer-{i}")
-    clocked = clock_file if pool_takes_a_clock() else None
+    clocked = None
+    if port is None:
+        skipped.append(
+            "clock-step (local mode): only the app.workers() pool takes an injected clock, and stepping one "
+            "process's clock is not what NTP does to a host (all its processes step at once); left out here, "
+            "run in cluster mode, where the server's clock rules leases and a worker's own clock may step"
+        )
+    elif pool_takes_a_clock():
+        clocked = clock_file
     db = str(store_dir / DB_FILENAME)
     nemesis = Nemesis(seed, cast, str(oracle_dir), db, BUSY_TIMEOUT, LEASE, tmpfs, skipped, clocked)
 
