@@ -212,6 +212,8 @@ def test_liteq_worker_rides_out_an_exclusive_lock_of_three_busy_timeouts(
             report = _status_json(store, capsys)
             (w,) = [w for w in report["workers"] if w["pid"] == proc.pid]
             assert w["state"] == "degraded" and "store busy" in w["state_reason"]
+            assert cli_main(["status", str(store)]) == 0
+            assert "degraded: store busy during" in capsys.readouterr().out
             left = 3 * BUSY - (time.monotonic() - began)
             if left > 0:
                 time.sleep(left)  # the lock is the fault: it is held for a set time
