@@ -39,14 +39,14 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from multiprocessing.connection import wait
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from .child import ChildOptions, child_main
 from .exceptions import ConfigurationError, LiteQError
-from .health import Health, PoolState
+from .health import PoolState
 from .liveness import Liveness
 from .message import ErrorInfo, new_id
 from .reclaim import recover_local_leases
@@ -62,9 +62,10 @@ from .slots import (
     readable,
     task_fields,
 )
-from .storage.base import CANCELLED, PENDING, ClaimedTask, Outcome, WorkerInfo
+from .storage.base import CANCELLED, ClaimedTask, Outcome, WorkerInfo
+from .upkeep import Upkeep
 from .wake import Waker
-from .worker import DEFAULT_LEASE, MAINTENANCE_INTERVAL
+from .worker import DEFAULT_LEASE
 
 if TYPE_CHECKING:
     from .app import LiteQ
@@ -80,11 +81,6 @@ logger = logging.getLogger("liteq.pool")
 HEARTBEAT_INTERVAL = 5.0
 #: An idle pool looks at the store at least this often even without a wake-up (the fallback).
 IDLE_POLL_INTERVAL = 1.0
-#: Seconds between checks for cancel requests on running tasks.
-CANCEL_CHECK_INTERVAL = 1.0
-#: Under load, outcomes wait at most this long (or for this many) to share one transaction.
-FLUSH_DELAY = 0.002
-FLUSH_BATCH = 64
 #: Prefetch grows up to this many tasks per child while claims keep coming back full.
 MAX_PREFETCH_PER_CHILD = 32
 #: Seconds a cancelled running task gets to stop by itself before its child is killed.
@@ -136,6 +132,7 @@ class WorkerPool:
         reload: bool = False,
         scheduler: bool = True,
         liveness_timeout: float | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         from .storage.memory import MemoryStorage
 
@@ -189,26 +186,25 @@ class WorkerPool:
         self.reload = reload
         self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{new_id()[-8:]}"
         self._limits = app.rate_limits()
-        self.health = Health(f"worker {self.id}", logger)
         self.scheduler = Scheduler(app) if scheduler and app.schedules else None
+        self.upkeep = Upkeep(
+            self.id,
+            self.storage,
+            self,
+            lease=self.lease,
+            heartbeat_interval=heartbeat_interval,
+            scheduler=self.scheduler,
+            clock=clock,
+        )
+        self.health = self.upkeep.health
         self.children: list[ChildSlot] = []
         self.buffer: collections.deque[ClaimedTask] = collections.deque()
-        self.outcomes: list[Outcome] = []
         self._cancelled: set[str] = set()  # held, unstarted tasks whose cancel was requested
-        self._outcomes_since: float | None = None
-        self.progress: dict[str, tuple[str, bytes]] = {}
-        self.tasks_done = 0
-        self._beat_done = 0
         self._stop_level = 0  # 0 running, 1 graceful stop requested, 2 stop now
         self._stop_deadline = 0.0
         self._maybe_work = True
         self._next_scheduled: float | None = None
         self._last_claim = 0.0
-        self._next_extend = 0.0
-        self._next_beat = 0.0
-        self._next_maintenance = 0.0
-        self._next_prune = 0.0
-        self._next_cancel_check = 0.0
         self._reload_pending = False
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -230,6 +226,11 @@ class WorkerPool:
 
     def __repr__(self) -> str:
         return f"<WorkerPool {self.id} concurrency={self.concurrency} {self.start_method}>"
+
+    @property
+    def tasks_done(self) -> int:
+        """Tasks this pool ran to an outcome."""
+        return self.upkeep.tasks_done
 
     @property
     def state(self) -> PoolState:
@@ -262,7 +263,7 @@ class WorkerPool:
                 skip(self._waker.path)
         self._logs.start()
         recover_local_leases(self.storage, self.id, heartbeat_interval=self.heartbeat_interval)
-        now = time.time()
+        now = self.upkeep.clock()
         self.storage.register_worker(
             WorkerInfo(self.id, socket.gethostname(), os.getpid(), self.concurrency, self.queues, now, now)
         )
@@ -284,10 +285,7 @@ class WorkerPool:
         if self.reload:
             self._start_reloader()
         self._checkpoints.start()
-        mono = time.monotonic()
-        self._next_extend = mono + self.lease / 3
-        self._next_beat = mono + self.heartbeat_interval
-        self._next_maintenance = mono
+        self.upkeep.start(time.monotonic())
         logger.info(
             "worker %s started %d %s children on queues %s", self.id, self.concurrency, self.start_method, self.queues
         )
@@ -350,6 +348,7 @@ class WorkerPool:
         signal-safe; a second call escalates to ``now``."""
         level = 2 if now or self._stop_level >= 1 else 1
         self._stop_level = max(self._stop_level, level)
+        self.upkeep.stopping = True
         try:
             self._wake_w.send(b"s")
         except OSError:
@@ -383,19 +382,21 @@ class WorkerPool:
         """One supervisor iteration: handle messages and deaths, write outcomes, claim, assign,
         extend leases, wait for the next event. Returns False once the pool has stopped."""
         mono = time.monotonic()
-        if self.health.ok:
-            with self.health.guard("outcome flush"):
-                self._flush()  # first: a producer is waiting for these
+        self.upkeep.flush_if_ok()  # first: a producer is waiting for these
         if self._stop_level:
             if not self._stopping_step(mono):
                 return False
         elif self.health.ok:
             # Degraded, nothing new starts: a buffered task's lease cannot be extended now, and
             # running it after the lease ran out could run it twice.
+            self.upkeep.confirm_leases(mono)
             self._assign()
             self._claim(mono)
             self._assign()
         self._timers(mono)
+        if self.upkeep.more_work:
+            self.upkeep.more_work = False
+            self._maybe_work = True
         self._poll(self._timeout(time.monotonic()))
         return True
 
@@ -455,7 +456,7 @@ class WorkerPool:
                 if kind == "done":
                     self._done(c, Outcome(*message[1]), message[2])
                 elif kind == "progress":
-                    self.progress[message[1]] = (message[2], message[3])
+                    self.upkeep.progress[message[1]] = (message[2], message[3])
                 elif kind == "returned":
                     self._returned(c, message[1])
                 elif kind == "ready":
@@ -477,8 +478,8 @@ class WorkerPool:
             outcome = Outcome(outcome.id, outcome.lease_token, CANCELLED, error=info.encode(), reason="cancelled")
         c.started = time.monotonic()  # the next queued task starts now
         c.done += 1
-        self.tasks_done += 1
-        self.outcomes.append(outcome)
+        self.upkeep.tasks_done += 1
+        self.upkeep.outcomes.append(outcome)
         if self.max_tasks_per_child and c.done >= self.max_tasks_per_child:
             self._retire(c, f"ran {c.done} tasks")
         elif self.max_memory_per_child and rss > self.max_memory_per_child:
@@ -526,7 +527,7 @@ class WorkerPool:
         head = c.head
         if head is not None:
             c.queue.popleft()
-            self.outcomes.append(lost_outcome(c, head, code, self._timeout_of(head)))
+            self.upkeep.outcomes.append(lost_outcome(c, head, code, self._timeout_of(head)))
         while c.queue:
             self.buffer.appendleft(c.queue.pop())
         self._unwatch(c)
@@ -562,14 +563,14 @@ class WorkerPool:
             return
         if room <= len(self.buffer) and len(self.buffer) > self._prefetch // 2:
             return  # enough in hand: refill in batches when half is used, not one task at a time
-        due = self._next_scheduled is not None and time.time() >= self._next_scheduled
+        due = self._next_scheduled is not None and self.upkeep.clock() >= self._next_scheduled
         if not (self._maybe_work or due or mono - self._last_claim >= IDLE_POLL_INTERVAL):
             return
         self._last_claim = mono
         claimed: list[ClaimedTask] = []
         with self.health.guard("claim") as guard:
             claimed = self.storage.claim(
-                self.id, self.queues, limit=want, lease=self.lease, limits=self._limits or None
+                self.id, self.queues, limit=want, lease=self.lease, now=self.upkeep.clock(), limits=self._limits or None
             )
         if guard.failed:
             self._maybe_work = True  # look again as soon as the store is back
@@ -624,12 +625,8 @@ class WorkerPool:
 
     def _timers(self, mono: float) -> None:
         self._enforce_limits(mono)
-        self._checkpoints.maybe_inline(mono, busy=any(c.queue for c in self.children))
-        if not self.health.ok:
-            if self.health.retry_due(mono):
-                self._retry_round(mono)
-        else:
-            self._store_timers(mono)
+        self._checkpoints.maybe_inline(mono, busy=self.busy())
+        self.upkeep.timers(mono)
         if self._reload_pending:
             self._reload_pending = False
             for c in self.children:
@@ -645,100 +642,10 @@ class WorkerPool:
                 except OSError:
                     pass
 
-    def _store_timers(self, mono: float) -> None:
-        """The periodic store calls of a healthy pool; the first degrading error ends the round."""
-        health = self.health
-        if mono >= self._next_extend:
-            self._next_extend = mono + self.lease / 3
-            with health.guard("lease extension"):
-                self._extend()
-        if health.ok and mono >= self._next_beat:
-            self._next_beat = mono + self.heartbeat_interval
-            with health.guard("heartbeat"):
-                self._beat()
-        if health.ok and mono >= self._next_maintenance:
-            # Expired leases (a dead pool's tasks) come back within half a lease; the probe is a
-            # read of one index entry. Pruning finished tasks can wait longer.
-            self._next_maintenance = mono + min(MAINTENANCE_INTERVAL, max(1.0, self.lease / 2))
-            with health.guard("reap"):
-                if self.storage.reap():
-                    self._maybe_work = True
-            if health.ok and mono >= self._next_prune:
-                self._next_prune = mono + MAINTENANCE_INTERVAL
-                with health.guard("prune"):
-                    self.storage.prune()
-        if health.ok and self.scheduler is not None:
-            due = self.scheduler.next_due()
-            if due is not None and time.time() >= due:
-                # A failed tick leaves the scheduler's slots as they were: the same slot fires on
-                # the first tick after the pool is back to ok.
-                with health.guard("periodic tick"):
-                    if self.scheduler.tick():
-                        self._maybe_work = True
-        if health.ok and mono >= self._next_cancel_check:
-            self._next_cancel_check = mono + CANCEL_CHECK_INTERVAL
-            with health.guard("cancel check"):
-                self._check_cancels()
+    # -- what the upkeep asks (liteq.upkeep.Holder) ----------------------------------------------------
 
-    def _retry_round(self, mono: float) -> None:
-        """Degraded: try the writes that matter, in order; all through means ok again.
-
-        The heartbeat goes first so that ``liteq status`` shows the degraded state (a store may
-        keep it aside while its rows cannot be written), then the outcomes held in memory (at most
-        one per task this pool holds, since it claims nothing meanwhile), then the leases, which
-        also tells which buffered tasks another pool took over meanwhile.
-        """
-        health = self.health
-        for what, step in (
-            ("heartbeat", self._beat),
-            ("outcome flush", self._flush_all),
-            ("lease extension", self._extend),
-        ):
-            with health.guard(what) as guard:
-                step()
-            if guard.failed:
-                return
-        health.recovered(mono)
-        self._maybe_work = True
-        self._next_extend = mono + self.lease / 3
-        self._next_beat = mono  # record "ok" at once
-        self._next_cancel_check = mono
-
-    def _beat(self) -> None:
-        health = self.health
-        self.storage.heartbeat(
-            self.id,
-            tasks_done=self.tasks_done - self._beat_done,
-            state=health.state.value,
-            state_reason=health.reason,
-            state_since=health.since,
-        )
-        self._beat_done = self.tasks_done
-
-    def _extend(self) -> None:
-        held = self._held()
-        if not held:
-            return
-        leases = [(t.id, t.lease_token) for t in held]
-        applied = self.storage.extend(self.id, leases, lease=self.lease)
-        lost = {t.id for t, ok in zip(held, applied, strict=True) if not ok}
-        if not lost:
-            return
-        # An unstarted task whose lease passed to another pool (it expired during an outage)
-        # must not start here too; a started one's outcome is fenced off by its token.
-        dropped = [t for t in self.buffer if t.id in lost]
-        if dropped:
-            self.buffer = collections.deque(t for t in self.buffer if t.id not in lost)
-        logger.warning(
-            "lost the lease of %d task(s) (%d unstarted, dropped); their outcomes will be rejected",
-            len(lost),
-            len(dropped),
-        )
-
-    def _flush_all(self) -> None:
-        self._flush(force=True)
-
-    def _held(self) -> list[ClaimedTask]:
+    def held(self) -> list[ClaimedTask]:
+        """Every task this pool holds a lease on: buffered, queued in a child, running."""
         return [*self.buffer, *(t for c in self.children for t in c.queue)]
 
     def _enforce_limits(self, mono: float) -> None:
@@ -770,11 +677,23 @@ class WorkerPool:
             except OSError:
                 pass  # a dead child: its sentinel says so
 
-    def _check_cancels(self) -> None:
+    def drop_lost(self, ids: set[str]) -> int:
+        """Forget buffered (unstarted) tasks whose lease passed to another pool; return how many."""
+        kept = collections.deque(t for t in self.buffer if t.id not in ids)
+        dropped = len(self.buffer) - len(kept)
+        self.buffer = kept
+        return dropped
+
+    def busy(self) -> bool:
+        """True while any child holds a task."""
+        return any(c.queue for c in self.children)
+
+    def check_cancels(self) -> None:
+        """Stop running tasks whose cancel was requested, and drop such tasks not started yet."""
         running = {c.head.id: c for c in self.children if c.head is not None and not c.kill_reason and not c.cancel_id}
         # Tasks held but not started (in the buffer, or queued in a child's pipe) are checked too:
         # a cancel that arrives after the claim must stop them from starting at all.
-        held = self._held()
+        held = self.held()
         self._cancelled &= {t.id for t in held}  # forget those that ended meanwhile
         heads = {c.head.id for c in self.children if c.head is not None}
         waiting = [t.id for t in held if t.id not in heads and t.id not in self._cancelled]
@@ -809,7 +728,9 @@ class WorkerPool:
             if t.id in self._cancelled:
                 self._cancelled.discard(t.id)
                 info = ErrorInfo("liteq.exceptions.TaskCancelled", "cancelled before it started")
-                self.outcomes.append(Outcome(t.id, t.lease_token, CANCELLED, error=info.encode(), reason="cancelled"))
+                self.upkeep.outcomes.append(
+                    Outcome(t.id, t.lease_token, CANCELLED, error=info.encode(), reason="cancelled")
+                )
                 logger.info("task %s cancelled before it started: not running it", t.id)
             else:
                 kept.append(t)
@@ -824,30 +745,20 @@ class WorkerPool:
             pass
 
     def _timeout(self, mono: float) -> float:
-        if not self.health.ok:
-            return self._degraded_timeout(mono)
-        deadlines = [self._next_extend, self._next_beat, self._next_maintenance]
-        if self.scheduler is not None and not self._stop_level:
-            due = self.scheduler.next_due()
-            if due is not None:
-                deadlines.append(mono + max(due - time.time(), 0.0))
-        if any(c.head is not None for c in self.children):
-            deadlines.append(self._next_cancel_check)
-        deadlines += self._child_deadlines()
+        deadlines = self.upkeep.deadlines(mono) + self._child_deadlines()
+        healthy = self.health.ok
         if self._stop_level:
             deadlines.append(self._stop_deadline)
-            if self.outcomes or self.buffer:
+            if healthy and (self.upkeep.outcomes or self.buffer):
                 return 0.0
-        elif self._capacity() > 0:
-            if self._maybe_work and self.buffer == collections.deque():
+        elif healthy and self._capacity() > 0:
+            if self._maybe_work and not self.buffer:
                 return 0.0
             deadlines.append(self._last_claim + IDLE_POLL_INTERVAL)
             if self._next_scheduled is not None:
-                deadlines.append(mono + max(self._next_scheduled - time.time(), 0.0))
-        if self.progress or (self.outcomes and not self._defer_flush(mono)):
+                deadlines.append(mono + max(self._next_scheduled - self.upkeep.clock(), 0.0))
+        if self.upkeep.urgent(mono):
             return 0.0
-        if self.outcomes and self._outcomes_since is not None:
-            deadlines.append(self._outcomes_since + FLUSH_DELAY)
         return max(min(deadlines) - mono, 0.0)
 
     def _child_deadlines(self) -> list[float]:
@@ -863,49 +774,6 @@ class WorkerPool:
                     out.append(c.cancel_deadline)
         return out + self.liveness.deadlines(self.children)
 
-    def _degraded_timeout(self, mono: float) -> float:
-        # Only the retry round, time limits, cancels and a stop: outcomes wait for the store.
-        deadlines = [self.health.retry_at]
-        deadlines += self._child_deadlines()
-        if self._stop_level:
-            deadlines.append(self._stop_deadline)
-        return max(min(deadlines) - mono, 0.0)
-
-    def _defer_flush(self, mono: float) -> bool:
-        """Hold outcomes briefly while children are busy, so one transaction records many.
-
-        Never when nothing else is running (a lone task's producer is waiting: W3 latency), nor
-        past FLUSH_DELAY or FLUSH_BATCH outcomes, nor while stopping.
-        """
-        if self._stop_level or len(self.outcomes) >= FLUSH_BATCH:
-            return False
-        if not any(c.queue for c in self.children):
-            return False
-        if self._outcomes_since is None:
-            self._outcomes_since = mono
-        return mono - self._outcomes_since < FLUSH_DELAY
-
-    def _flush(self, force: bool = False) -> None:
-        if self.progress:  # before outcomes: a finished task's last progress must still land
-            for task_id, (token, data) in list(self.progress.items()):
-                self.storage.set_progress(task_id, token, data)
-                del self.progress[task_id]
-        if not self.outcomes or (not force and self._defer_flush(time.monotonic())):
-            return
-        outcomes = self.outcomes
-        for o in outcomes:
-            if o.state == PENDING and o.run_at == 0.0:
-                o.run_at = None
-        # On a store error the outcomes stay in hand (the caller's guard records the error).
-        applied = self.storage.complete(outcomes)
-        self._outcomes_since = None
-        self.outcomes = []
-        for o, ok in zip(outcomes, applied, strict=True):
-            if not ok:
-                logger.warning("outcome of task %s rejected: its lease had passed to another worker", o.id)
-        if any(o.state == PENDING for o in outcomes):
-            self._maybe_work = True
-
     # -- stopping ---------------------------------------------------------------------------------------
 
     def _stopping_step(self, mono: float) -> bool:
@@ -916,11 +784,8 @@ class WorkerPool:
         # Unstarted tasks go back at once, uncounted, so another pool can take them.
         for c in self.children:
             self._requeue_unstarted(c)
-        if self.buffer and self.health.ok:
-            with self.health.guard("release") as guard:
-                self.storage.release([(t.id, t.lease_token) for t in self.buffer])
-            if not guard.failed:
-                self.buffer.clear()
+        if self.buffer and self.upkeep.release(list(self.buffer)):
+            self.buffer.clear()
         force = self._stop_level >= 2 or mono >= self._stop_deadline
         for c in list(self.children):
             if c.head is None and not c.kill_reason:
@@ -936,36 +801,13 @@ class WorkerPool:
 
     def _shutdown(self) -> None:
         try:
-            self._final_writes()
+            level = self._stop_level
+            # Ride out store errors for up to shutdown_timeout more, or until a second stop request.
+            if self.upkeep.final_writes(self.shutdown_timeout, gave_up=lambda: self._stop_level > level):
+                self.buffer.clear()
         finally:
             self._kill_all()
             self._teardown()
-
-    def _final_writes(self) -> None:
-        """Record the last outcomes and hand back unstarted tasks, riding out store errors for
-        up to ``shutdown_timeout`` more (or until a second stop request)."""
-        deadline = time.monotonic() + self.shutdown_timeout
-        level = self._stop_level
-        while True:
-            with self.health.guard("outcome flush") as guard:
-                self._flush(force=True)
-                leases = [(t.id, t.lease_token) for t in self._held()]
-                if leases:
-                    self.storage.release(leases)
-                    self.buffer.clear()
-            if not guard.failed:
-                return
-            mono = time.monotonic()
-            if mono >= deadline or self._stop_level > level:
-                logger.error(
-                    "worker %s stopping with %d outcome(s) not recorded (%s): those tasks run again once "
-                    "their lease runs out",
-                    self.id,
-                    len(self.outcomes),
-                    self.health.reason,
-                )
-                return
-            time.sleep(max(0.0, min(self.health.retry_at, deadline) - mono))
 
     def _kill_all(self) -> None:
         for c in self.children:

@@ -650,10 +650,6 @@ def test_far_future_backlog_does_not_delay_due_tasks_or_grow_memory(
 # -- found by the soak ----------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="soak finding: the pool still starts tasks whose lease it found lost; remove this mark with the fix",
-)
 @pytest.mark.timeout(90)
 def test_a_paused_pool_does_not_start_tasks_whose_lease_it_lost(
     tmp_path: Path, make_app: Callable[..., LiteQ], reaper: Reaper, runlog: RunLog, gate: Gate

@@ -8,14 +8,17 @@ tests.soak.actors <role> ARGS``.
   before the first one it was not told about (their retry must return the first id), and skips
   canvas keys it already sent. A store error (busy, full) is retried after a short backoff, like
   a careful producer would; after a lost connection (cluster) only a plain, idempotent call is.
-- ``pool-host CONCURRENCY START_METHOD``: ``app.workers()`` in this process until SIGTERM; exits 3
-  at once if the pool's thread dies while it should run.
+- ``pool-host CONCURRENCY START_METHOD [CLOCK_FILE]``: ``app.workers()`` in this process until
+  SIGTERM; exits 3 at once if the pool's thread dies while it should run. With CLOCK_FILE (and a
+  pool that takes an injected clock), the pool's wall clock is stepped by the offset in that file.
 - ``hold-lock DB SECONDS TIMES``: ``BEGIN EXCLUSIVE`` on the database file for SECONDS; writes the
   moments it held the lock to TIMES.
 """
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import logging
 import os
 import random
@@ -24,6 +27,9 @@ import sqlite3
 import sys
 import threading
 import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 from liteq import StorageError, StoreUnavailable, chain, chord
 from tests.faultprocs import append_line
@@ -118,14 +124,39 @@ def producer(index: int, keys: int, rate: float, t0: float, seed: int) -> None:
             append_line(log, f"told {key} {time.time():.6f} {' '.join(ids)}")
 
 
-def pool_host(concurrency: int, start_method: str) -> int:
+def pool_takes_a_clock() -> bool:
+    """Whether ``WorkerPool`` accepts an injected wall clock (``clock=``)."""
+    from liteq.pool import WorkerPool
+
+    return "clock" in inspect.signature(WorkerPool).parameters
+
+
+def stepped_clock(path: str) -> Callable[[], float]:
+    """The wall clock plus the offset (seconds) written in ``path`` by the nemesis: a clock step."""
+    seen = {"at": -1.0, "offset": 0.0}
+
+    def clock() -> float:
+        mono = time.monotonic()
+        if mono - seen["at"] > 0.05:  # read the offset at most every 50 ms
+            seen["at"] = mono
+            with contextlib.suppress(OSError, ValueError):
+                seen["offset"] = float(Path(path).read_text() or 0)
+        return time.time() + seen["offset"]
+
+    return clock
+
+
+def pool_host(concurrency: int, start_method: str, clock_file: str | None = None) -> int:
     """See the module doc."""
     from tests.soak.soak_app import app
 
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    with app.workers(concurrency, start_method=start_method, shutdown_timeout=20.0) as pool:
+    options: dict[str, Any] = {}
+    if clock_file and pool_takes_a_clock():
+        options["clock"] = stepped_clock(clock_file)
+    with app.workers(concurrency, start_method=start_method, shutdown_timeout=20.0, **options) as pool:
         name = f"liteq-pool-{pool.id}"
         while not stop.wait(0.2):
             if not any(t.name == name for t in threading.enumerate()):
@@ -157,7 +188,7 @@ def main(argv: list[str]) -> int:
         producer(int(args[0]), int(args[1]), float(args[2]), float(args[3]), int(args[4]))
         return 0
     if role == "pool-host":
-        return pool_host(int(args[0]), args[1])
+        return pool_host(int(args[0]), args[1], args[2] if len(args) > 2 else None)
     if role == "hold-lock":
         hold_lock(args[0], float(args[1]), args[2])
         return 0

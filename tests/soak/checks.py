@@ -163,12 +163,12 @@ def check(
             if before.outcome == "raised:RuntimeError" and before.kind == "work" and before.attempt == 1:
                 continue  # the planned failure of attempt 1, retried by policy
             duplicates += 1
-            if explaining(faults, before, after.start):
+            if explaining(faults, before, after.start, after):
                 explained += 1
                 continue
             problems.append(
                 f"{tid} ({after.key}): ran again ({after.label()}) after {before.label()}, "
-                "with no fault window on the store or on that process in between"
+                "with no fault window on the store or on either process in between"
             )
 
     # every chord callback once, with the right value; every chain's last step with the right value
@@ -210,8 +210,13 @@ def check(
         if n > most:
             problems.append(f"periodic {schedule}: {n} tasks in {last - first:.0f}s, at most {most} slots")
 
+    ended: dict[str, int] = defaultdict(int)
+    for i in acked:
+        if i in stored:
+            ended[stored[i].row.state] += 1
     figures = {
         "acked_ids": len(acked),
+        "acked_states": ",".join(f"{k}:{v}" for k, v in sorted(ended.items())),
         "keys": len(told),
         "stored": len(stored),
         "runs": sum(len(r) for r in runs.values()),

@@ -36,6 +36,9 @@ ORPHAN_GRACE = 1.5
 MAX_CONCURRENT = 4
 #: Mean seconds between two faults.
 MEAN_GAP = 1.0
+#: The pool whose wall clock the nemesis steps (the ``app.workers()`` host), and by how much.
+CLOCKED_SLOT = "pool-c"
+STEP = 120.0
 
 
 @dataclass
@@ -179,6 +182,7 @@ class Nemesis:
         lease: float,
         tmpfs: Path | None,
         skipped: list[str],
+        clock_file: Path | None = None,
     ) -> None:
         self.rng = random.Random(seed)
         self.cast = cast
@@ -200,6 +204,9 @@ class Nemesis:
         }
         if tmpfs is not None:
             self.weights["disk-full"] = 1
+        self.clock_file = clock_file
+        if clock_file is not None:
+            self.weights["clock-step"] = 1
         if cast.current("server"):
             self.weights["kill-server"] = 1
             self.weights["stop-server"] = 1
@@ -268,7 +275,7 @@ class Nemesis:
             if kind == "kill-child":
                 with contextlib.suppress(psutil.Error):
                     child.send_signal(signal.SIGKILL)
-                    self._record(Fault(kind, target, now, now, [child.pid]))
+                    self._record(Fault(kind, target, now, time.time(), [child.pid]))  # ends once sent
                 return
             with contextlib.suppress(psutil.Error):
                 child.send_signal(signal.SIGSTOP)
@@ -285,7 +292,7 @@ class Nemesis:
                 p.killed = True
                 p.signal(signal.SIGKILL)
                 p.restart_at = now + 0.5 + 1.5 * duration
-                fault.end = now + (ORPHAN_GRACE if role == "pool" else 0.0)
+                fault.end = time.time() + (ORPHAN_GRACE if role == "pool" else 0.0)
                 self._record(fault)
                 return
             if p.signal(signal.SIGSTOP):
@@ -327,6 +334,25 @@ class Nemesis:
 
             self.count[kind] = self.count.get(kind, 0) + 1
             self.open.append(_Open(fault, server.restart_at, listening))
+            return
+        if kind == "clock-step":
+            assert self.clock_file is not None
+            hosts = [p for p in self.cast.live("pool") if p.slot == CLOCKED_SLOT]
+            if not hosts:
+                return
+            step = STEP if pick < 0.5 else -STEP
+            clock_file = self.clock_file
+            clock_file.write_text(f"{step}")
+            # liteq promises that a step moves no live lease and fires no eta early beyond the step:
+            # a duplicate run during it is not explained.
+            fault = Fault(kind, f"{hosts[0].name} {step:+g}s", now, now, hosts[0].family(), explains=False)
+
+            def back() -> float:
+                clock_file.write_text("0")
+                return time.time()
+
+            self.count[kind] = self.count.get(kind, 0) + 1
+            self.open.append(_Open(fault, now + 2 + 4 * duration, back))
             return
         if kind == "lock":
             self._lock_seq += 1

@@ -9,7 +9,7 @@ import pytest
 
 from liteq.storage.base import TaskRow
 from tests.soak.checks import Stored, check
-from tests.soak.oracle import Fault, Run, Told
+from tests.soak.oracle import GRACE, Fault, Run, Told
 
 SPAN = (1000.0, 1100.0)
 
@@ -135,3 +135,18 @@ def test_a_failure_is_explained_only_by_a_fault_on_its_run_or_on_its_failed_depe
     assert len([p for p in _problems(world) if p.startswith("lost:")]) == 3
     world["faults"] = [Fault("stop-child", "pool-a.1 child 100", 1003.0, 1013.0, [100])]
     assert _problems(world) == []
+
+
+@pytest.mark.parametrize(("late", "explained"), [(1.0, True), (GRACE + 1.0, False)])
+def test_a_stale_run_of_a_paused_pool_is_explained_only_just_after_its_pause(late: float, explained: bool) -> None:
+    # Given a task run by pool B (pid 200) while pool A (pid 100), paused until 1010, held a stale claim
+    # of it that A's child started `late` seconds after it resumed
+    world = _world()
+    world["runs"]["A"] = [
+        Run("A", 2, "t2", 200, 1009.0, "work", "k1", 1009.1, "ok"),
+        Run("A", 1, "t1", 100, 1010.0 + late, "work", "k1", 1010.1 + late, "ok"),
+    ]
+    world["stored"]["A"] = Stored(_row("A", idempotency_key="k1", attempts=2), "k1", "w", "2:200")
+    world["faults"] = [Fault("stop-supervisor", "pool-a.1", 1000.0, 1010.0, [99, 100])]
+    found = [p for p in _problems(world) if "ran again" in p]
+    assert (found == []) is explained, found

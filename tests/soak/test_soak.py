@@ -36,6 +36,7 @@ from liteq.storage.base import FINISHED_STATES
 from liteq.storage.sqlite import DB_FILENAME
 from tests.pool_support import ROOT, Reaper
 from tests.soak import checks, oracle
+from tests.soak.actors import pool_takes_a_clock
 from tests.soak.config import BUSY_TIMEOUT, LEASE
 from tests.soak.conftest import soak_seconds
 from tests.soak.nemesis import Cast, Nemesis
@@ -63,11 +64,12 @@ def _free_port() -> int:
 def store_place(tmp_path: Path, reaper: Reaper) -> Iterator[tuple[Path, Path | None, list[str]]]:
     """Where the store lives: on a 64 MiB tmpfs as root (so the nemesis can fill the disk), else in
     ``tmp_path``; also the faults left out, with why."""
-    skipped = [
-        "clock-step: liteq has no clock that can be injected into its pool processes, and libfaketime "
-        "(0.9.10) either steps CLOCK_MONOTONIC with the wall clock or makes time.sleep fail with EINVAL "
-        "when told not to; left out"
-    ]
+    skipped: list[str] = []
+    if not pool_takes_a_clock():
+        skipped.append(
+            "clock-step: WorkerPool takes no injected clock, and libfaketime (0.9.10) either steps "
+            "CLOCK_MONOTONIC with the wall clock or makes time.sleep fail with EINVAL when told not to; left out"
+        )
     mnt = tmp_path / "tmpfs"
     if os.geteuid() != 0:
         skipped.append("disk-full: mounting a tmpfs needs root; left out")
@@ -89,7 +91,7 @@ def store_place(tmp_path: Path, reaper: Reaper) -> Iterator[tuple[Path, Path | N
             subprocess.run(["umount", "--lazy", str(mnt)], check=False)
 
 
-def _commands(seed: int, keys: int, t0: Callable[[], float]) -> tuple[dict[str, Any], dict[str, str]]:
+def _commands(seed: int, keys: int, t0: Callable[[], float], clock_file: Path) -> tuple[dict[str, Any], dict[str, str]]:
     """The argv of every slot of the cast (by incarnation), and each slot's role."""
     rng = random.Random(f"{seed}:cast")
     methods = [rng.choice(["forkserver", "fork", "spawn"]) for _ in range(3)]
@@ -108,7 +110,7 @@ def _commands(seed: int, keys: int, t0: Callable[[], float]) -> tuple[dict[str, 
     commands: dict[str, Any] = {
         "pool-a": lambda n: [*worker, "--start-method", methods[0]],
         "pool-b": lambda n: [*worker, "--start-method", methods[1]],
-        "pool-c": lambda n: [py, "-m", "tests.soak.actors", "pool-host", str(CONCURRENCY), methods[2]],
+        "pool-c": lambda n: [py, "-m", "tests.soak.actors", "pool-host", str(CONCURRENCY), methods[2], str(clock_file)],
         "scheduler": lambda n: [py, "-m", "liteq", "scheduler", "tests.soak.soak_app:app"],
     }
     roles = {"pool-a": "pool", "pool-b": "pool", "pool-c": "pool", "scheduler": "scheduler"}
@@ -137,8 +139,6 @@ OPEN_FINDINGS = [
     "a pool that starts while the store is locked or full exits at once instead of starting degraded "
     "(tests/test_pool_health.py::"
     "test_a_liteq_worker_started_while_the_store_is_locked_starts_degraded_instead_of_exiting)",
-    "a pool paused past its lease still starts the tasks whose lease it found lost, and runs them again "
-    "under its new claim (tests/test_pool_faults.py::test_a_paused_pool_does_not_start_tasks_whose_lease_it_lost)",
     "a canvas step whose input read meets a transient store error fails for good (tests/test_canvas.py::"
     "test_a_step_whose_input_read_meets_a_transient_store_error_runs_later_instead_of_failing)",
 ]
@@ -155,7 +155,7 @@ def test_nemesis_soak(
     seed = soak_seed
     seconds = soak_seconds(request.config)
     tag = f"[soak {mode} seed={seed}]"
-    replay = f"replay: pytest 'tests/soak/test_soak.py::test_nemesis_soak[{mode}-seed{seed}]' --soak-seed {seed} --soak-seconds {seconds:g}"
+    replay = f"replay: pytest tests/soak -k {mode} --soak-seed {seed} --soak-seconds {seconds:g}"
     with capsys.disabled():
         print(f"\n{tag} {seconds:g}s of faults ({replay})", flush=True)
     oracle_dir = tmp_path / "oracle"
@@ -215,7 +215,9 @@ def _soak(
     keys = int(RATE * seconds)
     # The producers pace themselves from t0: set once the pools run, so the keys spread over the faults.
     t0_holder = {"t0": began + 3600.0}
-    commands, roles = _commands(seed, keys, lambda: t0_holder["t0"])
+    clock_file = oracle_dir / "clock-offset"
+    clock_file.write_text("0")
+    commands, roles = _commands(seed, keys, lambda: t0_holder["t0"], clock_file)
     if port is not None:
         commands["server"] = lambda n: [
             sys.executable, "-m", "liteq", "serve", str(store_dir), "--bind", f"127.0.0.1:{port}"
@@ -243,7 +245,17 @@ def _soak(
     t0_holder["t0"] = time.time()
     for i in range(PRODUCERS):
         cast.start(f"producer-{i}")
-    nemesis = Nemesis(seed, cast, str(oracle_dir), str(store_dir / DB_FILENAME), BUSY_TIMEOUT, LEASE, tmpfs, skipped)
+    clocked = None
+    if port is None:
+        skipped.append(
+            "clock-step (local mode): only the app.workers() pool takes an injected clock, and stepping one "
+            "process's clock is not what NTP does to a host (all its processes step at once); left out here, "
+            "run in cluster mode, where the server's clock rules leases and a worker's own clock may step"
+        )
+    elif pool_takes_a_clock():
+        clocked = clock_file
+    db = str(store_dir / DB_FILENAME)
+    nemesis = Nemesis(seed, cast, str(oracle_dir), db, BUSY_TIMEOUT, LEASE, tmpfs, skipped, clocked)
 
     # When the nemesis runs for the soak's duration, then stops and ends every fault
     nemesis.run(seconds)

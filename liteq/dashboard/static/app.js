@@ -189,8 +189,8 @@
       document.getElementById("workers").innerHTML = rows.length ? `<table id="worker-table"><thead><tr><th>worker</th><th>host</th><th class="num">pid</th><th class="num">concurrency</th><th>queues</th><th class="num">tasks done</th><th>state</th><th>started</th><th>last heartbeat</th></tr></thead><tbody>${
         rows.map((w) => {
           const health = w.state === "ok" ? badge("ok", "ok")
-            : badge("degraded", "degraded") + ` <span class="muted">${esc(w.state_reason || "")}${w.state_since ? " since " + esc(when(w.state_since)) : ""}</span>`;
-          return `<tr class="${w.stale ? "stale" : ""}"><td class="mono">${esc(w.id)}</td><td>${esc(w.host)}</td><td class="num">${w.pid}</td><td class="num">${w.concurrency}</td><td>${esc(w.queues.join(", "))}</td><td class="num">${num(w.tasks_done)}</td><td>${health}</td><td>${esc(when(w.started_at))}</td><td>${esc(ago(w.heartbeat_at))} ${w.stale ? badge("stale", "stale") : ""}</td></tr>`;
+            : badge("degraded", "degraded") + `<span class="muted">: ${esc(w.state_reason || "no reason given")}${w.state_since ? " since " + esc(short(w.state_since)) : ""}</span>`;
+          return `<tr class="${w.stale ? "stale" : ""}"><td class="mono">${esc(w.id)}</td><td>${esc(w.host)}</td><td class="num">${w.pid}</td><td class="num">${w.concurrency}</td><td>${esc(w.queues.join(", "))}</td><td class="num">${num(w.tasks_done)}</td><td>${health}</td><td title="${esc(when(w.started_at))}">${esc(short(w.started_at))}</td><td>${esc(ago(w.heartbeat_at))} ${w.stale ? badge("stale", "stale") : ""}</td></tr>`;
         }).join("")}</tbody></table><p class="muted legend-note" style="padding:8px 12px">A worker not heard from for ${data.stale_after} s is marked stale.</p>`
         : `<div class="empty">No worker has registered with this store.</div>`;
     }

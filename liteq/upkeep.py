@@ -1,0 +1,335 @@
+"""What a pool owes the store, on a health state machine: outcomes, lease extensions, heartbeats,
+reaping and pruning, periodic ticks and cancel checks.
+
+:class:`Upkeep` is the store side of :class:`~liteq.pool.WorkerPool`; the pool keeps the process
+side (children, pipes, assignment) and tells it what it holds through the :class:`Holder` protocol.
+Every store call goes through :class:`~liteq.health.Health`: a busy, full, read-only or unreachable
+store makes the pool degraded, not dead (see :mod:`liteq.health`).
+
+Wall-clock steps. Lease deadlines and etas are stored as wall-clock instants: they must mean
+the same to every process on the store (and a cluster server keeps its own clock for them).
+A step of the wall clock (NTP, a VM resumed) moves every instant at once, so a forward step
+makes every live lease look expired and a backward one delays the expiry of a dead pool's lease.
+Rather than keep a second, per-host deadline (CLOCK_BOOTTIME) in every store, a pool watches for
+steps: the wall clock minus the monotonic clock stays constant unless the wall clock stepped.
+On a step it re-extends its own leases at once (re-basing them on the new wall clock) and holds
+its own reaping for a lease (at least two heartbeat intervals), long enough for every live pool
+on the host, which sees the same step, to re-base its leases too. So a forward step never makes a
+running pool reap a live lease, a backward step delays a dead pool's lease by at most the step,
+and an eta stored before a step fires early by at most the step. The limit of this choice: a
+pool that starts within a lease after a forward step never saw the step and may reap leases not
+yet re-based; a per-host CLOCK_BOOTTIME deadline in the store would close that gap.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
+
+from .health import Health
+from .storage.base import PENDING, ClaimedTask, Outcome
+from .worker import MAINTENANCE_INTERVAL
+
+if TYPE_CHECKING:
+    from .scheduler import Scheduler
+    from .storage.base import Storage
+
+__all__ = ["CLOCK_STEP_TOLERANCE", "Holder", "Upkeep"]
+
+logger = logging.getLogger("liteq.pool")
+
+#: Seconds between checks for cancel requests on held tasks.
+CANCEL_CHECK_INTERVAL = 1.0
+#: Under load, outcomes wait at most this long (or for this many) to share one transaction.
+FLUSH_DELAY = 0.002
+FLUSH_BATCH = 64
+#: A change of (wall clock - monotonic clock) beyond this many seconds is a wall-clock step.
+CLOCK_STEP_TOLERANCE = 1.0
+
+
+class Holder(Protocol):
+    """What the pool tells its upkeep about the tasks it holds."""
+
+    def held(self) -> list[ClaimedTask]:
+        """Every task the pool holds a lease on (buffered, queued in a child, running)."""
+
+    def drop_lost(self, ids: set[str]) -> int:
+        """Forget unstarted tasks whose lease passed to another pool; return how many."""
+
+    def check_cancels(self) -> None:
+        """Look for cancel requests on held tasks (a store read)."""
+
+    def busy(self) -> bool:
+        """True while any child holds a task."""
+
+
+class Upkeep:
+    """The store side of one pool (see the module doc). ``more_work`` is set whenever something
+    it did may have made tasks claimable (a reap, a retry, a periodic slot)."""
+
+    def __init__(
+        self,
+        worker_id: str,
+        storage: Storage,
+        holder: Holder,
+        *,
+        lease: float,
+        heartbeat_interval: float,
+        scheduler: Scheduler | None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.id = worker_id
+        self.storage = storage
+        self.holder = holder
+        self.lease = lease
+        self.heartbeat_interval = heartbeat_interval
+        self.scheduler = scheduler
+        self.clock = clock
+        self.health = Health(f"worker {worker_id}", logger)
+        self.outcomes: list[Outcome] = []
+        self.progress: dict[str, tuple[str, bytes]] = {}
+        self.tasks_done = 0
+        self.more_work = False
+        self.stopping = False
+        self._beat_done = 0
+        self._outcomes_since: float | None = None
+        self._next_extend = self._next_beat = self._next_maintenance = 0.0
+        self._next_prune = self._next_cancel_check = 0.0
+        self._reap_hold_until = 0.0
+        self._extended_at = time.monotonic()  # when the store last confirmed the leases held
+        self._skew = clock() - time.monotonic()
+
+    def start(self, mono: float) -> None:
+        """Arm the timers once the pool runs."""
+        self._next_extend = mono + self.lease / 3
+        self._next_beat = mono + self.heartbeat_interval
+        self._next_maintenance = mono
+
+    # -- outcomes ---------------------------------------------------------------------------------
+
+    def defer_flush(self, mono: float) -> bool:
+        """Hold outcomes briefly while children are busy, so one transaction records many.
+
+        Never when nothing else is running (a lone task's producer is waiting: W3 latency), nor
+        past FLUSH_DELAY or FLUSH_BATCH outcomes, nor while stopping.
+        """
+        if self.stopping or len(self.outcomes) >= FLUSH_BATCH:
+            return False
+        if not self.holder.busy():
+            return False
+        if self._outcomes_since is None:
+            self._outcomes_since = mono
+        return mono - self._outcomes_since < FLUSH_DELAY
+
+    def flush(self, force: bool = False) -> None:
+        """Write progress and outcomes (unless they may wait for company); raises store errors,
+        and then keeps everything in hand for the next try."""
+        if self.progress:  # before outcomes: a finished task's last progress must still land
+            for task_id, (token, data) in list(self.progress.items()):
+                self.storage.set_progress(task_id, token, data)
+                del self.progress[task_id]
+        if not self.outcomes or (not force and self.defer_flush(time.monotonic())):
+            return
+        outcomes = self.outcomes
+        for o in outcomes:
+            if o.state == PENDING and o.run_at == 0.0:
+                o.run_at = None
+        applied = self.storage.complete(outcomes, now=self.clock())
+        self._outcomes_since = None
+        self.outcomes = []
+        for o, ok in zip(outcomes, applied, strict=True):
+            if not ok:
+                logger.warning("outcome of task %s rejected: its lease had passed to another worker", o.id)
+        if any(o.state == PENDING for o in outcomes):
+            self.more_work = True
+
+    def flush_if_ok(self) -> None:
+        """:meth:`flush` in the ok state, a store error making the pool degraded."""
+        if self.health.ok:
+            with self.health.guard("outcome flush"):
+                self.flush()
+
+    def _flush_all(self) -> None:
+        self.flush(force=True)
+
+    # -- timers -------------------------------------------------------------------------------------
+
+    def timers(self, mono: float) -> None:
+        """The periodic store calls due at ``mono``; degraded, only the retry round."""
+        self._watch_clock(mono)
+        if not self.health.ok:
+            if self.health.retry_due(mono):
+                self._retry_round(mono)
+            return
+        health = self.health
+        if mono >= self._next_extend:
+            self._next_extend = mono + self.lease / 3
+            with health.guard("lease extension"):
+                self._extend()
+        if health.ok and mono >= self._next_beat:
+            self._next_beat = mono + self.heartbeat_interval
+            with health.guard("heartbeat"):
+                self._beat()
+        if health.ok and mono >= self._next_maintenance and mono >= self._reap_hold_until:
+            # Expired leases (a dead pool's tasks) come back within half a lease; the probe is a
+            # read of one index entry. Pruning finished tasks can wait longer.
+            self._next_maintenance = mono + min(MAINTENANCE_INTERVAL, max(1.0, self.lease / 2))
+            with health.guard("reap"):
+                if self.storage.reap(now=self.clock()):
+                    self.more_work = True
+            if health.ok and mono >= self._next_prune:
+                self._next_prune = mono + MAINTENANCE_INTERVAL
+                with health.guard("prune"):
+                    self.storage.prune(now=self.clock())
+        if health.ok and self.scheduler is not None and not self.stopping:
+            due = self.scheduler.next_due()
+            now = self.clock()
+            if due is not None and now >= due:
+                # A failed tick leaves the scheduler's slots as they were: the same slot fires on
+                # the first tick after the pool is back to ok.
+                with health.guard("periodic tick"):
+                    if self.scheduler.tick(now=now):
+                        self.more_work = True
+        if health.ok and mono >= self._next_cancel_check:
+            self._next_cancel_check = mono + CANCEL_CHECK_INTERVAL
+            with health.guard("cancel check"):
+                self.holder.check_cancels()
+
+    def _watch_clock(self, mono: float) -> None:
+        skew = self.clock() - mono
+        step = skew - self._skew
+        if abs(step) <= CLOCK_STEP_TOLERANCE:
+            return
+        self._skew = skew
+        # Every pool on the host re-bases its leases on its next iteration, at most a heartbeat
+        # interval away, and within its own extension period: hold for whichever is longer.
+        hold = max(self.lease, 2 * self.heartbeat_interval)
+        logger.warning(
+            "worker %s: the wall clock stepped by %+.1fs; re-extending leases now and reaping nothing for %.0fs",
+            self.id,
+            step,
+            hold,
+        )
+        self._next_extend = mono
+        self._reap_hold_until = mono + hold
+
+    def deadlines(self, mono: float) -> list[float]:
+        """When the next timer is due (monotonic), for the pool's wait."""
+        if not self.health.ok:
+            return [self.health.retry_at]
+        out = [self._next_extend, self._next_beat, max(self._next_maintenance, self._reap_hold_until)]
+        if self.scheduler is not None and not self.stopping:
+            due = self.scheduler.next_due()
+            if due is not None:
+                out.append(mono + max(due - self.clock(), 0.0))
+        if self.holder.busy():
+            out.append(self._next_cancel_check)
+        if self.outcomes and self._outcomes_since is not None:
+            out.append(self._outcomes_since + FLUSH_DELAY)
+        return out
+
+    def urgent(self, mono: float) -> bool:
+        """True when progress or outcomes should be written without waiting (ok state only)."""
+        return self.health.ok and bool(self.progress or (self.outcomes and not self.defer_flush(mono)))
+
+    # -- the writes ---------------------------------------------------------------------------------
+
+    def _retry_round(self, mono: float) -> None:
+        """Degraded: try the writes that matter, in order; all through means ok again.
+
+        The heartbeat goes first so that ``liteq status`` shows the degraded state (a store may
+        keep it aside while its rows cannot be written), then the outcomes held in memory (at most
+        one per task this pool holds, since it claims nothing meanwhile), then the leases, which
+        also tells which buffered tasks another pool took over meanwhile.
+        """
+        health = self.health
+        for what, step in (
+            ("heartbeat", self._beat),
+            ("outcome flush", self._flush_all),
+            ("lease extension", self._extend),
+        ):
+            with health.guard(what) as guard:
+                step()
+            if guard.failed:
+                return
+        health.recovered(mono)
+        self.more_work = True
+        self._next_extend = mono + self.lease / 3
+        self._next_beat = mono  # record "ok" at once
+        self._next_cancel_check = mono
+
+    def _beat(self) -> None:
+        health = self.health
+        self.storage.heartbeat(
+            self.id,
+            tasks_done=self.tasks_done - self._beat_done,
+            now=self.clock(),
+            state=health.state.value,
+            state_reason=health.reason,
+            state_since=health.since,
+        )
+        self._beat_done = self.tasks_done
+
+    def confirm_leases(self, mono: float) -> None:
+        """Before buffered tasks go to children: extend now if the leases were last confirmed
+        half a lease ago or more (the pool was paused, or busy elsewhere). Their leases may have
+        run out and passed to another pool meanwhile; starting them here would run them twice."""
+        if self.health.ok and mono - self._extended_at >= self.lease / 2:
+            self._next_extend = mono + self.lease / 3
+            with self.health.guard("lease extension"):
+                self._extend()
+
+    def _extend(self) -> None:
+        held = self.holder.held()
+        started = time.monotonic()
+        if not held:
+            self._extended_at = started
+            return
+        leases = [(t.id, t.lease_token) for t in held]
+        applied = self.storage.extend(self.id, leases, lease=self.lease, now=self.clock())
+        self._extended_at = started
+        lost = {t.id for t, ok in zip(held, applied, strict=True) if not ok}
+        if not lost:
+            return
+        # An unstarted task whose lease passed to another pool (it expired during an outage)
+        # must not start here too; a started one's outcome is fenced off by its token.
+        dropped = self.holder.drop_lost(lost)
+        logger.warning(
+            "lost the lease of %d task(s) (%d unstarted, dropped); their outcomes will be rejected",
+            len(lost),
+            dropped,
+        )
+
+    def release(self, tasks: list[ClaimedTask]) -> bool:
+        """Hand unstarted tasks back (uncounted); False when the store refused (degraded)."""
+        if not self.health.ok:
+            return False
+        with self.health.guard("release") as guard:
+            self.storage.release([(t.id, t.lease_token) for t in tasks])
+        return not guard.failed
+
+    def final_writes(self, timeout: float, gave_up: Callable[[], bool]) -> bool:
+        """Record the last outcomes and hand back what is held, riding out store errors for up to
+        ``timeout`` seconds or until ``gave_up()``; True when everything was written."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self.health.guard("outcome flush") as guard:
+                self.flush(force=True)
+                held = self.holder.held()
+                if held:
+                    self.storage.release([(t.id, t.lease_token) for t in held])
+            if not guard.failed:
+                return True
+            mono = time.monotonic()
+            if mono >= deadline or gave_up():
+                logger.error(
+                    "worker %s stopping with %d outcome(s) not recorded (%s): those tasks run again once "
+                    "their lease runs out",
+                    self.id,
+                    len(self.outcomes),
+                    self.health.reason,
+                )
+                return False
+            time.sleep(max(0.0, min(self.health.retry_at, deadline) - mono))
