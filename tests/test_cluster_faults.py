@@ -91,6 +91,21 @@ def test_a_worker_that_vanishes_without_closing_its_socket_loses_its_leases(
         assert vanished.complete([Outcome(claimed.id, claimed.lease_token, "succeeded", result=b"M\xc0")]) == [False]
 
 
+def _check_late_run_refused(producer: LiteQ, runlog: RunLog, late_pid: int, task_id: str) -> None:
+    """Once the late pool's run of ``k`` (attempt 1) has ended and the pool has been heard from
+    since (it hands in outcomes before it heartbeats), the second attempt's result still stands."""
+    wait_for(lambda: any(e.kind == "end" and e.attempt == 1 for e in runlog.events()), 60, "the late run to end")
+    ended = time.time()
+    wait_for(
+        lambda: any(w.pid == late_pid and w.heartbeat_at > ended + 0.5 for w in producer.storage.workers()),
+        90,
+        "the late pool to be heard again",
+    )
+    row = producer.storage.get([task_id])[0]
+    assert row is not None and row.state == "succeeded" and row.attempts == 2
+    assert producer.result(task_id).get(timeout=5) == "k.2"
+
+
 def test_a_sigstopped_remote_worker_past_its_lease_has_its_late_outcome_rejected(
     server: ServerProcess, producer: LiteQ, reaper: Reaper, runlog: RunLog, gate: Gate
 ) -> None:
@@ -114,17 +129,7 @@ def test_a_sigstopped_remote_worker_past_its_lease_has_its_late_outcome_rejected
         for p in stopped:
             p.send_signal(signal.SIGCONT)
     # And when the stopped worker wakes and finishes its run, its outcome is refused
-    wait_for(lambda: any(e.kind == "end" and e.attempt == 1 for e in runlog.events()), 60, "the late run to end")
-    ended = time.time()
-    # (the woken pool heartbeats after it has handed in the outcome of the run that just ended)
-    wait_for(
-        lambda: any(w.pid == first.pid and w.heartbeat_at > ended + 0.5 for w in producer.storage.workers()),
-        60,
-        "the woken pool to be heard again",
-    )
-    row = producer.storage.get([result.id])[0]
-    assert row is not None and row.state == "succeeded" and row.attempts == 2
-    assert producer.result(result.id).get(timeout=5) == "k.2"
+    _check_late_run_refused(producer, runlog, first.pid, result.id)
 
 
 def test_sigkill_of_the_server_while_workers_hold_leases_loses_nothing(
@@ -282,15 +287,6 @@ def test_a_partitioned_remote_worker_loses_its_task_and_its_late_completion_is_r
                 gate.release("k", 1)
                 subprocess.run(["ip", "link", "set", host_link, "up"], check=True, timeout=30)
             # And when the link heals, the cut-off worker finishes its run but its completion is refused
-            wait_for(lambda: any(e.kind == "end" and e.attempt == 1 for e in runlog.events()), 60, "the late run")
-            healed = time.time()
-            wait_for(
-                lambda: any(w.pid == cut_off.pid and w.heartbeat_at > healed + 0.5 for w in producer.storage.workers()),
-                90,
-                "the partitioned pool to be heard again",
-            )
-            row = producer.storage.get([result.id])[0]
-            assert row is not None and row.state == "succeeded" and row.attempts == 2
-            assert producer.result(result.id).get(timeout=5) == "k.2"
+            _check_late_run_refused(producer, runlog, cut_off.pid, result.id)
         finally:
             producer.close()
