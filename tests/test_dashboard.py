@@ -231,7 +231,11 @@ def test_workers_show_host_pid_health_and_stale_ones(app: LiteQ, client: Client)
     assert rows["w-live"]["tasks_done"] == 7 and rows["w-live"]["state"] == "ok"
     assert not rows["w-live"]["stale"] and rows["w-gone"]["stale"]
     sick = rows["w-sick"]
-    assert (sick["state"], sick["state_reason"], sick["state_since"]) == ("degraded", "store busy during claim", now - 5)
+    assert (sick["state"], sick["state_reason"], sick["state_since"]) == (
+        "degraded",
+        "store busy during claim",
+        now - 5,
+    )
     assert client.get("/api/overview")["workers"] == {"total": 3, "stale": 1, "degraded": 1}
 
 
@@ -422,6 +426,24 @@ def test_events_stream_pushes_the_counts_when_they_change(tmp_path: Path) -> Non
     finally:
         dash.close()
         app.close()
+
+
+def test_close_ends_the_open_event_streams(app: LiteQ) -> None:
+    # Given a client on the event stream
+    dash = Dashboard(app, bind="127.0.0.1:0").start()
+    conn = http.client.HTTPConnection("127.0.0.1", dash.address[1], timeout=10)
+    conn.request("GET", "/api/events")
+    resp = conn.getresponse()
+    read_event(resp)
+    # When the dashboard closes
+    started = time.monotonic()
+    dash.close()
+    # Then the stream ends soon, and a second close is harmless
+    while resp.readline():
+        pass
+    assert time.monotonic() - started < 5
+    dash.close()
+    conn.close()
 
 
 def test_dashboard_over_a_cluster_store(tmp_path: Path) -> None:

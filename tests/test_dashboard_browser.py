@@ -97,11 +97,31 @@ def add_history(app: LiteQ, *, now: float, minutes: int = 60) -> None:
             )
 
 
+def waiter(driver: Any, timeout: float) -> Any:
+    """A WebDriverWait that looks again when the live page replaced an element it was reading."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, timeout, poll_frequency=0.1, ignored_exceptions=(StaleElementReferenceException,))
+
+
 def text(driver: Any, css: str) -> str:
+    """The text of the first element matching ``css`` ("" when none, or when the live page replaced
+    it between finding and reading it)."""
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
 
-    found = driver.find_elements(By.CSS_SELECTOR, css)
-    return str(found[0].text) if found else ""
+    try:
+        found = driver.find_elements(By.CSS_SELECTOR, css)
+        return str(found[0].text) if found else ""
+    except StaleElementReferenceException:
+        return ""
+
+
+def number(driver: Any, css: str) -> int | None:
+    """The integer shown by the element matching ``css`` (None while there is none)."""
+    shown = text(driver, css).replace(",", "")
+    return int(shown) if shown.isdigit() else None
 
 
 def shoot(driver: Any, name: str, tmp_path: Path) -> None:
@@ -114,9 +134,8 @@ def shoot(driver: Any, name: str, tmp_path: Path) -> None:
 
 def test_overview_live_counts_then_retry_a_failed_task_in_the_browser(browser: Any, tmp_path: Path) -> None:
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
 
-    wait = WebDriverWait(browser, 60, poll_frequency=0.1)
+    wait = waiter(browser, 60)
     flag = tmp_path / "flag"
     app = dashboard_tasks.make_app(tmp_path / "store")
     try:
@@ -129,7 +148,9 @@ def test_overview_live_counts_then_retry_a_failed_task_in_the_browser(browser: A
             browser.get(dash.url + "/")
             wait.until(lambda d: text(d, ".live") == "live")
             wait.until(lambda d: text(d, "[data-stat=failed]") not in ("", "0"))
-            succeeded_before = int(text(browser, "[data-stat=succeeded]").replace(",", ""))
+            (succeeded_before,) = wait.until(
+                lambda d: [n] if (n := number(d, "[data-stat=succeeded]")) is not None else None
+            )
             # And tasks are sent to the pool
             for i in range(20):
                 app.tasks[ADD].delay(i, i)
@@ -172,9 +193,33 @@ def test_overview_live_counts_then_retry_a_failed_task_in_the_browser(browser: A
         app.close()
 
 
+def test_the_browser_logs_in_once_with_the_token(browser: Any, tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+
+    wait = waiter(browser, 30)
+    app = dashboard_tasks.make_app(tmp_path / "store")
+    try:
+        # Given a dashboard bound beyond loopback with a token (reached here through 127.0.0.1)
+        with Dashboard(app, bind="0.0.0.0:0", token="s3cret-token").start() as dash:
+            url = f"http://127.0.0.1:{dash.address[1]}"
+            # When the page is opened, the login form comes first; a wrong token is refused
+            browser.get(url + "/")
+            wait.until(lambda d: d.find_elements(By.ID, "token"))
+            browser.find_element(By.ID, "token").send_keys("wrong")
+            browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+            wait.until(lambda d: d.find_element(By.ID, "failed").is_displayed())
+            # Then the right token opens the dashboard, and it stays open on the next visit
+            browser.find_element(By.ID, "token").send_keys("s3cret-token")
+            browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+            wait.until(lambda d: text(d, ".live") == "live")
+            browser.get(url + "/#/periodic")
+            wait.until(lambda d: "hourly-add" in text(d, "#periodic"))
+    finally:
+        app.close()
+
+
 def test_read_only_page_shows_no_actions(browser: Any, tmp_path: Path) -> None:
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
 
     app = dashboard_tasks.make_app(tmp_path / "store")
     try:
@@ -182,10 +227,10 @@ def test_read_only_page_shows_no_actions(browser: Any, tmp_path: Path) -> None:
         app.run_until_empty()
         with Dashboard(app, bind="127.0.0.1:0", read_only=True).start() as dash:
             browser.get(f"{dash.url}/#/task/{failed_id}")
-            WebDriverWait(browser, 30).until(lambda d: text(d, "#task-state") == "failed")
+            waiter(browser, 30).until(lambda d: text(d, "#task-state") == "failed")
             assert browser.find_elements(By.ID, "retry") == []
             browser.get(f"{dash.url}/#/periodic")
-            WebDriverWait(browser, 30).until(lambda d: "hourly-add" in text(d, "#periodic"))
+            waiter(browser, 30).until(lambda d: "hourly-add" in text(d, "#periodic"))
             assert browser.find_elements(By.CSS_SELECTOR, "#periodic button") == []
     finally:
         app.close()

@@ -186,7 +186,11 @@ class Dashboard:
 
     def call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(*args)`` on one of the store threads and return its result (or raise its error)."""
-        return self._store.submit(fn, *args).result()
+        try:
+            future = self._store.submit(fn, *args)
+        except RuntimeError:  # the executor is shut down: a request that raced close()
+            raise LiteQError("the dashboard is shutting down") from None
+        return future.result()
 
     def overview_json(self) -> bytes:
         """The overview as JSON, computed at most once per half poll interval for every client."""
@@ -441,6 +445,8 @@ class _Handler(BaseHTTPRequestHandler):
                 try:
                     data = dash.overview_json()
                 except LiteQError as exc:
+                    if dash.closing.is_set():
+                        break
                     data = json.dumps({"error": str(exc)}).encode()
                 if data != last:
                     self.wfile.write(b"event: overview\ndata: " + data + b"\n\n")
