@@ -33,21 +33,18 @@ import logging.handlers
 import multiprocessing
 import os
 import pickle
-import selectors
 import signal
 import socket
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from multiprocessing.connection import wait
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from .child import ChildOptions, child_main
+from .events import EventWait
 from .exceptions import ConfigurationError, LiteQError
 from .health import PoolState
-from .liveness import Liveness
 from .message import ErrorInfo, new_id
 from .reclaim import recover_local_leases
 from .scheduler import Scheduler
@@ -56,7 +53,6 @@ from .slots import (
     ChildLogs,
     ChildSlot,
     default_start_method,
-    drain,
     exit_text,
     lost_outcome,
     readable,
@@ -65,6 +61,7 @@ from .slots import (
 from .storage.base import CANCELLED, ClaimedTask, Outcome, WorkerInfo
 from .upkeep import Upkeep
 from .wake import Waker
+from .watchdog import CANCEL_GRACE, Watchdog
 from .worker import DEFAULT_LEASE
 
 if TYPE_CHECKING:
@@ -83,8 +80,6 @@ HEARTBEAT_INTERVAL = 5.0
 IDLE_POLL_INTERVAL = 1.0
 #: Prefetch grows up to this many tasks per child while claims keep coming back full.
 MAX_PREFETCH_PER_CHILD = 32
-#: Seconds a cancelled running task gets to stop by itself before its child is killed.
-CANCEL_GRACE = 3.0
 #: Seconds running tasks get to finish after a stop request.
 DEFAULT_SHUTDOWN_TIMEOUT = 30.0
 #: Seconds to wait for children to start before giving up.
@@ -110,8 +105,10 @@ class WorkerPool:
       :mod:`liteq.reclaim`).
     - ``liveness_timeout``: seconds a busy child may stay silent (stopped, stuck holding the GIL)
       before it is killed and its task handled as a hard timeout (default: the lease; see
-      :mod:`liteq.liveness`).
+      :mod:`liteq.watchdog`).
     - ``scheduler``: fire the app's periodic tasks from this pool (default True; safe in every pool).
+    - ``clock``: the wall clock the pool passes to the store (default ``time.time``; injected by
+      tests of clock steps, see :mod:`liteq.upkeep`).
     """
 
     def __init__(
@@ -182,7 +179,7 @@ class WorkerPool:
         if liveness_timeout is not None and not liveness_timeout > 0:
             raise ConfigurationError(f"liveness_timeout must be > 0 seconds, not {liveness_timeout!r}")
         # A child silent for a whole lease would have lost its lease as a worker of its own.
-        self.liveness = Liveness(float(liveness_timeout) if liveness_timeout is not None else self.lease)
+        self.watchdog = Watchdog(app, float(liveness_timeout) if liveness_timeout is not None else self.lease)
         self.reload = reload
         self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{new_id()[-8:]}"
         self._limits = app.rate_limits()
@@ -206,16 +203,8 @@ class WorkerPool:
         self._next_scheduled: float | None = None
         self._last_claim = 0.0
         self._reload_pending = False
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
-        # One selector for the pool's life (multiprocessing's wait() builds one per call).
-        self._selector: selectors.BaseSelector | None = None
-        if sys.platform != "win32":
-            self._selector = selectors.DefaultSelector()
-            self._selector.register(self._wake_r, selectors.EVENT_READ, ("wake", None))
+        self._events = EventWait()
         self._checkpoints = Checkpointer(self.storage, inline=self.start_method == "fork")
-        self._waker: Waker | None = None
         self._logs = ChildLogs(self.ctx, forked=self.start_method == "fork")
         self._observer: Any = None
         self._thread: threading.Thread | None = None
@@ -254,19 +243,18 @@ class WorkerPool:
         """Start the children and return once every one is ready to run tasks."""
         waker_dir = getattr(self.storage, "wake_dir", None)
         if waker_dir:
-            self._waker = Waker(waker_dir)
-            if self._selector is not None and self._waker.sock is not None:
-                self._selector.register(self._waker.sock, selectors.EVENT_READ, ("waker", None))
+            waker = Waker(waker_dir)
+            self._events.add_waker(waker)
             # This thread's own commits need not wake this pool: it knows what it just did.
             skip = getattr(self.storage, "skip_wake_in_this_thread", None)
             if skip is not None:
-                skip(self._waker.path)
+                skip(waker.path)
         self._logs.start()
-        recover_local_leases(self.storage, self.id, heartbeat_interval=self.heartbeat_interval)
-        now = self.upkeep.clock()
-        self.storage.register_worker(
-            WorkerInfo(self.id, socket.gethostname(), os.getpid(), self.concurrency, self.queues, now, now)
-        )
+        # A pool started while the store is locked (a backup) or full starts degraded: its
+        # start-up writes are the first step of its retry rounds.
+        self.upkeep.pending_startup = self._register
+        with self.health.guard("start-up"):
+            self._register()
         for i in range(self.concurrency):
             self.children.append(self._spawn(i))
         deadline = time.monotonic() + STARTUP_TIMEOUT
@@ -290,6 +278,14 @@ class WorkerPool:
             "worker %s started %d %s children on queues %s", self.id, self.concurrency, self.start_method, self.queues
         )
 
+    def _register(self) -> None:
+        recover_local_leases(self.storage, self.id, heartbeat_interval=self.heartbeat_interval)
+        now = self.upkeep.clock()
+        self.storage.register_worker(
+            WorkerInfo(self.id, socket.gethostname(), os.getpid(), self.concurrency, self.queues, now, now)
+        )
+        self.upkeep.pending_startup = None
+
     def _abort(self, message: str) -> None:
         self._kill_all()
         self._teardown()
@@ -305,7 +301,7 @@ class WorkerPool:
         process.start()
         child_conn.close()
         c = ChildSlot(index, process, parent_conn)
-        self._watch(c)
+        self._events.watch(c)
         return c
 
     def run(self) -> None:
@@ -349,10 +345,7 @@ class WorkerPool:
         level = 2 if now or self._stop_level >= 1 else 1
         self._stop_level = max(self._stop_level, level)
         self.upkeep.stopping = True
-        try:
-            self._wake_w.send(b"s")
-        except OSError:
-            pass
+        self._events.poke(b"s")
 
     def join(self, timeout: float | None = None) -> None:
         """Wait for a background pool to finish; re-raise the error that stopped it, if any."""
@@ -402,17 +395,10 @@ class WorkerPool:
 
     def _poll(self, timeout: float) -> None:
         """Wait up to ``timeout`` for any event, then handle every one that is ready."""
-        if self._selector is not None:
-            events = [key.data for key, _ in self._selector.select(max(timeout, 0))]
-        else:
-            events = self._ready_portable(timeout)
         dead: list[ChildSlot] = []
-        for kind, c in events:
-            if kind == "wake":
-                drain(self._wake_r)
-            elif kind == "waker":
-                if self._waker is not None and b"w" in self._waker.drain():
-                    self._maybe_work = True
+        for kind, c in self._events.wait(timeout, self.children):
+            if kind == "waker":
+                self._maybe_work = True
             elif kind == "conn":
                 self._receive(c)
             elif c not in dead:
@@ -420,29 +406,6 @@ class WorkerPool:
         for c in dead:
             self._receive(c)  # a child may have reported its last outcome before exiting
             self._buried(c)
-
-    def _watch(self, c: ChildSlot) -> None:
-        if self._selector is not None:
-            self._selector.register(c.conn.fileno(), selectors.EVENT_READ, ("conn", c))
-            self._selector.register(c.process.sentinel, selectors.EVENT_READ, ("dead", c))
-
-    def _unwatch(self, c: ChildSlot) -> None:
-        if self._selector is not None:
-            for fd in (c.conn.fileno(), c.process.sentinel):
-                try:
-                    self._selector.unregister(fd)
-                except (KeyError, ValueError):
-                    pass
-
-    def _ready_portable(self, timeout: float) -> list[tuple[str, Any]]:
-        # Windows cannot select() on pipes: multiprocessing's wait() knows how to wait there.
-        handles: dict[Any, tuple[str, Any]] = {self._wake_r: ("wake", None)}
-        if self._waker is not None and self._waker.sock is not None:
-            handles[self._waker.sock] = ("waker", None)
-        for c in self.children:
-            handles[c.conn] = ("conn", c)
-            handles[c.process.sentinel] = ("dead", c)
-        return [handles[h] for h in wait(list(handles), timeout=max(timeout, 0))]
 
     def _receive(self, c: ChildSlot) -> None:
         conn = c.conn
@@ -527,10 +490,10 @@ class WorkerPool:
         head = c.head
         if head is not None:
             c.queue.popleft()
-            self.upkeep.outcomes.append(lost_outcome(c, head, code, self._timeout_of(head)))
+            self.upkeep.outcomes.append(lost_outcome(c, head, code, self.watchdog.time_limit(head)))
         while c.queue:
             self.buffer.appendleft(c.queue.pop())
-        self._unwatch(c)
+        self._events.unwatch(c)
         c.conn.close()
         if c in self.children:
             i = self.children.index(c)
@@ -540,12 +503,6 @@ class WorkerPool:
                 if head is not None and not c.kill_reason:
                     logger.error("child %s died (%s) running task %s %s", c.pid, exit_text(code), head.name, head.id)
                 self.children[i] = self._spawn(c.index)
-
-    def _timeout_of(self, task: ClaimedTask) -> float | None:
-        if task.timeout is not None:  # stored with the task: holds without the app (liteq worker STORE)
-            return task.timeout
-        t = self.app.tasks.get(task.name)
-        return t.options.timeout if t is not None else None
 
     # -- claiming and assigning ---------------------------------------------------------------------
 
@@ -617,7 +574,7 @@ class WorkerPool:
             return 0  # it retires after the tasks it has
         # A task behind one with a hard limit would wait out that limit: queue only one then.
         head = c.head
-        if head is not None and self._timeout_of(head) is not None:
+        if head is not None and self.watchdog.time_limit(head) is not None:
             return 1
         return self.child_depth
 
@@ -649,29 +606,9 @@ class WorkerPool:
         return [*self.buffer, *(t for c in self.children for t in c.queue)]
 
     def _enforce_limits(self, mono: float) -> None:
-        for c in self.children:
-            head = c.head
-            if head is None or c.kill_reason:
-                continue
-            if c.cancel_id and c.cancel_id == head.id and mono >= c.cancel_deadline:
-                logger.warning(
-                    "cancelled task %s did not stop within %ss: killing child %s", head.id, CANCEL_GRACE, c.pid
-                )
-                self._kill(c, "cancelled")
-                continue
-            limit = self._timeout_of(head)
-            if limit is not None and mono - c.started >= limit:
-                logger.error("task %s %s ran past its %ss timeout: killing child %s", head.name, head.id, limit, c.pid)
-                self._kill(c, "timeout")
-        for c in self.liveness.silent(self.children, mono):
-            logger.error(
-                "child %s running task %s stopped answering for %ss: killing it",
-                c.pid,
-                c.head.id if c.head else "-",
-                self.liveness.timeout,
-            )
-            self._kill(c, "unresponsive")
-        for c in self.liveness.to_ping(self.children, mono):
+        for c, reason in self.watchdog.verdicts(self.children, mono):
+            self._kill(c, reason)
+        for c in self.watchdog.to_ping(self.children, mono):
             try:
                 c.conn.send_bytes(pickle.dumps(("ping",), PROTOCOL))
             except OSError:
@@ -745,7 +682,7 @@ class WorkerPool:
             pass
 
     def _timeout(self, mono: float) -> float:
-        deadlines = self.upkeep.deadlines(mono) + self._child_deadlines()
+        deadlines = self.upkeep.deadlines(mono) + self.watchdog.deadlines(self.children)
         healthy = self.health.ok
         if self._stop_level:
             deadlines.append(self._stop_deadline)
@@ -760,19 +697,6 @@ class WorkerPool:
         if self.upkeep.urgent(mono):
             return 0.0
         return max(min(deadlines) - mono, 0.0)
-
-    def _child_deadlines(self) -> list[float]:
-        """When a running task passes its hard limit or its cancel grace (monotonic)."""
-        out = []
-        for c in self.children:
-            head = c.head
-            if head is not None:
-                limit = self._timeout_of(head)
-                if limit is not None:
-                    out.append(c.started + limit)
-                if c.cancel_id:
-                    out.append(c.cancel_deadline)
-        return out + self.liveness.deadlines(self.children)
 
     # -- stopping ---------------------------------------------------------------------------------------
 
@@ -817,7 +741,7 @@ class WorkerPool:
                 except (ProcessLookupError, TypeError):
                     pass
             c.process.join(5)
-            self._unwatch(c)
+            self._events.unwatch(c)
             c.conn.close()
         self.children.clear()
 
@@ -833,13 +757,8 @@ class WorkerPool:
         except LiteQError:
             logger.exception("could not unregister worker %s", self.id)
         self._checkpoints.stop()
-        if self._selector is not None:
-            self._selector.close()
-        if self._waker is not None:
-            self._waker.close()
+        self._events.close()
         self._logs.stop()
-        self._wake_r.close()
-        self._wake_w.close()
         logger.info("worker %s stopped after %d task(s)", self.id, self.tasks_done)
 
     # -- reload ----------------------------------------------------------------------------------------
@@ -851,7 +770,4 @@ class WorkerPool:
 
     def _on_source_change(self) -> None:
         self._reload_pending = True
-        try:
-            self._wake_w.send(b"r")
-        except OSError:
-            pass
+        self._events.poke(b"r")

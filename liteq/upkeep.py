@@ -98,6 +98,8 @@ class Upkeep:
         self._next_extend = self._next_beat = self._next_maintenance = 0.0
         self._next_prune = self._next_cancel_check = 0.0
         self._reap_hold_until = 0.0
+        #: Start-up writes (reclaiming, registering) still to do: a pool may start degraded.
+        self.pending_startup: Callable[[], None] | None = None
         self._extended_at = time.monotonic()  # when the store last confirmed the leases held
         self._skew = clock() - time.monotonic()
 
@@ -245,7 +247,9 @@ class Upkeep:
         also tells which buffered tasks another pool took over meanwhile.
         """
         health = self.health
+        startup = [("start-up", self.pending_startup)] if self.pending_startup is not None else []
         for what, step in (
+            *startup,
             ("heartbeat", self._beat),
             ("outcome flush", self._flush_all),
             ("lease extension", self._extend),

@@ -29,6 +29,7 @@ from .exceptions import (
     StoreCorrupt,
     UnknownTask,
 )
+from .health import degrades
 from .message import ErrorInfo, Progress, decode_call, new_id
 from .retries import backoff_delay
 from .storage.base import FAILED, SCHEDULED, SUCCEEDED, ClaimedTask, Outcome, WorkerInfo
@@ -42,6 +43,8 @@ logger = logging.getLogger("liteq.worker")
 
 #: Seconds a claim is leased for; running tasks get their lease extended long before it runs out.
 DEFAULT_LEASE = 60.0
+#: The longest a step waits before running again after the store failed to give its input (seconds).
+STORE_RETRY_MAX = 30.0
 #: How often a worker looks for expired leases and prunes expired results.
 MAINTENANCE_INTERVAL = 30.0
 
@@ -145,6 +148,17 @@ def execute(
         try:
             call.args = (_inputs(app, call.meta), *call.args)
         except LiteQError as exc:
+            if degrades(exc):
+                # The store did not answer (busy, unreachable): the input is not missing. Run
+                # again later, as a retry would, within the task's attempt cap.
+                delay = backoff_delay(claimed.attempt, base=1.0, cap=STORE_RETRY_MAX, jitter=True)
+                info = ErrorInfo.from_exception(exc)
+                if claimed.attempt < claimed.max_attempts:
+                    return Outcome(
+                        claimed.id, claimed.lease_token, SCHEDULED, error=info.encode(), reason="store error",
+                        run_at=now() + delay,
+                    )  # fmt: skip
+                return _fail(claimed, info, "store error")
             return _fail(claimed, ErrorInfo.from_exception(exc), "dependency result missing")
     retries = call.meta.get("retries", opts.retries)
     retries_left = max(0, min(retries - claimed.attempt + 1, claimed.max_attempts - claimed.attempt))

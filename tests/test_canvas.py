@@ -434,11 +434,6 @@ def test_cancelling_the_first_step_fails_the_whole_chain(burst: Env) -> None:
     assert r.parent.info().reason == f"dependency failed: {first.id}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="soak finding: execute() fails a step for good ('dependency result missing') when reading its "
-    "input raises a transient StorageError; remove this mark with the fix in liteq/worker.py",
-)
 @pytest.mark.parametrize("error", [StoreUnavailable, StoreBusy], ids=["unavailable", "busy"])
 def test_a_step_whose_input_read_meets_a_transient_store_error_runs_later_instead_of_failing(
     burst: Env, monkeypatch: pytest.MonkeyPatch, error: type[StorageError]
