@@ -193,6 +193,7 @@ class WorkerPool:
         self._cancelled: set[str] = set()  # held, unstarted tasks whose cancel was requested
         self._stop_level = StopLevel.RUNNING
         self._stop_deadline = 0.0
+        self._draining = False  # an operator's drain: claim nothing more, stop once idle
         self._maybe_work = True
         self._next_scheduled: float | None = None
         self._last_claim = 0.0
@@ -368,6 +369,7 @@ class WorkerPool:
         extend leases, wait for the next event. Returns False once the pool has stopped."""
         mono = time.monotonic()
         self.upkeep.flush_if_ok()  # first: a producer is waiting for these
+        self._obey(self.storage.pending_commands())
         if self._stop_level:
             if not self._stopping_step(mono):
                 return False
@@ -376,7 +378,8 @@ class WorkerPool:
             # running it after the lease ran out could run it twice.
             self.upkeep.confirm_leases(mono)
             self._assign()
-            self._claim(mono)
+            if not self._draining:
+                self._claim(mono)
             self._assign()
         self._timers(mono)
         if self.upkeep.more_work:
@@ -384,6 +387,22 @@ class WorkerPool:
             self._maybe_work = True
         self._poll(self._timeout(time.monotonic()))
         return True
+
+    def drain(self) -> None:
+        """Claim nothing more; stop (exit 0) once every task in hand has finished."""
+        self._draining = True
+        self._events.poke(b"s")
+
+    def _obey(self, commands: list[str]) -> None:
+        # Commands an operator sent through the store (``liteq control``, cluster stores only).
+        for command in commands:
+            logger.warning("worker %s received %r from the store", self.id, command)
+            if command == "drain":
+                self.drain()
+            elif command == "stop":
+                self.stop()
+        if self._draining and not self._stop_level and not self.buffer and not self.busy():
+            self.stop()
 
     def _poll(self, timeout: float) -> None:
         """Wait up to ``timeout`` for any event, then handle every one that is ready."""
