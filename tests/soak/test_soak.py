@@ -132,20 +132,7 @@ def _unfinished(app: LiteQ, ids: list[str]) -> list[str]:
     return left
 
 
-#: What the soak found that is not fixed yet (each has a regression test marked xfail strict, named
-#: here): the soak fails until they are, so it is marked xfail, not strict, meanwhile. Delete an
-#: entry with its fix; delete the mark when the list is empty.
-OPEN_FINDINGS = [
-    "a pool that starts while the store is locked or full exits at once instead of starting degraded "
-    "(tests/test_pool_health.py::"
-    "test_a_liteq_worker_started_while_the_store_is_locked_starts_degraded_instead_of_exiting)",
-    "a canvas step whose input read meets a transient store error fails for good (tests/test_canvas.py::"
-    "test_a_step_whose_input_read_meets_a_transient_store_error_runs_later_instead_of_failing)",
-]
-
-
 @pytest.mark.slow
-@pytest.mark.xfail(bool(OPEN_FINDINGS), reason="open soak findings: " + "; ".join(OPEN_FINDINGS), strict=False)
 @pytest.mark.parametrize("mode", MODES)
 def test_nemesis_soak(
     soak_seed: int, mode: str, tmp_path: Path, reaper: Reaper, request: pytest.FixtureRequest, capsys: Any
