@@ -260,7 +260,8 @@ def _soak(
         problems.append(f"timed out after {timeout:.0f}s waiting for {what}")
         return False
 
-    # Then the producers finish their keys (restarted ones included)
+    # Then what the nemesis killed last is restarted, and the producers finish their keys
+    settle("the last killed processes to restart", lambda: all(p.restart_at is None for p in cast.current()), 30)
     settle(
         "the producers to finish",
         lambda: all(not p.alive() and p.popen.returncode == 0 for p in cast.current("producer")),
@@ -280,6 +281,8 @@ def _soak(
     for d in cast.deaths:
         problems.append(f"alive: {d.role} {d.name} exited by itself with {d.code} at {d.at - began:.1f}s")
     for p in cast.current("pool") + cast.current("scheduler") + cast.current("server"):
+        if p.killed:
+            continue  # the nemesis killed it (its replacement, if any, is the current one)
         if not p.alive():
             problems.append(f"alive: {p.name} is not running at the end")
         elif p.role == "pool" and now - beats.get(p.pid, 0.0) > FRESH_HEARTBEAT:
