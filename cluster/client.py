@@ -36,6 +36,7 @@ from .protocol import (
     Push,
     Response,
     auth_error,
+    events_before,
     is_auth_failure,
     is_server_gone,
 )
@@ -262,20 +263,24 @@ class Client(_Base):
                 data = sock.recv(262144)
                 if not data:
                     break
-                for event in proto.receive_data(data):
-                    if isinstance(event, Response):
-                        with self._lock:
-                            waiter = self._pending.pop(event.id, None)
-                        if waiter is not None:
-                            waiter.response = event
-                            waiter.done.set()
-                    elif isinstance(event, Push) and self.on_push is not None:
-                        self.on_push(event.kind, event.data)
+                self._dispatch(proto.receive_data(data))
         except ProtocolError as exc:
+            self._dispatch(events_before(exc))
             error = exc
         except OSError:
             pass
         self._lost(generation, error)
+
+    def _dispatch(self, events: list[Any]) -> None:
+        for event in events:
+            if isinstance(event, Response):
+                with self._lock:
+                    waiter = self._pending.pop(event.id, None)
+                if waiter is not None:
+                    waiter.response = event
+                    waiter.done.set()
+            elif isinstance(event, Push) and self.on_push is not None:
+                self.on_push(event.kind, event.data)
 
     def _lost(self, generation: int, error: BaseException | None) -> None:
         with self._lock:
@@ -469,14 +474,9 @@ class AsyncClient(_Base):
                 data = await self._reader.read(262144)
                 if not data:
                     break
-                for event in self._proto.receive_data(data):
-                    if isinstance(event, Response):
-                        fut = self._pending.pop(event.id, None)
-                        if fut is not None and not fut.done():
-                            fut.set_result(event)
-                    elif isinstance(event, Push) and self.on_push is not None:
-                        self.on_push(event.kind, event.data)
+                self._dispatch(self._proto.receive_data(data))
         except (ProtocolError, OSError) as exc:
+            self._dispatch(events_before(exc))
             error = exc
         for fut in self._pending.values():
             if not fut.done():
@@ -484,6 +484,15 @@ class AsyncClient(_Base):
                     error if isinstance(error, ProtocolError) else self._unavailable("the connection was lost")
                 )
         self._pending.clear()
+
+    def _dispatch(self, events: list[Any]) -> None:
+        for event in events:
+            if isinstance(event, Response):
+                fut = self._pending.pop(event.id, None)
+                if fut is not None and not fut.done():
+                    fut.set_result(event)
+            elif isinstance(event, Push) and self.on_push is not None:
+                self.on_push(event.kind, event.data)
 
     async def call(self, op: str, args: Mapping[str, Any], *, extra: Mapping[str, Any] | None = None) -> Any:
         """Send one request and await its reply value (its error is raised)."""

@@ -45,6 +45,7 @@ __all__ = [
     "ServerConnection",
     "decode_frames",
     "encode_frame",
+    "events_before",
 ]
 
 #: Bumped on any incompatible change; both sides refuse a peer that speaks another version.
@@ -259,6 +260,9 @@ class _Side:
                 if event is not None:
                     events.append(event)
         except ProtocolError as exc:
+            # Frames that arrived before the bad one still count (a reply, then the server's
+            # closing error): the I/O layer handles them, see :func:`events_before`.
+            exc.events = events  # type: ignore[attr-defined]
             self._fail(exc)
             raise
         return events
@@ -426,6 +430,12 @@ class _ServerGone(ProtocolError):
     def __init__(self, code: Any, message: str) -> None:
         super().__init__(f"the server closed the connection ({code}): {message}", ours=False)
         self.code = code
+
+
+def events_before(exc: BaseException) -> list[Event]:
+    """The events decoded from the same bytes before the protocol error ``exc``."""
+    events: list[Event] = getattr(exc, "events", [])
+    return events
 
 
 def is_auth_failure(exc: BaseException) -> bool:

@@ -40,7 +40,7 @@ from liteq.storage import open_storage
 from liteq.storage.base import ClaimedTask, NewTask, Outcome, Storage
 
 from . import codec
-from .protocol import Authenticated, ErrorCode, Limits, Request, ServerConnection
+from .protocol import Authenticated, ErrorCode, Limits, Request, ServerConnection, events_before
 
 __all__ = ["DEFAULT_MAX_CLAIM_WAIT", "Server", "ServerConfig"]
 
@@ -418,18 +418,20 @@ class Server:
                 data = await asyncio.wait_for(reader.read(_READ_SIZE), timeout)
                 if not data:
                     break
+                failure: ProtocolError | None = None
                 try:
                     events = proto.receive_data(data)
                 except ProtocolError as exc:
-                    logger.warning("closing connection from %s: %s", peer, exc)
-                    self._flush(conn)
-                    break
+                    events, failure = events_before(exc), exc
                 for event in events:
                     if isinstance(event, Request):
                         self._request(conn, event)
                     elif isinstance(event, Authenticated):
                         logger.debug("client %s authenticated", peer)
                 self._flush(conn)
+                if failure is not None:
+                    logger.warning("closing connection from %s: %s", peer, failure)
+                    break
         except (TimeoutError, asyncio.TimeoutError):
             logger.warning("closing connection from %s: no complete frame within the deadline", peer)
         except (ConnectionError, OSError):

@@ -625,6 +625,19 @@ class WorkerPool:
         """True while any child holds a task."""
         return any(c.queue for c in self.children)
 
+    def probe(self) -> None:
+        """Claim what there is room for (a degraded pool's last retry step); a read when full."""
+        room = self._capacity() + self._prefetch - len(self.buffer)
+        if room > 0 and not self._stop_level:
+            self.buffer.extend(
+                self.storage.claim(
+                    self.id, self.queues, limit=room, lease=self.lease, now=self.upkeep.clock(),
+                    limits=self._limits or None,
+                )
+            )  # fmt: skip
+        else:
+            self.storage.next_run_at(self.queues)
+
     def check_cancels(self) -> None:
         """Stop running tasks whose cancel was requested, and drop such tasks not started yet."""
         running = {c.head.id: c for c in self.children if c.head is not None and not c.kill_reason and not c.cancel_id}

@@ -64,6 +64,9 @@ class Holder(Protocol):
     def busy(self) -> bool:
         """True while any child holds a task."""
 
+    def probe(self) -> None:
+        """The store call that must get through before a degraded pool is ok again (a claim)."""
+
 
 class Upkeep:
     """The store side of one pool (see the module doc). ``more_work`` is set whenever something
@@ -253,6 +256,9 @@ class Upkeep:
             ("heartbeat", self._beat),
             ("outcome flush", self._flush_all),
             ("lease extension", self._extend),
+            # Last, the call a healthy pool cannot do without: a store may accept the writes
+            # above without reaching its server (nothing to write, a heartbeat kept for later).
+            ("claim", self.holder.probe),
         ):
             with health.guard(what) as guard:
                 step()

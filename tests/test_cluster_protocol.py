@@ -265,3 +265,16 @@ def test_bad_arguments_get_a_typed_error_and_the_connection_stays(server: Server
 def test_the_server_log_never_shows_the_token(server: ServerProcess) -> None:
     # The server logged every refused connection above without ever printing the token
     assert "fuzz-token" not in server.text()
+
+
+def test_a_reply_followed_by_the_servers_closing_error_in_one_read_is_not_lost() -> None:
+    from liteq.cluster.protocol import ErrorCode, events_before
+
+    # Given a reply and the server's closing error frame arriving in the same read
+    server, client = _handshake()
+    server.respond(1, ["id-1"])
+    server.close_with(ErrorCode.SHUTTING_DOWN, "the server is shutting down")
+    # When the client decodes them, the error is raised, and the reply before it is kept
+    with pytest.raises(ProtocolError) as info:
+        client.receive_data(server.data_to_send())
+    assert events_before(info.value) == [Response(1, ["id-1"])]

@@ -442,3 +442,49 @@ def test_the_asyncio_client_calls_and_hears_pushes(served: InProcessServer) -> N
     (ids, counts), pushes = asyncio.run(main())
     assert len(ids) == 1 and counts == {"default": {"pending": 1}}
     assert "changed" in pushes
+
+
+class SlowStorage(MemoryStorage):
+    """A memory store whose enqueue waits for ``release`` (a transaction in progress)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def enqueue(self, tasks: Sequence[NewTask], *, now: float | None = None) -> list[str]:
+        self.entered.set()
+        assert self.release.wait(30)
+        return super().enqueue(tasks, now=now)
+
+
+def test_graceful_shutdown_finishes_the_transaction_in_progress() -> None:
+    storage = SlowStorage()
+    server = InProcessServer(storage)
+    store = RemoteStorage(server.url, retry_window=0.0)
+    try:
+        # Given an enqueue whose transaction is in progress in the store thread
+        outcome: list[Any] = []
+
+        def enqueue() -> None:
+            try:
+                outcome.append(store.enqueue([task()]))
+            except Exception as exc:
+                outcome.append(exc)
+
+        thread = threading.Thread(target=enqueue)
+        thread.start()
+        assert storage.entered.wait(10)
+        # When the server is asked to stop meanwhile
+        server.loop.call_soon_threadsafe(server.server.close)
+        wait_for(lambda: server.server._closing, 10, "the server to start closing")
+        storage.release.set()
+        thread.join(20)
+        server.stop()
+        # Then the transaction was completed, not cut: the task is stored
+        assert storage.counts() == {"default": {"pending": 1}}
+        assert outcome and isinstance(outcome[0], (list, StoreUnavailable))
+    finally:
+        storage.release.set()
+        store.close()
+        server.stop()
