@@ -48,7 +48,9 @@ class RemoteStorage(Storage):
     ignored here. Pickles as its URL and options, so a spawned child reconnects on its own.
     """
 
+    shared_between_processes = True
     supports_cross_process_wakeup = True
+    supports_checkpoint = False  # the server checkpoints its own store
     local_path = None
 
     def __init__(

@@ -131,9 +131,7 @@ class WorkerPool:
         liveness_timeout: float | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        from .storage.memory import MemoryStorage
-
-        if isinstance(app.storage, MemoryStorage):
+        if not app.storage.shared_between_processes:
             raise ConfigurationError(
                 "a worker pool needs a store other processes can open; memory:// lives in one process. "
                 "Use a directory store, or immediate=True / app.run_until_empty() in tests"
@@ -241,14 +239,12 @@ class WorkerPool:
 
     def start(self) -> None:
         """Start the children and return once every one is ready to run tasks."""
-        waker_dir = getattr(self.storage, "wake_dir", None)
+        waker_dir = self.storage.wake_dir
         if waker_dir:
             waker = Waker(waker_dir)
             self._events.add_waker(waker)
             # This thread's own commits need not wake this pool: it knows what it just did.
-            skip = getattr(self.storage, "skip_wake_in_this_thread", None)
-            if skip is not None:
-                skip(waker.path)
+            self.storage.skip_wake_in_this_thread(waker.path)
         self._logs.start()
         # A pool started while the store is locked (a backup) or full starts degraded: its
         # start-up writes are the first step of its retry rounds.

@@ -196,7 +196,7 @@ class Checkpointer:
     """
 
     def __init__(self, storage: Any, *, inline: bool) -> None:
-        self.checkpoint = getattr(storage, "checkpoint", None)
+        self.checkpoint = storage.checkpoint if storage.supports_checkpoint else None
         self.inline = inline
         self.thread: threading.Thread | None = None
         self.stopped = threading.Event()
