@@ -180,8 +180,8 @@ class _Watch:
 
     def _bind(self) -> Waker | None:
         """In the executor (a cluster store subscribes to pushes on first use of its wake dir)."""
-        directory = getattr(self.storage, "wake_dir", None)
-        if not isinstance(directory, str):
+        directory = self.storage.wake_dir
+        if directory is None:
             return None
         try:
             waker = Waker(directory)
