@@ -90,18 +90,19 @@ def test_a_thousand_concurrent_awaits_in_one_loop_with_a_pool_running(app: LiteQ
         async with Heartbeat() as beat:
             # Given 1,000 tasks enqueued concurrently from one loop
             results = await asyncio.gather(*(add.adelay(i, i) for i in range(1000)))
-            # When 1,000 coroutines await their results at once while a pool drains them
-            with app.workers(concurrency=2):
-                values = await asyncio.wait_for(asyncio.gather(*(r.aget(timeout=90) for r in results)), 100)
+            # When 1,000 coroutines await their results at once while the pool drains them
+            values = await asyncio.wait_for(asyncio.gather(*(r.aget(timeout=90) for r in results)), 100)
         return values, beat.longest, beat.beats
 
-    values, longest, beats = run(main)
+    # (The pool starts and stops outside the loop: its start and graceful stop block by design.)
+    with app.workers(concurrency=2):
+        values, longest, beats = run(main)
     # Then every value is right, in order
     assert values == [2 * i for i in range(1000)]
     # And the loop kept running the whole time: its longest stall stays far below a blocking
-    # store call (starting the pool's children happens in this loop's thread, hence the bound).
-    assert beats > 100
-    assert longest < 1.0, f"the event loop stalled for {longest:.3f}s"
+    # store call (the bound is loose: the machine is shared).
+    assert beats > 10
+    assert longest < 0.5, f"the event loop stalled for {longest:.3f}s"
 
 
 def test_adelay_from_a_running_loop_does_not_block_it_while_the_store_is_locked(app: LiteQ) -> None:
@@ -206,9 +207,10 @@ def test_group_chain_and_chord_results_await_in_order(app: LiteQ) -> None:
             # A chain's last step and a chord's body
             assert await chain(add.s(1, 2), add.s(10), add.s(100)).delay().aget(timeout=60) == 113
             assert await chord((add.s(i, i) for i in range(5)), total.s()).delay().aget(timeout=60) == 20
-            # A failed member raises the first failure in order; propagate=False puts it in place
+            # A failed member raises at once (as get(): the first failed in order among those
+            # finished by then); propagate=False waits for all and puts each failure in place
             bad = group([add.s(1, 1), fail.s("second"), fail.s("third")]).delay()
-            with pytest.raises(TaskFailed, match="second"):
+            with pytest.raises(TaskFailed, match="second|third"):
                 await bad.aget(timeout=60)
             values = await bad.aget(timeout=60, propagate=False)
             assert values[0] == 2 and isinstance(values[1], TaskFailed) and "third" in str(values[2])
