@@ -210,7 +210,7 @@ def test_group_chain_and_chord_results_await_in_order(app: LiteQ) -> None:
             # A failed member raises at once (as get(): the first failed in order among those
             # finished by then); propagate=False waits for all and puts each failure in place
             bad = group([add.s(1, 1), fail.s("second"), fail.s("third")]).delay()
-            with pytest.raises(TaskFailed, match="second|third"):
+            with pytest.raises(TaskFailed, match=r"second|third"):
                 await bad.aget(timeout=60)
             values = await bad.aget(timeout=60, propagate=False)
             assert values[0] == 2 and isinstance(values[1], TaskFailed) and "third" in str(values[2])
