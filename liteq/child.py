@@ -22,7 +22,7 @@ from .slots import outcome_fields
 from .storage.base import ClaimedTask
 
 if TYPE_CHECKING:
-    from .app import LiteQ
+    from .runtime import Runtime
 
 __all__ = ["ChildOptions", "child_main", "pid_alive"]
 
@@ -172,7 +172,7 @@ class _Inbox:
             return self.tasks.popleft() if self.tasks else None
 
 
-def child_main(app: LiteQ, conn: Connection, options: ChildOptions) -> None:
+def child_main(runtime: Runtime, conn: Connection, options: ChildOptions) -> None:
     """Serve tasks until told to stop or the pipe closes.
 
     Messages in: ``("run", ClaimedTask)``, ``("revoke", ids)``, ``("ping",)``, ``("stop",)``. Out:
@@ -208,5 +208,5 @@ def child_main(app: LiteQ, conn: Connection, options: ChildOptions) -> None:
         def report(progress: Any, c: Any = claimed) -> None:
             send(("progress", c.id, c.lease_token, progress.encode()))
 
-        outcome = execute(app, claimed, report=report)
+        outcome = execute(runtime, claimed, report=report)
         send(("done", outcome_fields(outcome), _rss() if options.measure_memory else 0))
