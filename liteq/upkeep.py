@@ -43,7 +43,7 @@ logger = logging.getLogger("liteq.pool")
 #: Seconds between checks for cancel requests on held tasks.
 CANCEL_CHECK_INTERVAL = 1.0
 #: Under load, outcomes wait at most this long (or for this many) to share one transaction.
-FLUSH_DELAY = 0.002
+FLUSH_DELAY = 0.01
 FLUSH_BATCH = 64
 #: A change of (wall clock - monotonic clock) beyond this many seconds is a wall-clock step.
 CLOCK_STEP_TOLERANCE = 1.0
@@ -63,6 +63,9 @@ class Holder(Protocol):
 
     def busy(self) -> bool:
         """True while any child holds a task."""
+
+    def probe(self) -> None:
+        """The store call that must get through before a degraded pool is ok again (a claim)."""
 
 
 class Upkeep:
@@ -253,6 +256,9 @@ class Upkeep:
             ("heartbeat", self._beat),
             ("outcome flush", self._flush_all),
             ("lease extension", self._extend),
+            # Last, the call a healthy pool cannot do without: a store may accept the writes
+            # above without reaching its server (nothing to write, a heartbeat kept for later).
+            ("claim", self.holder.probe),
         ):
             with health.guard(what) as guard:
                 step()
