@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
+from . import aio
 from .bootstrap import RuntimeSpec, describe, find_owner, importable_tasks, runtime_from_spec
 from .canvas import Signature
 from .exceptions import ConfigurationError, ResultExpired
@@ -348,6 +349,12 @@ class LiteQ:
         Nothing is written unless every call encodes; the results come back in order.
         """
         return self.producer.send_many(calls)
+
+    async def aenqueue_many(
+        self, calls: Iterable[Signature | tuple[Task[Any, Any], tuple[Any, ...], dict[str, Any]]]
+    ) -> list[Result]:
+        """:meth:`enqueue_many` from a coroutine: one transaction, written off the event loop."""
+        return await aio.send_many(self, calls)
 
     def _run_now(self, ids: Sequence[str]) -> None:
         # Immediate mode: run the task here, retries included, ignoring countdowns (like Celery's
