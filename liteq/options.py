@@ -124,7 +124,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("retry_backoff", "first retry delay, doubling (True: the default)", _backoff, DEFAULT_BACKOFF),
     Option("retry_backoff_max", "the longest retry delay", _duration, DEFAULT_BACKOFF_MAX),
     Option("retry_jitter", "randomise retry delays", _flag, True),
-    Option("timeout", "hard limit in seconds; the pool kills the run", _duration, stored=True),
+    Option("timeout", "hard limit in seconds; the pool kills the run", _duration, per_call=True, stored=True),
     Option("soft_timeout", "raises SoftTimeLimit inside the task", _duration, stored=True),
     Option("expires", "seconds after enqueue (or an aware datetime) it may still start", _duration, per_call=True),
     Option("result_ttl", "seconds its result is kept", _duration, per_call=True, stored=True),
