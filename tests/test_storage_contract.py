@@ -1241,3 +1241,21 @@ def test_retry_of_a_step_whose_dependency_stays_failed_is_refused(storage: Stora
     # A later step cannot run while the step it needs stays failed: it is not retried alone
     assert storage.retry([b], now=T0 + 3) == [False]
     assert row(storage, b).state == FAILED
+
+
+def test_capabilities_are_declared_and_keep_their_promise(storage: Storage, store_dir: Path) -> None:
+    """What differs between stores is declared on the class, and what is declared works."""
+    kind = type(storage).__name__
+    shared, wakeup, checkpoint = {
+        "SqliteStorage": (True, True, True),
+        "MemoryStorage": (False, False, False),
+        "RemoteStorage": (True, True, False),
+    }[kind]
+    assert (storage.shared_between_processes, storage.supports_cross_process_wakeup) == (shared, wakeup)
+    assert storage.supports_checkpoint is checkpoint
+    # Only a store in a local directory names it.
+    assert storage.local_path == (str(store_dir.resolve()) if kind == "SqliteStorage" else None)
+    if kind != "RemoteStorage":  # asking a remote store for its wake-up directory subscribes to pushes
+        assert (storage.wake_dir is not None) is wakeup
+    storage.checkpoint()  # a no-op where there is nothing to fold back, never an error
+    storage.skip_wake_in_this_thread("/nonexistent")
