@@ -257,8 +257,8 @@ def _write_cost(ctx: Context, path: Path, *, keep: bool) -> float:
     try:
         if not keep:
             for statement in (
-                "DROP TRIGGER IF EXISTS task_counts_insert", "DROP TRIGGER task_counts_delete",
-                "DROP TRIGGER task_counts_update", "DROP TRIGGER task_stats_finish", "DROP INDEX tasks_by_name",
+                "DROP TRIGGER task_counts_enter", "DROP TRIGGER task_counts_leave", "DROP TRIGGER task_counts_delete",
+                "DROP TRIGGER task_stats_finish", "DROP INDEX tasks_by_name",
             ):  # fmt: skip
                 conn = sqlite3.connect(path / DB_FILENAME)
                 conn.execute(statement)

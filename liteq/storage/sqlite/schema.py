@@ -214,11 +214,13 @@ DELETE FROM task_counts WHERE state NOT IN {_FINISHED};
 CREATE TRIGGER task_counts_delete AFTER DELETE ON tasks WHEN OLD.state IN {_FINISHED} BEGIN
     UPDATE task_counts SET n = n - 1 WHERE queue = OLD.queue AND state = OLD.state;
 END;
-CREATE TRIGGER task_counts_update AFTER UPDATE OF state, queue ON tasks
-WHEN (OLD.state IN {_FINISHED} OR NEW.state IN {_FINISHED}) AND (OLD.state IS NOT NEW.state OR OLD.queue IS NOT NEW.queue)
-BEGIN
-    UPDATE task_counts SET n = n - 1 WHERE OLD.state IN {_FINISHED} AND queue = OLD.queue AND state = OLD.state;
-    INSERT INTO task_counts (queue, state, n) SELECT NEW.queue, NEW.state, 1 WHERE NEW.state IN {_FINISHED}
+CREATE TRIGGER task_counts_leave AFTER UPDATE OF state, queue ON tasks
+WHEN OLD.state IN {_FINISHED} AND (OLD.state IS NOT NEW.state OR OLD.queue IS NOT NEW.queue) BEGIN
+    UPDATE task_counts SET n = n - 1 WHERE queue = OLD.queue AND state = OLD.state;
+END;
+CREATE TRIGGER task_counts_enter AFTER UPDATE OF state, queue ON tasks
+WHEN NEW.state IN {_FINISHED} AND (OLD.state IS NOT NEW.state OR OLD.queue IS NOT NEW.queue) BEGIN
+    INSERT INTO task_counts (queue, state, n) VALUES (NEW.queue, NEW.state, 1)
         ON CONFLICT (queue, state) DO UPDATE SET n = n + 1;
 END;
 """
