@@ -32,7 +32,6 @@ import logging
 import logging.handlers
 import multiprocessing
 import os
-import pickle
 import signal
 import socket
 import threading
@@ -42,35 +41,32 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from .child import ChildOptions, child_main
-from .events import EventWait
-from .exceptions import ConfigurationError, LiteQError
-from .health import PoolState
-from .message import ErrorInfo, new_id
-from .reclaim import recover_local_leases
-from .scheduler import Scheduler
-from .slots import (
+from .children import (
     Checkpointer,
+    Child,
     ChildLogs,
-    ChildSlot,
     default_start_method,
     exit_text,
     lost_outcome,
     readable,
-    task_fields,
 )
+from .events import EventWait
+from .exceptions import ConfigurationError, LiteQError
+from .health import PoolState
+from .liveness import CANCEL_GRACE, Watchdog
+from .message import ErrorInfo, new_id
+from .pool_protocol import KillReason, Kind, StopLevel, decode, outcome_from, send, task_fields
+from .reclaim import recover_local_leases
+from .scheduler import Scheduler
 from .storage.base import CANCELLED, ClaimedTask, Outcome, WorkerInfo
 from .upkeep import Upkeep
 from .wake import Waker
-from .watchdog import CANCEL_GRACE, Watchdog
 from .worker import DEFAULT_LEASE
 
 if TYPE_CHECKING:
     from .app import LiteQ
 
 __all__ = ["WorkerPool", "default_start_method"]
-
-#: Pipe messages are plain pickles of tuples and liteq dataclasses (no ForkingPickler per message).
-PROTOCOL = pickle.HIGHEST_PROTOCOL
 
 logger = logging.getLogger("liteq.pool")
 
@@ -105,7 +101,7 @@ class WorkerPool:
       :mod:`liteq.reclaim`).
     - ``liveness_timeout``: seconds a busy child may stay silent (stopped, stuck holding the GIL)
       before it is killed and its task handled as a hard timeout (default: the lease; see
-      :mod:`liteq.watchdog`).
+      :mod:`liteq.liveness`).
     - ``scheduler``: fire the app's periodic tasks from this pool (default True; safe in every pool).
     - ``clock``: the wall clock the pool passes to the store (default ``time.time``; injected by
       tests of clock steps, see :mod:`liteq.upkeep`).
@@ -192,11 +188,12 @@ class WorkerPool:
             clock=clock,
         )
         self.health = self.upkeep.health
-        self.children: list[ChildSlot] = []
+        self.children: list[Child] = []
         self.buffer: collections.deque[ClaimedTask] = collections.deque()
         self._cancelled: set[str] = set()  # held, unstarted tasks whose cancel was requested
-        self._stop_level = 0  # 0 running, 1 graceful stop requested, 2 stop now
+        self._stop_level = StopLevel.RUNNING
         self._stop_deadline = 0.0
+        self._draining = False  # an operator's drain: claim nothing more, stop once idle
         self._maybe_work = True
         self._next_scheduled: float | None = None
         self._last_claim = 0.0
@@ -287,7 +284,7 @@ class WorkerPool:
         self._teardown()
         raise LiteQError(message)
 
-    def _spawn(self, index: int) -> ChildSlot:
+    def _spawn(self, index: int) -> Child:
         parent_conn, child_conn = self.ctx.Pipe(duplex=True)
         level = logging.getLogger().getEffectiveLevel()
         options = ChildOptions(os.getpid(), self._logs.queue, level, self.max_memory_per_child is not None)
@@ -296,7 +293,7 @@ class WorkerPool:
         )
         process.start()
         child_conn.close()
-        c = ChildSlot(index, process, parent_conn)
+        c = Child(index, process, parent_conn)
         self._events.watch(c)
         return c
 
@@ -338,7 +335,7 @@ class WorkerPool:
         """Ask the pool to stop: gracefully (running tasks finish, unstarted ones go back at once),
         or with ``now`` (kill children; interrupted tasks are retried later). Thread- and
         signal-safe; a second call escalates to ``now``."""
-        level = 2 if now or self._stop_level >= 1 else 1
+        level = StopLevel.NOW if now or self._stop_level >= StopLevel.GRACEFUL else StopLevel.GRACEFUL
         self._stop_level = max(self._stop_level, level)
         self.upkeep.stopping = True
         self._events.poke(b"s")
@@ -372,6 +369,7 @@ class WorkerPool:
         extend leases, wait for the next event. Returns False once the pool has stopped."""
         mono = time.monotonic()
         self.upkeep.flush_if_ok()  # first: a producer is waiting for these
+        self._obey(self.storage.pending_commands())
         if self._stop_level:
             if not self._stopping_step(mono):
                 return False
@@ -380,7 +378,8 @@ class WorkerPool:
             # running it after the lease ran out could run it twice.
             self.upkeep.confirm_leases(mono)
             self._assign()
-            self._claim(mono)
+            if not self._draining:
+                self._claim(mono)
             self._assign()
         self._timers(mono)
         if self.upkeep.more_work:
@@ -389,9 +388,25 @@ class WorkerPool:
         self._poll(self._timeout(time.monotonic()))
         return True
 
+    def drain(self) -> None:
+        """Claim nothing more; stop (exit 0) once every task in hand has finished."""
+        self._draining = True
+        self._events.poke(b"s")
+
+    def _obey(self, commands: list[str]) -> None:
+        # Commands an operator sent through the store (``liteq control``, cluster stores only).
+        for command in commands:
+            logger.warning("worker %s received %r from the store", self.id, command)
+            if command == "drain":
+                self.drain()
+            elif command == "stop":
+                self.stop()
+        if self._draining and not self._stop_level and not self.buffer and not self.busy():
+            self.stop()
+
     def _poll(self, timeout: float) -> None:
         """Wait up to ``timeout`` for any event, then handle every one that is ready."""
-        dead: list[ChildSlot] = []
+        dead: list[Child] = []
         for kind, c in self._events.wait(timeout, self.children):
             if kind == "waker":
                 self._maybe_work = True
@@ -403,28 +418,28 @@ class WorkerPool:
             self._receive(c)  # a child may have reported its last outcome before exiting
             self._buried(c)
 
-    def _receive(self, c: ChildSlot) -> None:
+    def _receive(self, c: Child) -> None:
         conn = c.conn
         try:
             # Connection.poll() builds a selector per call; a zero-timeout select() on the one fd
             # tells the same for a fraction of the cost (this runs once per finished task).
             while readable(conn):
-                message = pickle.loads(conn.recv_bytes())
+                message = decode(conn.recv_bytes())
                 c.answered = time.monotonic()  # any message proves the child runs (liveness)
                 kind = message[0]
-                if kind == "done":
-                    self._done(c, Outcome(*message[1]), message[2])
-                elif kind == "progress":
+                if kind == Kind.DONE:
+                    self._done(c, outcome_from(message[1]), message[2])
+                elif kind == Kind.PROGRESS:
                     self.upkeep.progress[message[1]] = (message[2], message[3])
-                elif kind == "returned":
+                elif kind == Kind.RETURNED:
                     self._returned(c, message[1])
-                elif kind == "ready":
+                elif kind == Kind.READY:
                     c.ready = True
                     c.pid = message[1]
         except (EOFError, OSError):
             pass
 
-    def _done(self, c: ChildSlot, outcome: Outcome, rss: int) -> None:
+    def _done(self, c: Child, outcome: Outcome, rss: int) -> None:
         head = c.head
         if head is None or head.id != outcome.id:
             logger.error("child %s reported task %s it was not running", c.pid, outcome.id)
@@ -444,14 +459,14 @@ class WorkerPool:
         elif self.max_memory_per_child and rss > self.max_memory_per_child:
             self._retire(c, f"uses {rss / 2**20:.0f} MiB")
 
-    def _retire(self, c: ChildSlot, why: str) -> None:
+    def _retire(self, c: Child, why: str) -> None:
         if c.retiring or any(o.retiring for o in self.children):
             return  # one child at a time; the others are checked again after their next task
         logger.info("recycling child %s: it %s", c.pid, why)
         c.retiring = True
         self._requeue_unstarted(c)
 
-    def _requeue_unstarted(self, c: ChildSlot, only: set[str] | None = None) -> None:
+    def _requeue_unstarted(self, c: Child, only: set[str] | None = None) -> None:
         """Ask a live child for the tasks queued in its pipe behind the running one (or those of
         them in ``only``).
 
@@ -463,12 +478,9 @@ class WorkerPool:
         if not ids:
             return
         c.revoking.update(ids)
-        try:
-            c.conn.send_bytes(pickle.dumps(("revoke", ids), PROTOCOL))
-        except OSError:
-            pass  # the child is gone: _buried takes its queue back
+        send(c.conn, Kind.REVOKE, ids)  # if the child is gone, _buried takes its queue back
 
-    def _returned(self, c: ChildSlot, ids: list[str]) -> None:
+    def _returned(self, c: Child, ids: list[str]) -> None:
         back = set(ids)
         kept: collections.deque[ClaimedTask] = collections.deque()
         for t in c.queue:
@@ -479,7 +491,7 @@ class WorkerPool:
         c.queue = kept
         c.revoking.difference_update(ids)
 
-    def _buried(self, c: ChildSlot) -> None:
+    def _buried(self, c: Child) -> None:
         """A child process exited: record its running task's fate and start a replacement."""
         c.process.join(1)  # the sentinel can fire a moment before waitpid reports the exit code
         code = c.process.exitcode
@@ -546,24 +558,27 @@ class WorkerPool:
             return
         # Level by level: every idle child gets a task before any child gets a second one.
         depth = {id(c): self._depth_for(c) for c in self.children if c.ready and not c.retiring and not c.kill_reason}
+        handed: dict[int, tuple[Child, list[ClaimedTask]]] = {}
         for level in range(1, self.child_depth + 1):
             for c in self.children:
                 if not self.buffer:
-                    return
+                    break
                 if len(c.queue) >= min(level, depth.get(id(c), 0)):
                     continue
                 task = self.buffer.popleft()
                 if not c.queue:
                     c.started = c.answered = time.monotonic()
                 c.queue.append(task)
+                handed.setdefault(id(c), (c, []))[1].append(task)
                 depth[id(c)] = self._depth_for(c)  # a task with a hard limit ahead caps the queue
-                try:
-                    c.conn.send_bytes(pickle.dumps(("run", task_fields(task)), PROTOCOL))
-                except OSError:
-                    c.queue.pop()
-                    self.buffer.appendleft(task)
+        # One message per child, whatever it was handed.
+        for c, tasks in handed.values():
+            if not send(c.conn, Kind.RUN, [task_fields(t) for t in tasks]):
+                for t in reversed(tasks):
+                    c.queue.remove(t)
+                    self.buffer.appendleft(t)
 
-    def _depth_for(self, c: ChildSlot) -> int:
+    def _depth_for(self, c: Child) -> int:
         if c.cancel_id:
             return 0
         if self.max_tasks_per_child and c.done + len(c.queue) >= self.max_tasks_per_child:
@@ -589,11 +604,8 @@ class WorkerPool:
             if self.max_tasks_per_child and c.done >= self.max_tasks_per_child and not c.retiring:
                 self._retire(c, f"ran {c.done} tasks")  # postponed while another child retired
             if c.retiring and not c.queue and not c.kill_reason:
-                c.kill_reason = "retire"
-                try:
-                    c.conn.send_bytes(pickle.dumps(("stop",), PROTOCOL))
-                except OSError:
-                    pass
+                c.kill_reason = KillReason.RETIRE
+                send(c.conn, Kind.STOP)
 
     # -- what the upkeep asks (liteq.upkeep.Holder) ----------------------------------------------------
 
@@ -605,10 +617,7 @@ class WorkerPool:
         for c, reason in self.watchdog.verdicts(self.children, mono):
             self._kill(c, reason)
         for c in self.watchdog.to_ping(self.children, mono):
-            try:
-                c.conn.send_bytes(pickle.dumps(("ping",), PROTOCOL))
-            except OSError:
-                pass  # a dead child: its sentinel says so
+            send(c.conn, Kind.PING)  # a dead child: its sentinel says so
 
     def drop_lost(self, ids: set[str]) -> int:
         """Forget buffered (unstarted) tasks whose lease passed to another pool; return how many."""
@@ -682,7 +691,7 @@ class WorkerPool:
                 kept.append(t)
         self.buffer = kept
 
-    def _kill(self, c: ChildSlot, reason: str) -> None:
+    def _kill(self, c: Child, reason: KillReason) -> None:
         # Its queued tasks come back when the child is buried; killed, it cannot start them.
         c.kill_reason = reason
         try:
@@ -719,17 +728,14 @@ class WorkerPool:
             self._requeue_unstarted(c)
         if self.buffer and self.upkeep.release(list(self.buffer)):
             self.buffer.clear()
-        force = self._stop_level >= 2 or mono >= self._stop_deadline
+        force = self._stop_level >= StopLevel.NOW or mono >= self._stop_deadline
         for c in list(self.children):
             if c.head is None and not c.kill_reason:
-                c.kill_reason = "stop"
-                try:
-                    c.conn.send_bytes(pickle.dumps(("stop",), PROTOCOL))
-                except OSError:
-                    pass
-            elif c.head is not None and force and c.kill_reason in ("", "retire"):
+                c.kill_reason = KillReason.STOP
+                send(c.conn, Kind.STOP)
+            elif c.head is not None and force and c.kill_reason in (KillReason.NONE, KillReason.RETIRE):
                 logger.warning("stopping now: killing child %s running task %s", c.pid, c.head.id)
-                self._kill(c, "stop")
+                self._kill(c, KillReason.STOP)
         return bool(self.children)
 
     def _shutdown(self) -> None:

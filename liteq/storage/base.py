@@ -533,6 +533,13 @@ class Storage(abc.ABC):
     def workers(self, *, stale_after: float | None = None, now: float | None = None) -> builtins.list[WorkerInfo]:
         """Recorded workers; with ``stale_after``, only those heard from within that many seconds."""
 
+    def pending_commands(self) -> builtins.list[str]:
+        """Commands an operator sent this process's worker through the store (``"drain"``: stop
+        claiming and exit once the tasks in hand are done; ``"stop"``: stop gracefully), oldest
+        first; each is returned once. Only a cluster store carries them (``liteq control``); the
+        default has none."""
+        return []
+
     # -- life cycle and change notification ------------------------------------------------------
 
     def close(self) -> None:
