@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Callable, Generator, Iterator
+from typing import Any, Protocol, TypeVar
 
+from . import aio
 from .exceptions import (
     ResultExpired,
     ResultTimeout,
@@ -16,12 +17,25 @@ from .exceptions import (
     TaskTimedOut,
 )
 from .message import ErrorInfo, Progress
-from .storage.base import CANCELLED, EXPIRED, FINISHED_STATES, SUCCEEDED, TaskRow
+from .serializer import Serializer
+from .storage.base import CANCELLED, EXPIRED, FINISHED_STATES, SUCCEEDED, Storage, TaskRow
 
-if TYPE_CHECKING:
-    from .app import LiteQ
+__all__ = ["GroupResult", "Result", "ResultSource"]
 
-__all__ = ["GroupResult", "Result"]
+
+class ResultSource(Protocol):
+    """What a result handle reads through: the app, or a worker's :class:`~liteq.runtime.Runtime`."""
+
+    @property
+    def storage(self) -> Storage:
+        """The store the task lives in."""
+        ...
+
+    @property
+    def serializer(self) -> Serializer:
+        """Decodes the stored result."""
+        ...
+
 
 # Waiting starts by re-checking every millisecond and backs off to this; a write by this process
 # wakes the waiter at once.
@@ -51,7 +65,7 @@ def failure(row: TaskRow) -> TaskFailed:
 T = TypeVar("T")
 
 
-def _wait_until(app: LiteQ, check: Callable[[], T | None], timeout: float | None, late: Callable[[], str]) -> T:
+def _wait_until(app: ResultSource, check: Callable[[], T | None], timeout: float | None, late: Callable[[], str]) -> T:
     """Re-run ``check`` after every write to the store until it returns a value, or raise
     :class:`ResultTimeout` with ``late()`` as the message. Writes by this process wake the waiter at
     once, other processes' through the store's wake-up socket; the re-check interval only bounds
@@ -88,7 +102,7 @@ class Result:
 
     __slots__ = ("app", "id", "parent")
 
-    def __init__(self, app: LiteQ, id: str, parent: Result | GroupResult | None = None) -> None:
+    def __init__(self, app: ResultSource, id: str, parent: Result | GroupResult | None = None) -> None:
         self.app = app
         self.id = id
         #: The previous step's handle when this task is part of a chain (``None`` otherwise).
@@ -182,13 +196,35 @@ class Result:
         ``propagate=False`` returns that exception instead. Raises :class:`~liteq.ResultTimeout`
         when ``timeout`` seconds pass first.
         """
-        row = self.wait(timeout)
+        return self._outcome(self.wait(timeout), propagate)
+
+    def _outcome(self, row: TaskRow, propagate: bool) -> Any:
+        """A finished row's value, or its failure raised (``propagate``) or returned."""
         if row.state != SUCCEEDED:
             exc = failure(row)
             if propagate:
                 raise exc
             return exc
         return _value(self.app, row)
+
+    async def aget(self, timeout: float | None = None, *, propagate: bool = True) -> Any:
+        """:meth:`get` from a coroutine (also ``await result``): waits without blocking the event
+        loop, woken by the same notification as :meth:`get` (see :mod:`liteq.aio`)."""
+        return self._outcome(await self.await_row(timeout), propagate)
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self.aget().__await__()
+
+    async def await_row(self, timeout: float | None = None) -> TaskRow:
+        """:meth:`wait` from a coroutine: the finished task's row. Raises :class:`ResultTimeout`."""
+        done = await aio.wait_finished(self.app.storage, [self.id], timeout)
+        if not done:
+            rows = await aio.run(self.app.storage.get, [self.id])
+            state = rows[0].state if rows[0] is not None else "unfinished"
+            raise ResultTimeout(
+                f"task {self.id} is still {state} after {timeout}s; await aget() again later, or raise timeout"
+            )
+        return self._check(done[0])
 
 
 class GroupResult:
@@ -198,7 +234,9 @@ class GroupResult:
     results are kept.
     """
 
-    def __init__(self, app: LiteQ, id: str, results: list[Result], parent: Result | GroupResult | None = None) -> None:
+    def __init__(
+        self, app: ResultSource, id: str, results: list[Result], parent: Result | GroupResult | None = None
+    ) -> None:
         self.app = app
         self.id = id
         self.results = results
@@ -277,8 +315,34 @@ class GroupResult:
         )
         return [_value(self.app, row) if row.state == SUCCEEDED else failure(row) for row in rows]
 
+    async def aget(self, timeout: float | None = None, *, propagate: bool = True) -> list[Any]:
+        """:meth:`get` from a coroutine (also ``await group_result``): values in order, without
+        blocking the event loop."""
+        members = self.results
 
-def _value(app: LiteQ, row: TaskRow) -> Any:
+        def failed(done: dict[int, TaskRow | None]) -> bool:
+            return propagate and any(row is None or row.state != SUCCEEDED for row in done.values())
+
+        done = await aio.wait_finished(self.app.storage, [r.id for r in members], timeout, failed)
+        if propagate:
+            # As get(): the first failed member in order, among those finished so far.
+            for n in sorted(done):
+                row = members[n]._check(done[n])
+                if row.state != SUCCEEDED:
+                    raise failure(row)
+        if len(done) < len(members):
+            raise ResultTimeout(
+                f"group {self.id}: {len(members) - len(done)} of {len(members)} member(s) still unfinished "
+                f"after {timeout}s"
+            )
+        rows = [r._check(done[n]) for n, r in enumerate(members)]
+        return [_value(self.app, row) if row.state == SUCCEEDED else failure(row) for row in rows]
+
+    def __await__(self) -> Generator[Any, None, list[Any]]:
+        return self.aget().__await__()
+
+
+def _value(app: ResultSource, row: TaskRow) -> Any:
     """The decoded result of a succeeded row; a result blob that is missing or damaged raises
     :class:`~liteq.StoreCorrupt` for this task only (never a silent ``None``)."""
     if row.damaged is not None:

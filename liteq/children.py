@@ -1,5 +1,6 @@
-"""The supervisor's side of one pool child: its slot (process, pipe, queued tasks, why it was
-killed) and what to record when it dies, plus small I/O helpers of the pool loop."""
+"""The supervisor's side of its children: one child's record (process, pipe, queued tasks, why it
+was killed), what to record when it dies, where child logs go, and the WAL checkpoints kept off
+the task path."""
 
 from __future__ import annotations
 
@@ -17,16 +18,15 @@ from typing import Any
 
 from .exceptions import LiteQError
 from .message import ErrorInfo
+from .pool_protocol import FrameReader, KillReason
 from .storage.base import CANCELLED, FAILED, PENDING, ClaimedTask, Outcome
 
 __all__ = [
     "Checkpointer",
     "ChildLogs",
-    "ChildSlot",
+    "Child",
     "default_start_method",
     "lost_outcome",
-    "outcome_fields",
-    "task_fields",
 ]
 
 logger = logging.getLogger("liteq.pool")
@@ -43,7 +43,7 @@ def default_start_method() -> str:
     return "spawn"
 
 
-class ChildSlot:
+class Child:
     """The supervisor's view of one child process."""
 
     __slots__ = (
@@ -52,8 +52,10 @@ class ChildSlot:
         "cancel_id",
         "conn",
         "done",
+        "frames",
         "index",
         "kill_reason",
+        "last_run",
         "pid",
         "pinged",
         "process",
@@ -68,13 +70,15 @@ class ChildSlot:
         self.index = index
         self.process = process
         self.conn = conn
+        self.frames = FrameReader(conn)
         self.pid: int = process.pid or 0
         self.queue: collections.deque[ClaimedTask] = collections.deque()
         self.started = 0.0  # monotonic start of the head task
         self.ready = False
         self.retiring = False
-        self.kill_reason = ""
+        self.kill_reason = KillReason.NONE
         self.done = 0
+        self.last_run = float("inf")  # seconds the last finished task took, as seen from here
         self.revoking: set[str] = set()  # queued task ids asked back, not answered yet
         self.cancel_id = ""  # the running task asked to stop (SIGUSR1), killed at cancel_deadline
         self.cancel_deadline = 0.0
@@ -86,17 +90,17 @@ class ChildSlot:
         return self.queue[0] if self.queue else None
 
 
-def lost_outcome(c: ChildSlot, task: ClaimedTask, code: int | None, limit: float | None) -> Outcome:
+def lost_outcome(c: Child, task: ClaimedTask, code: int | None, limit: float | None) -> Outcome:
     """What to record for ``task`` whose child ``c`` exited with ``code`` while running it:
     timed out, cancelled, or lost (retried while attempts remain; at once if the pool killed it
     to stop)."""
-    if c.kill_reason == "timeout":
+    if c.kill_reason is KillReason.TIMEOUT:
         info = ErrorInfo(
             "liteq.exceptions.TaskTimedOut",
             f"task ran past its hard timeout of {limit}s; its worker process was killed",
         )
         return Outcome(task.id, task.lease_token, FAILED, error=info.encode(), reason="timeout")
-    if c.kill_reason == "unresponsive":
+    if c.kill_reason is KillReason.UNRESPONSIVE:
         info = ErrorInfo(
             "liteq.exceptions.TaskTimedOut",
             f"worker process {c.pid} stopped answering the supervisor's liveness pings (stopped, or stuck in "
@@ -105,7 +109,7 @@ def lost_outcome(c: ChildSlot, task: ClaimedTask, code: int | None, limit: float
         if task.attempt < task.max_attempts:
             return Outcome(task.id, task.lease_token, PENDING, error=info.encode(), reason="unresponsive", run_at=0.0)
         return Outcome(task.id, task.lease_token, FAILED, error=info.encode(), reason="unresponsive")
-    if c.kill_reason == "cancelled":
+    if c.kill_reason is KillReason.CANCELLED:
         info = ErrorInfo("liteq.exceptions.TaskCancelled", "cancelled while running; its worker process was killed")
         return Outcome(task.id, task.lease_token, CANCELLED, error=info.encode(), reason="cancelled")
     info = ErrorInfo(
@@ -113,7 +117,7 @@ def lost_outcome(c: ChildSlot, task: ClaimedTask, code: int | None, limit: float
         f"worker process {c.pid} {exit_text(code)} while running the task (attempt {task.attempt} of "
         f"{task.max_attempts})",
     )
-    if c.kill_reason == "stop" or task.attempt < task.max_attempts:
+    if c.kill_reason is KillReason.STOP or task.attempt < task.max_attempts:
         return Outcome(task.id, task.lease_token, PENDING, error=info.encode(), reason="worker lost", run_at=0.0)
     return Outcome(task.id, task.lease_token, FAILED, error=info.encode(), reason="worker lost")
 
@@ -234,20 +238,3 @@ class Checkpointer:
         if self.thread is not None:
             self.thread.join()
             self.thread = None
-
-
-# Over the pipes, tasks and outcomes travel as plain tuples in field order (a third cheaper to
-# pickle than the dataclasses); both ends rebuild them with ``ClaimedTask(*t)`` / ``Outcome(*t)``.
-
-
-def task_fields(t: ClaimedTask) -> tuple[Any, ...]:
-    """A claimed task as the tuple of its fields, in declaration order."""
-    return (
-        t.id, t.name, t.queue, t.payload, t.attempt, t.max_attempts, t.lease_token, t.lease_deadline,
-        t.enqueued_at, t.expires_at, t.priority, t.timeout, t.soft_timeout,
-    )  # fmt: skip
-
-
-def outcome_fields(o: Outcome) -> tuple[Any, ...]:
-    """An outcome as the tuple of its fields, in declaration order."""
-    return (o.id, o.lease_token, o.state, o.result, o.error, o.reason, o.run_at, o.result_ttl)

@@ -7,12 +7,12 @@ child started the task; SIGKILL works inside C code and on a stopped process ali
 Liveness. A child that is stopped (SIGSTOP, a debugger) or stuck in C code that holds the GIL
 runs no Python at all, so it never finishes its task nor dies, and without a check the
 supervisor would extend its task's lease forever. The child's pipe reader is a thread of its
-own, separate from the task: it answers ``("ping",)`` with ``("pong",)`` whatever the task does,
+own, separate from the task: it answers ``PING`` with ``PONG`` whatever the task does,
 as long as the process runs Python. Answers are read only while the supervisor's loop runs, so a
 gap in the loop itself (the supervisor stopped too, or blocked) restarts the count. The supervisor pings each busy child after a quarter of
 ``liveness_timeout`` of silence (any message counts as an answer), and a child silent for the
 whole timeout is killed and its task handled as a hard timeout: retried while attempts remain,
-else failed (see :func:`liteq.slots.lost_outcome`). A child sleeping or waiting on I/O answers,
+else failed (see :func:`liteq.children.lost_outcome`). A child sleeping or waiting on I/O answers,
 so only real stalls are caught; a task with a shorter hard limit is caught by that limit first.
 """
 
@@ -22,11 +22,12 @@ import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from .slots import ChildSlot
+from .children import Child
+from .pool_protocol import KillReason
 from .storage.base import ClaimedTask
 
 if TYPE_CHECKING:
-    from .app import LiteQ
+    from .runtime import Runtime
 
 __all__ = ["CANCEL_GRACE", "Watchdog"]
 
@@ -41,8 +42,8 @@ PING_FRACTION = 0.25
 class Watchdog:
     """The kill decisions of one pool (see the module doc)."""
 
-    def __init__(self, app: LiteQ, liveness_timeout: float) -> None:
-        self.app = app
+    def __init__(self, runtime: Runtime, liveness_timeout: float) -> None:
+        self.runtime = runtime
         self.liveness_timeout = liveness_timeout
         self.ping_interval = liveness_timeout * PING_FRACTION
         self._checked = 0.0  # monotonic time of the last verdicts
@@ -51,14 +52,14 @@ class Watchdog:
         """The hard limit of ``task`` in seconds, or None."""
         if task.timeout is not None:  # stored with the task: holds without the app (liteq worker STORE)
             return task.timeout
-        t = self.app.tasks.get(task.name)
+        t = self.runtime.registry.tasks.get(task.name)
         return t.options.timeout if t is not None else None
 
     @staticmethod
-    def _busy(children: Iterable[ChildSlot]) -> list[ChildSlot]:
+    def _busy(children: Iterable[Child]) -> list[Child]:
         return [c for c in children if c.head is not None and not c.kill_reason]
 
-    def verdicts(self, children: Iterable[ChildSlot], mono: float) -> list[tuple[ChildSlot, str]]:
+    def verdicts(self, children: Iterable[Child], mono: float) -> list[tuple[Child, KillReason]]:
         """Children to kill now, each with the reason (``cancelled``, ``timeout``, ``unresponsive``)."""
         if mono - self._checked > 2 * self.ping_interval:
             # The supervisor itself did not run for a while (stopped with its children, starved,
@@ -75,10 +76,10 @@ class Watchdog:
                 logger.warning(
                     "cancelled task %s did not stop within %ss: killing child %s", head.id, CANCEL_GRACE, c.pid
                 )
-                out.append((c, "cancelled"))
+                out.append((c, KillReason.CANCELLED))
             elif limit is not None and mono - c.started >= limit:
                 logger.error("task %s %s ran past its %ss timeout: killing child %s", head.name, head.id, limit, c.pid)
-                out.append((c, "timeout"))
+                out.append((c, KillReason.TIMEOUT))
             elif c.ready and mono - c.answered >= self.liveness_timeout:
                 logger.error(
                     "child %s running task %s stopped answering for %ss: killing it",
@@ -86,10 +87,10 @@ class Watchdog:
                     head.id,
                     self.liveness_timeout,
                 )
-                out.append((c, "unresponsive"))
+                out.append((c, KillReason.UNRESPONSIVE))
         return out
 
-    def to_ping(self, children: Iterable[ChildSlot], mono: float) -> list[ChildSlot]:
+    def to_ping(self, children: Iterable[Child], mono: float) -> list[Child]:
         """Busy children silent for a ping interval and not pinged since; marks them pinged."""
         out = []
         for c in self._busy(children):
@@ -98,7 +99,7 @@ class Watchdog:
                 out.append(c)
         return out
 
-    def deadlines(self, children: Iterable[ChildSlot]) -> list[float]:
+    def deadlines(self, children: Iterable[Child]) -> list[float]:
         """When the next kill decision or ping may be due (monotonic)."""
         out = []
         for c in self._busy(children):
