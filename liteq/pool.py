@@ -40,7 +40,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .child import ChildOptions, child_main
 from .children import (
@@ -60,14 +60,12 @@ from .liveness import Watchdog
 from .message import ErrorInfo, new_id
 from .pool_protocol import KillReason, Kind, StopLevel, outcome_from, send
 from .reclaim import recover_local_leases
+from .runtime import HasRuntime, Runtime, runtime_of
 from .scheduler import Scheduler
 from .storage.base import CANCELLED, ClaimedTask, Outcome, WorkerInfo
 from .upkeep import Upkeep
 from .wake import Waker
 from .worker import DEFAULT_LEASE
-
-if TYPE_CHECKING:
-    from .app import LiteQ
 
 __all__ = ["WorkerPool", "default_start_method"]
 
@@ -109,7 +107,7 @@ class WorkerPool:
 
     def __init__(
         self,
-        app: LiteQ,
+        app: Runtime | HasRuntime,
         *,
         concurrency: int | None = None,
         queues: Sequence[str] | None = None,
@@ -127,7 +125,8 @@ class WorkerPool:
         liveness_timeout: float | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        if not app.storage.shared_between_processes:
+        runtime = runtime_of(app)
+        if not runtime.storage.shared_between_processes:
             raise ConfigurationError(
                 "a worker pool needs a store other processes can open; memory:// lives in one process. "
                 "Use a directory store, or immediate=True / app.run_until_empty() in tests"
@@ -154,9 +153,10 @@ class WorkerPool:
         if shutdown_timeout < 0:
             raise ConfigurationError(f"shutdown_timeout must be >= 0 seconds, not {shutdown_timeout!r}")
         self.app = app
-        self.storage = app.storage
+        self.runtime = runtime
+        self.storage = runtime.storage
         self.concurrency = concurrency
-        self.queues = list(queues) if queues else app.queues()
+        self.queues = list(queues) if queues else runtime.registry.queues()
         self.start_method = method
         self.ctx = multiprocessing.get_context(method)
         if method == "forkserver":
@@ -172,10 +172,10 @@ class WorkerPool:
         if liveness_timeout is not None and not liveness_timeout > 0:
             raise ConfigurationError(f"liveness_timeout must be > 0 seconds, not {liveness_timeout!r}")
         # A child silent for a whole lease would have lost its lease as a worker of its own.
-        self.watchdog = Watchdog(app, float(liveness_timeout) if liveness_timeout is not None else self.lease)
+        self.watchdog = Watchdog(runtime, float(liveness_timeout) if liveness_timeout is not None else self.lease)
         self.reload = reload
         self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{new_id()[-8:]}"
-        self.scheduler = Scheduler(app) if scheduler and app.schedules else None
+        self.scheduler = Scheduler(runtime) if scheduler and runtime.registry.schedules else None
         self.upkeep = Upkeep(
             self.id,
             self.storage,
@@ -196,7 +196,7 @@ class WorkerPool:
             concurrency=concurrency,
             queues=self.queues,
             lease=self.lease,
-            limits=app.rate_limits(),
+            limits=runtime.registry.rate_limits(),
             prefetch=self.prefetch,
             child_depth=child_depth,
             max_tasks_per_child=max_tasks_per_child,
@@ -297,7 +297,7 @@ class WorkerPool:
         level = logging.getLogger().getEffectiveLevel()
         options = ChildOptions(os.getpid(), self._logs.queue, level, self.max_memory_per_child is not None)
         process = self.ctx.Process(  # type: ignore[attr-defined]
-            target=child_main, args=(self.app, child_conn, options), name=f"liteq-child-{index}", daemon=True
+            target=child_main, args=(self.runtime, child_conn, options), name=f"liteq-child-{index}", daemon=True
         )
         process.start()
         child_conn.close()
@@ -643,7 +643,7 @@ class WorkerPool:
     def _start_reloader(self) -> None:
         from .reload import start_reloader
 
-        self._observer = start_reloader(self.app, self._on_source_change)
+        self._observer = start_reloader(self.runtime.origin, self._on_source_change)
 
     def _on_source_change(self) -> None:
         self._reload_pending = True
