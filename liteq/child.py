@@ -20,7 +20,7 @@ from .context import _current
 from .pool_protocol import Kind, decode, encode, outcome_fields, task_from
 
 if TYPE_CHECKING:
-    from .app import LiteQ
+    from .runtime import Runtime
 
 __all__ = ["ChildOptions", "child_main", "pid_alive"]
 
@@ -167,7 +167,7 @@ class _Inbox:
             return self.tasks.popleft() if self.tasks else None
 
 
-def child_main(app: LiteQ, conn: Connection, options: ChildOptions) -> None:
+def child_main(runtime: Runtime, conn: Connection, options: ChildOptions) -> None:
     """Serve tasks until told to stop or the pipe closes.
 
     The messages in and out are those of :mod:`liteq.pool_protocol`.
@@ -202,5 +202,5 @@ def child_main(app: LiteQ, conn: Connection, options: ChildOptions) -> None:
         def report(progress: Any, c: Any = claimed) -> None:
             send(Kind.PROGRESS, c.id, c.lease_token, progress.encode())
 
-        outcome = execute(app, claimed, report=report)
+        outcome = execute(runtime, claimed, report=report)
         send(Kind.DONE, outcome_fields(outcome), _rss() if options.measure_memory else 0)

@@ -27,7 +27,7 @@ from .pool_protocol import KillReason
 from .storage.base import ClaimedTask
 
 if TYPE_CHECKING:
-    from .app import LiteQ
+    from .runtime import Runtime
 
 __all__ = ["CANCEL_GRACE", "Watchdog"]
 
@@ -42,8 +42,8 @@ PING_FRACTION = 0.25
 class Watchdog:
     """The kill decisions of one pool (see the module doc)."""
 
-    def __init__(self, app: LiteQ, liveness_timeout: float) -> None:
-        self.app = app
+    def __init__(self, runtime: Runtime, liveness_timeout: float) -> None:
+        self.runtime = runtime
         self.liveness_timeout = liveness_timeout
         self.ping_interval = liveness_timeout * PING_FRACTION
         self._checked = 0.0  # monotonic time of the last verdicts
@@ -52,7 +52,7 @@ class Watchdog:
         """The hard limit of ``task`` in seconds, or None."""
         if task.timeout is not None:  # stored with the task: holds without the app (liteq worker STORE)
             return task.timeout
-        t = self.app.tasks.get(task.name)
+        t = self.runtime.registry.tasks.get(task.name)
         return t.options.timeout if t is not None else None
 
     @staticmethod

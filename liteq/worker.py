@@ -16,14 +16,13 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .context import TaskContext, _enter, _leave
 from .exceptions import (
     ConfigurationError,
     LiteQError,
     ResultExpired,
-    Retry,
     SerializationError,
     SoftTimeLimit,
     StoreCorrupt,
@@ -31,11 +30,9 @@ from .exceptions import (
 )
 from .health import degrades
 from .message import ErrorInfo, Progress, decode_call, new_id
-from .retries import backoff_delay
+from .retries import Retry, backoff_delay
+from .runtime import HasRuntime, Runtime, runtime_of
 from .storage.base import FAILED, SCHEDULED, SUCCEEDED, ClaimedTask, Outcome, WorkerInfo
-
-if TYPE_CHECKING:
-    from .app import LiteQ
 
 __all__ = ["DEFAULT_LEASE", "Worker", "execute"]
 
@@ -126,7 +123,7 @@ def defer_cancel() -> None:
 
 
 def execute(
-    app: LiteQ,
+    runtime: Runtime,
     claimed: ClaimedTask,
     *,
     report: Callable[[Progress], None] | None = None,
@@ -136,17 +133,17 @@ def execute(
     task's sake: unknown names, undecodable payloads, exceptions and unserializable results all
     become outcomes with a reason."""
     try:
-        task = app.get_task(claimed.name)
+        task = runtime.registry.get(claimed.name)
     except UnknownTask as exc:
         return _fail(claimed, ErrorInfo.from_exception(exc), "unknown task")
     try:
-        call = decode_call(claimed.payload, allow_pickle=app.serializer.name == "pickle")
+        call = decode_call(claimed.payload, allow_pickle=runtime.serializer.name == "pickle")
     except SerializationError as exc:
         return _fail(claimed, ErrorInfo.from_exception(exc), "undecodable payload")
     opts = task.options
     if "prev" in call.meta or "chord" in call.meta:
         try:
-            call.args = (_inputs(app, call.meta), *call.args)
+            call.args = (_inputs(runtime, call.meta), *call.args)
         except LiteQError as exc:
             if degrades(exc):
                 # The store did not answer (busy, unreachable): the input is not missing. Run
@@ -162,39 +159,39 @@ def execute(
             return _fail(claimed, ErrorInfo.from_exception(exc), "dependency result missing")
     retries = call.meta.get("retries", opts.retries)
     retries_left = max(0, min(retries - claimed.attempt + 1, claimed.max_attempts - claimed.attempt))
-    ctx = TaskContext(claimed.id, claimed.name, claimed.queue, claimed.attempt, retries_left, report, app)
+    ctx = TaskContext(claimed.id, claimed.name, claimed.queue, claimed.attempt, retries_left, report, runtime)
     _Deferred.cancel = False
     token = _enter(ctx)
     try:
         with _SoftLimit(claimed.soft_timeout if claimed.soft_timeout is not None else opts.soft_timeout):
             value = _call_task(claimed.id, task.fn, call.args, call.kwargs)
     except Retry as exc:
-        return _retry(app, claimed, opts, exc.exc or exc, ctx, exc, now())
+        return _retry(claimed, opts, exc.exc or exc, ctx, exc, now())
     except SoftTimeLimit as exc:
-        return _retry(app, claimed, opts, exc, ctx, None, now(), reason="soft timeout")
+        return _retry(claimed, opts, exc, ctx, None, now(), reason="soft timeout")
     except ConfigurationError as exc:  # bad input (e.g. Retry(countdown=nan)): retrying cannot fix it
         return _fail(claimed, ErrorInfo.from_exception(exc), "invalid input")
     except (KeyboardInterrupt, SystemExit) as exc:
         if isinstance(exc, KeyboardInterrupt):
             raise
-        return _retry(app, claimed, opts, exc, ctx, None, now())
+        return _retry(claimed, opts, exc, ctx, None, now())
     except Exception as exc:
-        return _retry(app, claimed, opts, exc, ctx, None, now())
+        return _retry(claimed, opts, exc, ctx, None, now())
     finally:
         _leave(token)
     if opts.ignore_result:
         return Outcome(claimed.id, claimed.lease_token, SUCCEEDED)
     try:
-        data = app.serializer.dumps(value, what=f"result of {claimed.name}")
+        data = runtime.serializer.dumps(value, what=f"result of {claimed.name}")
     except SerializationError as exc:
         error = ErrorInfo("liteq.exceptions.SerializationError", f"{exc} (value: {_safe_repr(value)})")
         return _fail(claimed, error, "unserializable result")
     return Outcome(claimed.id, claimed.lease_token, SUCCEEDED, result=data)
 
 
-def _inputs(app: LiteQ, meta: dict[str, Any]) -> Any:
+def _inputs(runtime: Runtime, meta: dict[str, Any]) -> Any:
     """The result a canvas step receives: its parent's (``prev``) or its group's list (``chord``)."""
-    storage = app.storage
+    storage = runtime.storage
     ids = [meta["prev"]] if "prev" in meta else storage.group_members(meta["chord"])
     rows = storage.get(ids)
     values = []
@@ -206,7 +203,7 @@ def _inputs(app: LiteQ, meta: dict[str, Any]) -> Any:
             )
         if row.damaged is not None:  # a lost result blob fails this step, not the worker
             raise StoreCorrupt(f"the result of task {task_id}, this task's input, is lost: {row.damaged}")
-        values.append(app.serializer.loads(row.result) if row.result is not None else None)
+        values.append(runtime.serializer.loads(row.result) if row.result is not None else None)
     return values[0] if "prev" in meta else values
 
 
@@ -219,7 +216,6 @@ def _safe_repr(value: Any, limit: int = 300) -> str:
 
 
 def _retry(
-    app: LiteQ,
     claimed: ClaimedTask,
     opts: Any,
     error: BaseException,
@@ -256,7 +252,7 @@ class Worker:
 
     def __init__(
         self,
-        app: LiteQ,
+        app: Runtime | HasRuntime,
         *,
         queues: Sequence[str] | None = None,
         worker_id: str | None = None,
@@ -268,7 +264,8 @@ class Worker:
         if lease <= 0:
             raise ConfigurationError(f"lease must be > 0 seconds, not {lease!r}")
         self.app = app
-        self.queues = list(queues) if queues else app.queues()
+        self.runtime = runtime_of(app)
+        self.queues = list(queues) if queues else self.runtime.registry.queues()
         self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{new_id()[-8:]}"
         self.batch = batch
         self.lease = lease
@@ -290,7 +287,7 @@ class Worker:
         if now is None and mono - self._last_maintenance < MAINTENANCE_INTERVAL:
             return
         self._last_maintenance = mono
-        storage = self.app.storage
+        storage = self.runtime.storage
         lost = storage.reap(now=now)
         if lost:
             logger.warning("returned %d task(s) with expired leases to the queue", len(lost))
@@ -303,7 +300,7 @@ class Worker:
                 leases = list(self._running.items())
             if leases:
                 try:
-                    self.app.storage.extend(self.id, leases, lease=self.lease)
+                    self.runtime.storage.extend(self.id, leases, lease=self.lease)
                 except Exception:  # the next round tries again; the lease has slack
                     logger.exception("could not extend leases")
 
@@ -323,8 +320,8 @@ class Worker:
     def run_once(self, now: float | None = None, *, ids: Sequence[str] | None = None) -> int:
         """Claim up to ``batch`` due tasks, run them here, record the outcomes; return how many ran."""
         self.maintain(now)
-        storage = self.app.storage
-        limits = self.app.rate_limits() if ids is None else None
+        storage = self.runtime.storage
+        limits = self.runtime.registry.rate_limits() if ids is None else None
         claimed = storage.claim(
             self.id, self.queues, limit=self.batch, lease=self.lease, now=now, ids=ids, limits=limits or None
         )
@@ -341,7 +338,7 @@ class Worker:
                 def report(progress: Progress, c: ClaimedTask = c) -> None:
                     storage.set_progress(c.id, c.lease_token, progress.encode())
 
-                outcomes.append(execute(self.app, c, report=report, now=clock))
+                outcomes.append(execute(self.runtime, c, report=report, now=clock))
         finally:
             if len(outcomes) < len(claimed):  # interrupted: hand back what never ran
                 storage.release([(c.id, c.lease_token) for c in claimed[len(outcomes) + 1 :]])
