@@ -18,9 +18,8 @@ import socket
 import urllib.request
 from typing import Any
 
-import uvicorn
-
 import api  # beside this script: Python puts the script's folder first on sys.path
+import uvicorn
 
 
 def post(base: str, path: str) -> dict[str, Any]:
