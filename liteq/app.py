@@ -6,7 +6,6 @@ import contextlib
 import dataclasses
 import os
 import sys
-import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
@@ -16,16 +15,16 @@ from .bootstrap import RuntimeSpec, describe, find_owner, importable_tasks, runt
 from .canvas import Signature
 from .exceptions import ConfigurationError, ResultExpired
 from .inputs import check_duration, seconds
-from .options import TaskOptions
+from .options import DECLARED, TaskOptions, options_doc
 from .producer import Producer
 from .registry import Registry, checked_include, task_name
 from .result import GroupResult, Result
 from .runtime import Runtime
 from .schedule import Schedule
+from .scheduler import schedule_info
 from .serializer import DEFAULT_MAX_SIZE, Serializer, get_serializer
 from .signals import stopping_on_signals
 from .storage import Storage, open_storage
-from .storage.sqlite import DEFAULT_BLOB_THRESHOLD, DEFAULT_BUSY_TIMEOUT
 from .task import Task
 from .worker import DEFAULT_LEASE, Worker
 
@@ -80,10 +79,10 @@ class LiteQ:
         result_ttl: float | timedelta = DEFAULT_RESULT_TTL,
         default_queue: str = DEFAULT_QUEUE,
         immediate: bool = False,
-        busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+        busy_timeout: float | None = None,
         lease: float = DEFAULT_LEASE,
         max_payload_size: int = DEFAULT_MAX_SIZE,
-        blob_threshold: int = DEFAULT_BLOB_THRESHOLD,
+        blob_threshold: int | None = None,
         include: Iterable[str] = (),
         mode: int | None = None,
         token: str | None = None,
@@ -93,7 +92,6 @@ class LiteQ:
         if not isinstance(default_queue, str) or not default_queue:
             raise ConfigurationError(f"default_queue must be a non-empty string, not {default_queue!r}")
         lease = check_duration(lease, "lease", positive=True)
-        busy_timeout = check_duration(busy_timeout, "busy_timeout")
         if max_payload_size < 1:
             raise ConfigurationError(f"max_payload_size must be a positive number of bytes, not {max_payload_size!r}")
         include = checked_include(include)
@@ -105,8 +103,13 @@ class LiteQ:
         self.durability = durability
         if durability not in ("normal", "full"):
             raise ConfigurationError(f"durability must be 'normal' or 'full', not {durability!r}")
+        # Store options are passed only when given: the store has its own defaults (open_storage).
         remote_options: dict[str, Any] = {}
-        if mode is not None:  # a local store's permissions; only passed when given
+        if busy_timeout is not None:
+            remote_options["busy_timeout"] = check_duration(busy_timeout, "busy_timeout")
+        if blob_threshold is not None:
+            remote_options["blob_threshold"] = blob_threshold
+        if mode is not None:  # a local store's permissions
             remote_options["mode"] = mode
         if token is not None:
             # Only a cluster store (liteq://) takes a token; a local store refuses it below.
@@ -117,8 +120,6 @@ class LiteQ:
             store,
             result_ttl=ttl,
             durability=durability,
-            busy_timeout=busy_timeout,
-            blob_threshold=blob_threshold,
             **remote_options,
         )
         self._options: dict[str, Any] = {
@@ -126,10 +127,8 @@ class LiteQ:
             "durability": durability,
             "result_ttl": ttl,
             "default_queue": default_queue,
-            "busy_timeout": busy_timeout,
             "lease": self.lease,
             "max_payload_size": max_payload_size,
-            "blob_threshold": blob_threshold,
             **remote_options,
         }
         self.registry = Registry(self, default_queue=default_queue, include=include)
@@ -194,48 +193,22 @@ class LiteQ:
     def task(self, fn: Callable[P, R], /) -> Task[P, R]: ...
 
     @overload
-    def task(
-        self,
-        *,
-        name: str | None = ...,
-        queue: str | None = ...,
-        priority: int | None = ...,
-        retries: int | None = ...,
-        retry_backoff: float | bool | None = ...,
-        retry_backoff_max: float | None = ...,
-        retry_jitter: bool | None = ...,
-        timeout: float | timedelta | None = ...,
-        soft_timeout: float | timedelta | None = ...,
-        expires: float | timedelta | None = ...,
-        result_ttl: float | timedelta | None = ...,
-        ignore_result: bool | None = ...,
-        max_attempts: int | None = ...,
-        unique: bool | Callable[..., Any] | None = ...,
-        lock: str | bool | None = ...,
-        rate_limit: str | float | None = ...,
-    ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+    def task(self, *, name: str | None = ..., **options: Any) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
-    def task(  # type: ignore[misc]  # options are spelled out in the overload, taken as **options here
+    def task(  # type: ignore[misc]  # mypy reads **options of the overloads as a separate parameter
         self,
         fn: Callable[..., Any] | None = None,
         /,
         *,
         name: str | None = None,
-        queue: str | None = None,
         **options: Any,
     ) -> Any:
         """Register a function as a task: ``@app.task`` or ``@app.task(name=..., retries=3, ...)``.
 
-        Options: ``queue``, ``priority`` (higher runs first), ``retries`` (re-runs after an
-        exception), ``retry_backoff`` (first delay, doubling), ``retry_backoff_max``,
-        ``retry_jitter``, ``timeout`` (hard limit; the pool kills the run), ``soft_timeout``
-        (raises ``SoftTimeLimit`` inside), ``expires`` (seconds after enqueue it may still start),
-        ``result_ttl``, ``ignore_result``, ``max_attempts`` (cap on runs of any kind, including
-        ones whose worker died; default ``retries + 3``), ``unique`` (True, or a function of the
-        arguments giving a key: while a copy waits, ``delay()`` returns it), ``lock`` (True, or a key
-        template formatted with the arguments: one run at a time across all pools), ``rate_limit``
-        (``"100/m"``: starts across all pools; early tasks wait as scheduled). The name defaults to
-        ``module.qualname``; two tasks with one name raise :class:`ConfigurationError`.
+        The name defaults to ``module.qualname``; two tasks with one name raise
+        :class:`ConfigurationError`, and so does an unknown option. The options
+        (:data:`liteq.options.DECLARED`):
+
         """
 
         def register(f: Callable[..., Any]) -> Task[Any, Any]:
@@ -243,7 +216,9 @@ class LiteQ:
                 raise ConfigurationError(f"@app.task needs a function, not {f!r}")
             if isinstance(f, Task):  # a task of another app: register its function here
                 f = f.fn
-            opts = TaskOptions.build(self.default_queue if queue is None else queue, **options)
+            declared = dict(options)
+            queue = declared.pop("queue", None)
+            opts = TaskOptions.build(self.default_queue if queue is None else queue, **declared)
             return self.registry.register(f, name or task_name(f), opts)
 
         if fn is not None:
@@ -300,27 +275,7 @@ class LiteQ:
 
     def periodic_info(self, now: float | None = None) -> list[dict[str, Any]]:
         """Each schedule with its task, timing, pause state, last and next fire times (epoch)."""
-        now = time.time() if now is None else now
-        states = self.storage.schedule_states(list(self.schedules))
-        out = []
-        for name, s in sorted(self.schedules.items()):
-            st = states.get(name)
-            out.append(
-                {
-                    "name": name,
-                    "task": s.task_name,
-                    "cron": s.cron,
-                    "every": s.every,
-                    "tz": s.tz,
-                    "catch_up": s.catch_up,
-                    "paused": bool(st and st.paused),
-                    "last_slot": st.last_slot if st else None,
-                    "last_fired_at": st.last_fired_at if st else None,
-                    "last_task_id": st.last_task_id if st else None,
-                    "next_slot": s.next_after(now),
-                }
-            )
-        return out
+        return schedule_info(self.runtime, now)
 
     def include_modules(self, modules: Iterable[str]) -> None:
         """Add modules to ``include`` (what ``liteq worker APP --include MOD`` does)."""
@@ -354,7 +309,7 @@ class LiteQ:
         self, calls: Iterable[Signature | tuple[Task[Any, Any], tuple[Any, ...], dict[str, Any]]]
     ) -> list[Result]:
         """:meth:`enqueue_many` from a coroutine: one transaction, written off the event loop."""
-        return await aio.send_many(self, calls)
+        return await aio.send_many(self.producer.send_many, calls)
 
     def _run_now(self, ids: Sequence[str]) -> None:
         # Immediate mode: run the task here, retries included, ignoring countdowns (like Celery's
@@ -461,3 +416,6 @@ def _rebuild_app(spec: RuntimeSpec) -> LiteQ:
                 app.task(name=name, **options)(fn)
     _rebuilt[spec.key()] = app
     return app
+
+
+LiteQ.task.__doc__ = (LiteQ.task.__doc__ or "") + options_doc(DECLARED.values())
