@@ -17,6 +17,7 @@ import time
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
+from .asyncrun import DEFAULT_ASYNC_CONCURRENCY, AsyncRunner, is_async_task
 from .context import _current
 from .slots import outcome_fields
 from .storage.base import ClaimedTask
@@ -50,9 +51,15 @@ class ChildOptions:
     """What a child needs besides the app: the supervisor's pid and how to log."""
 
     def __init__(
-        self, supervisor_pid: int, log_queue: Any = None, log_level: int = logging.WARNING, measure_memory: bool = False
+        self,
+        supervisor_pid: int,
+        log_queue: Any = None,
+        log_level: int = logging.WARNING,
+        measure_memory: bool = False,
+        async_concurrency: int = DEFAULT_ASYNC_CONCURRENCY,
     ) -> None:
         self.supervisor_pid = supervisor_pid
+        self.async_concurrency = async_concurrency
         self.log_queue = log_queue
         self.log_level = log_level
         self.measure_memory = measure_memory
@@ -133,9 +140,10 @@ class _Inbox:
     started (its ``done`` follows).
     """
 
-    def __init__(self, conn: Connection, send: Any) -> None:
+    def __init__(self, conn: Connection, send: Any, cancel: Any = None) -> None:
         self.conn = conn
         self.send = send
+        self.cancel = cancel
         self.tasks: collections.deque[Any] = collections.deque()
         self.closed = False
         self.cond = threading.Condition()
@@ -148,6 +156,10 @@ class _Inbox:
                 message = ("stop",)
             if message[0] == "ping":  # liveness: answered by this thread, whatever the task does
                 self.send(("pong",))
+                continue
+            if message[0] == "cancel":  # a running coroutine task: raised inside it on the loop
+                if self.cancel is not None:
+                    self.cancel(message[1])
                 continue
             with self.cond:
                 kind = message[0]
@@ -175,8 +187,8 @@ class _Inbox:
 def child_main(app: LiteQ, conn: Connection, options: ChildOptions) -> None:
     """Serve tasks until told to stop or the pipe closes.
 
-    Messages in: ``("run", ClaimedTask)``, ``("revoke", ids)``, ``("ping",)``, ``("stop",)``. Out:
-    ``("ready", pid)``, ``("progress", id, token, bytes)``, ``("done", Outcome, rss)``, ``("returned", ids)``,
+    Messages in: ``("run", ClaimedTask)``, ``("revoke", ids)``, ``("cancel", id)`` (a running
+    coroutine task), ``("ping",)``, ``("stop",)``. Out: ``("ready", pid, async_concurrency)``, ``("progress", id, token, bytes)``, ``("done", Outcome, rss)``, ``("returned", ids)``,
     ``("pong",)``.
     """
     from .worker import execute
@@ -196,17 +208,29 @@ def child_main(app: LiteQ, conn: Connection, options: ChildOptions) -> None:
         with send_lock:
             conn.send_bytes(pickle.dumps(message, PROTOCOL))
 
-    inbox = _Inbox(conn, send)
+    def report_for(c: ClaimedTask) -> Any:
+        def report(progress: Any) -> None:
+            send(("progress", c.id, c.lease_token, progress.encode()))
+
+        return report
+
+    def send_outcome(outcome: Any) -> None:
+        send(("done", outcome_fields(outcome), _rss() if options.measure_memory else 0))
+
+    # async def tasks run on an event loop in a thread of its own, up to async_concurrency at once;
+    # a sync task waits until none is in flight, then has the child to itself (see liteq.asyncrun).
+    runner = AsyncRunner(app, options.async_concurrency, send_outcome, report_for)
+    inbox = _Inbox(conn, send, runner.cancel)
     reader = threading.Thread(target=inbox.read, name="liteq-child-inbox", daemon=True)
-    send(("ready", os.getpid()))
+    send(("ready", os.getpid(), runner.limit))
     reader.start()
     while True:
         claimed = inbox.next()
         if claimed is None:
+            runner.wait_idle()
             return
-
-        def report(progress: Any, c: Any = claimed) -> None:
-            send(("progress", c.id, c.lease_token, progress.encode()))
-
-        outcome = execute(app, claimed, report=report)
-        send(("done", outcome_fields(outcome), _rss() if options.measure_memory else 0))
+        if is_async_task(app, claimed.name):
+            runner.submit(claimed)
+            continue
+        runner.wait_idle()
+        send_outcome(execute(app, claimed, report=report_for(claimed)))

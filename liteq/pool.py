@@ -41,6 +41,7 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+from .asyncrun import DEFAULT_ASYNC_CONCURRENCY, is_async_task
 from .child import ChildOptions, child_main
 from .events import EventWait
 from .exceptions import ConfigurationError, LiteQError
@@ -107,6 +108,9 @@ class WorkerPool:
       before it is killed and its task handled as a hard timeout (default: the lease; see
       :mod:`liteq.watchdog`).
     - ``scheduler``: fire the app's periodic tasks from this pool (default True; safe in every pool).
+    - ``async_concurrency``: ``async def`` tasks one child runs at once on its event loop (default
+      100; a sync task still takes the whole child). Children are fed by their free coroutine
+      room, so one child holds up to this many such tasks (see :mod:`liteq.asyncrun`).
     - ``clock``: the wall clock the pool passes to the store (default ``time.time``; injected by
       tests of clock steps, see :mod:`liteq.upkeep`).
     """
@@ -130,6 +134,7 @@ class WorkerPool:
         scheduler: bool = True,
         liveness_timeout: float | None = None,
         clock: Callable[[], float] = time.time,
+        async_concurrency: int = DEFAULT_ASYNC_CONCURRENCY,
     ) -> None:
         from .storage.memory import MemoryStorage
 
@@ -155,6 +160,8 @@ class WorkerPool:
         ):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ConfigurationError(f"{name} must be a positive integer or None, not {value!r}")
+        if isinstance(async_concurrency, bool) or not isinstance(async_concurrency, int) or async_concurrency < 1:
+            raise ConfigurationError(f"async_concurrency must be an integer >= 1, not {async_concurrency!r}")
         if child_depth < 1:
             raise ConfigurationError(f"child_depth must be >= 1, not {child_depth!r}")
         if shutdown_timeout < 0:
@@ -162,6 +169,8 @@ class WorkerPool:
         self.app = app
         self.storage = app.storage
         self.concurrency = concurrency
+        self.async_concurrency = async_concurrency
+        self._async_names: dict[str, bool] = {}
         self.queues = list(queues) if queues else app.queues()
         self.start_method = method
         self.ctx = multiprocessing.get_context(method)
@@ -179,7 +188,9 @@ class WorkerPool:
         if liveness_timeout is not None and not liveness_timeout > 0:
             raise ConfigurationError(f"liveness_timeout must be > 0 seconds, not {liveness_timeout!r}")
         # A child silent for a whole lease would have lost its lease as a worker of its own.
-        self.watchdog = Watchdog(app, float(liveness_timeout) if liveness_timeout is not None else self.lease)
+        self.watchdog = Watchdog(
+            app, float(liveness_timeout) if liveness_timeout is not None else self.lease, self.is_async
+        )
         self.reload = reload
         self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{new_id()[-8:]}"
         self._limits = app.rate_limits()
@@ -294,7 +305,9 @@ class WorkerPool:
     def _spawn(self, index: int) -> ChildSlot:
         parent_conn, child_conn = self.ctx.Pipe(duplex=True)
         level = logging.getLogger().getEffectiveLevel()
-        options = ChildOptions(os.getpid(), self._logs.queue, level, self.max_memory_per_child is not None)
+        options = ChildOptions(
+            os.getpid(), self._logs.queue, level, self.max_memory_per_child is not None, self.async_concurrency
+        )
         process = self.ctx.Process(  # type: ignore[attr-defined]
             target=child_main, args=(self.app, child_conn, options), name=f"liteq-child-{index}", daemon=True
         )
@@ -425,15 +438,33 @@ class WorkerPool:
                 elif kind == "ready":
                     c.ready = True
                     c.pid = message[1]
+                    if len(message) > 2:  # the coroutine room the child runs with
+                        c.async_limit = message[2]
         except (EOFError, OSError):
             pass
+
+    def is_async(self, name: str) -> bool:
+        """True for an ``async def`` task (many run at once in one child)."""
+        known = self._async_names.get(name)
+        if known is None:
+            known = self._async_names[name] = is_async_task(self.app, name)
+        return known
 
     def _done(self, c: ChildSlot, outcome: Outcome, rss: int) -> None:
         head = c.head
         if head is None or head.id != outcome.id:
-            logger.error("child %s reported task %s it was not running", c.pid, outcome.id)
-            return
-        c.queue.popleft()
+            # Coroutine tasks end in any order.
+            for i, t in enumerate(c.queue):
+                if t.id == outcome.id and self.is_async(t.name):
+                    del c.queue[i]
+                    break
+            else:
+                logger.error("child %s reported task %s it was not running", c.pid, outcome.id)
+                return
+        else:
+            c.queue.popleft()
+        c.since.pop(outcome.id, None)
+        c.cancels.pop(outcome.id, None)
         if c.cancel_id == outcome.id:
             # It stopped within the grace after being asked to: record the cancel, whatever it raised.
             c.cancel_id = ""
@@ -488,9 +519,10 @@ class WorkerPool:
         c.process.join(1)  # the sentinel can fire a moment before waitpid reports the exit code
         code = c.process.exitcode
         head = c.head
-        if head is not None:
-            c.queue.popleft()
-            self.upkeep.outcomes.append(lost_outcome(c, head, code, self.watchdog.time_limit(head)))
+        # Every task it was running (one sync task, or its coroutines) is lost; the rest never started.
+        for task in c.running(self.is_async):
+            c.queue.remove(task)
+            self.upkeep.outcomes.append(lost_outcome(c, task, code, self.watchdog.time_limit(task)))
         while c.queue:
             self.buffer.appendleft(c.queue.pop())
         self._events.unwatch(c)
@@ -507,11 +539,21 @@ class WorkerPool:
     # -- claiming and assigning ---------------------------------------------------------------------
 
     def _capacity(self) -> int:
-        return sum(
-            max(0, self._depth_for(c) - len(c.queue))
-            for c in self.children
-            if c.ready and not c.retiring and not c.kill_reason
-        )
+        # A child with room for coroutines is fed by that room (prefetch by free async capacity).
+        room = 0
+        coroutines = self.app_has_async()
+        for c in self.children:
+            if not c.ready or c.retiring or c.kill_reason:
+                continue
+            depth = self._depth_for(c)
+            if coroutines and depth and not any(not self.is_async(t.name) for t in c.queue):
+                depth = max(depth, c.async_limit)
+            room += max(0, depth - len(c.queue))
+        return room
+
+    def app_has_async(self) -> bool:
+        """True when the app registers an ``async def`` task."""
+        return any(getattr(t, "is_async", False) for t in self.app.tasks.values())
 
     def _claim(self, mono: float) -> None:
         room = self._capacity()
@@ -548,24 +590,37 @@ class WorkerPool:
         self._drop_cancelled()
         if not self.buffer:
             return
-        # Level by level: every idle child gets a task before any child gets a second one.
-        depth = {id(c): self._depth_for(c) for c in self.children if c.ready and not c.retiring and not c.kill_reason}
-        for level in range(1, self.child_depth + 1):
-            for c in self.children:
-                if not self.buffer:
-                    return
-                if len(c.queue) >= min(level, depth.get(id(c), 0)):
+        eligible = [c for c in self.children if c.ready and not c.retiring and not c.kill_reason]
+        # Sync tasks queued per child: coroutine tasks join a child only while it runs coroutines.
+        syncs = {id(c): sum(1 for t in c.queue if not self.is_async(t.name)) for c in eligible}
+        while self.buffer and eligible:
+            task = self.buffer[0]
+            coroutine = self.is_async(task.name)
+            # The least loaded child with room: every idle child gets a task before any gets a second.
+            best: ChildSlot | None = None
+            for c in eligible:
+                if best is not None and len(c.queue) >= len(best.queue):
                     continue
-                task = self.buffer.popleft()
-                if not c.queue:
-                    c.started = c.answered = time.monotonic()
-                c.queue.append(task)
-                depth[id(c)] = self._depth_for(c)  # a task with a hard limit ahead caps the queue
-                try:
-                    c.conn.send_bytes(pickle.dumps(("run", task_fields(task)), PROTOCOL))
-                except OSError:
-                    c.queue.pop()
-                    self.buffer.appendleft(task)
+                depth = self._depth_for(c)
+                if coroutine and depth and not syncs[id(c)]:
+                    depth = max(depth, c.async_limit)
+                if len(c.queue) < depth:
+                    best = c
+            if best is None:
+                return  # in order: the head waits for room
+            c = best
+            self.buffer.popleft()
+            if not c.queue:
+                c.started = c.answered = time.monotonic()
+            c.queue.append(task)
+            if not coroutine:
+                syncs[id(c)] += 1
+            try:
+                c.conn.send_bytes(pickle.dumps(("run", task_fields(task)), PROTOCOL))
+            except OSError:
+                c.queue.pop()
+                self.buffer.appendleft(task)
+                eligible.remove(c)
 
     def _depth_for(self, c: ChildSlot) -> int:
         if c.cancel_id:
@@ -640,12 +695,18 @@ class WorkerPool:
 
     def check_cancels(self) -> None:
         """Stop running tasks whose cancel was requested, and drop such tasks not started yet."""
-        running = {c.head.id: c for c in self.children if c.head is not None and not c.kill_reason and not c.cancel_id}
+        running = {
+            t.id: c
+            for c in self.children
+            if not c.kill_reason and not c.cancel_id
+            for t in c.running(self.is_async)
+            if t.id not in c.cancels
+        }
         # Tasks held but not started (in the buffer, or queued in a child's pipe) are checked too:
         # a cancel that arrives after the claim must stop them from starting at all.
         held = self.held()
         self._cancelled &= {t.id for t in held}  # forget those that ended meanwhile
-        heads = {c.head.id for c in self.children if c.head is not None}
+        heads = {t.id for c in self.children for t in c.running(self.is_async)}
         waiting = [t.id for t in held if t.id not in heads and t.id not in self._cancelled]
         if not running and not waiting:
             return
@@ -656,6 +717,16 @@ class WorkerPool:
                 self._cancelled.add(row.id)
                 continue
             c = running[row.id]
+            if self.is_async(row.name):
+                # A coroutine: TaskCancelled is raised inside it on the child's loop; the child is
+                # killed (its other coroutines retried) only if it does not stop within the grace.
+                logger.warning("task %s cancelled while running: stopping it in child %s", row.id, c.pid)
+                c.cancels[row.id] = time.monotonic() + CANCEL_GRACE
+                try:
+                    c.conn.send_bytes(pickle.dumps(("cancel", row.id), PROTOCOL))
+                except OSError:
+                    pass
+                continue
             # Ask first (TaskCancelled is raised inside the task, which may clean up), kill after a grace.
             logger.warning("task %s cancelled while running: stopping it in child %s", row.id, c.pid)
             c.cancel_id, c.cancel_deadline = row.id, time.monotonic() + CANCEL_GRACE

@@ -12,6 +12,7 @@ import signal
 import socket
 import sys
 import threading
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -48,12 +49,15 @@ class ChildSlot:
 
     __slots__ = (
         "answered",
+        "async_limit",
         "cancel_deadline",
         "cancel_id",
+        "cancels",
         "conn",
         "done",
         "index",
         "kill_reason",
+        "kill_task",
         "pid",
         "pinged",
         "process",
@@ -61,6 +65,7 @@ class ChildSlot:
         "ready",
         "retiring",
         "revoking",
+        "since",
         "started",
     )
 
@@ -80,23 +85,46 @@ class ChildSlot:
         self.cancel_deadline = 0.0
         self.answered = 0.0  # monotonic time of the last message from the child (liveness)
         self.pinged = 0.0  # monotonic time of the last liveness ping sent
+        # Coroutine tasks (see liteq.asyncrun): the child runs up to async_limit of them at once.
+        self.async_limit = 1  # told by the child's "ready"
+        self.since: dict[str, float] = {}  # running coroutine task id -> monotonic start
+        self.cancels: dict[str, float] = {}  # running coroutine task asked to stop -> kill deadline
+        self.kill_task = ""  # the task whose limit or cancel got the child killed (the others are collateral)
 
     @property
     def head(self) -> ClaimedTask | None:
         return self.queue[0] if self.queue else None
 
+    def running(self, is_async: Callable[[str], bool]) -> list[ClaimedTask]:
+        """The tasks the child runs now, as the child orders them: a sync task at the head runs
+        alone; else the leading coroutine tasks run together (a sync task after them waits until
+        they end, and what follows it waits for it)."""
+        out: list[ClaimedTask] = []
+        for t in self.queue:
+            if not is_async(t.name):
+                if not out:
+                    out.append(t)
+                break
+            if len(out) >= self.async_limit:
+                break
+            out.append(t)
+        return out
+
 
 def lost_outcome(c: ChildSlot, task: ClaimedTask, code: int | None, limit: float | None) -> Outcome:
     """What to record for ``task`` whose child ``c`` exited with ``code`` while running it:
     timed out, cancelled, or lost (retried while attempts remain; at once if the pool killed it
-    to stop)."""
-    if c.kill_reason == "timeout":
+    to stop, or for another coroutine task's limit)."""
+    kill_reason = c.kill_reason
+    if c.kill_task and c.kill_task != task.id and kill_reason:
+        kill_reason = "stop"  # a coroutine beside the one killed for: not its fault, it runs again
+    if kill_reason == "timeout":
         info = ErrorInfo(
             "liteq.exceptions.TaskTimedOut",
             f"task ran past its hard timeout of {limit}s; its worker process was killed",
         )
         return Outcome(task.id, task.lease_token, FAILED, error=info.encode(), reason="timeout")
-    if c.kill_reason == "unresponsive":
+    if kill_reason == "unresponsive":
         info = ErrorInfo(
             "liteq.exceptions.TaskTimedOut",
             f"worker process {c.pid} stopped answering the supervisor's liveness pings (stopped, or stuck in "
@@ -105,7 +133,7 @@ def lost_outcome(c: ChildSlot, task: ClaimedTask, code: int | None, limit: float
         if task.attempt < task.max_attempts:
             return Outcome(task.id, task.lease_token, PENDING, error=info.encode(), reason="unresponsive", run_at=0.0)
         return Outcome(task.id, task.lease_token, FAILED, error=info.encode(), reason="unresponsive")
-    if c.kill_reason == "cancelled":
+    if kill_reason == "cancelled":
         info = ErrorInfo("liteq.exceptions.TaskCancelled", "cancelled while running; its worker process was killed")
         return Outcome(task.id, task.lease_token, CANCELLED, error=info.encode(), reason="cancelled")
     info = ErrorInfo(
@@ -113,7 +141,7 @@ def lost_outcome(c: ChildSlot, task: ClaimedTask, code: int | None, limit: float
         f"worker process {c.pid} {exit_text(code)} while running the task (attempt {task.attempt} of "
         f"{task.max_attempts})",
     )
-    if c.kill_reason == "stop" or task.attempt < task.max_attempts:
+    if kill_reason == "stop" or task.attempt < task.max_attempts:
         return Outcome(task.id, task.lease_token, PENDING, error=info.encode(), reason="worker lost", run_at=0.0)
     return Outcome(task.id, task.lease_token, FAILED, error=info.encode(), reason="worker lost")
 

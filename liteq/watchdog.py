@@ -19,7 +19,7 @@ so only real stalls are caught; a task with a shorter hard limit is caught by th
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from .slots import ChildSlot
@@ -41,8 +41,11 @@ PING_FRACTION = 0.25
 class Watchdog:
     """The kill decisions of one pool (see the module doc)."""
 
-    def __init__(self, app: LiteQ, liveness_timeout: float) -> None:
+    def __init__(
+        self, app: LiteQ, liveness_timeout: float, is_async: Callable[[str], bool] = lambda name: False
+    ) -> None:
         self.app = app
+        self.is_async = is_async
         self.liveness_timeout = liveness_timeout
         self.ping_interval = liveness_timeout * PING_FRACTION
         self._checked = 0.0  # monotonic time of the last verdicts
@@ -71,7 +74,12 @@ class Watchdog:
             head = c.head
             assert head is not None
             limit = self.time_limit(head)
-            if c.cancel_id and c.cancel_id == head.id and mono >= c.cancel_deadline:
+            culprit = self._coroutine_verdict(c, mono)
+            if culprit is not None:
+                out.append(culprit)
+            elif self.is_async(head.name):
+                pass  # coroutines: their limits are above; liveness below
+            elif c.cancel_id and c.cancel_id == head.id and mono >= c.cancel_deadline:
                 logger.warning(
                     "cancelled task %s did not stop within %ss: killing child %s", head.id, CANCEL_GRACE, c.pid
                 )
@@ -79,7 +87,7 @@ class Watchdog:
             elif limit is not None and mono - c.started >= limit:
                 logger.error("task %s %s ran past its %ss timeout: killing child %s", head.name, head.id, limit, c.pid)
                 out.append((c, "timeout"))
-            elif c.ready and mono - c.answered >= self.liveness_timeout:
+            if (not out or out[-1][0] is not c) and c.ready and mono - c.answered >= self.liveness_timeout:
                 logger.error(
                     "child %s running task %s stopped answering for %ss: killing it",
                     c.pid,
@@ -88,6 +96,27 @@ class Watchdog:
                 )
                 out.append((c, "unresponsive"))
         return out
+
+    def _coroutine_verdict(self, c: ChildSlot, mono: float) -> tuple[ChildSlot, str] | None:
+        """A running coroutine task whose hard limit, or cancel, is CANCEL_GRACE overdue: the child
+        cancelled it inside at the limit, and it did not end. Marks the culprit on the slot."""
+        for t in c.running(self.is_async):
+            if not self.is_async(t.name):
+                return None
+            started = c.since.setdefault(t.id, mono)
+            limit = self.time_limit(t)
+            if t.id in c.cancels and mono >= c.cancels[t.id]:
+                logger.warning("cancelled task %s did not stop within %ss: killing child %s", t.id, CANCEL_GRACE, c.pid)
+                c.kill_task = t.id
+                return c, "cancelled"
+            if limit is not None and mono - started >= limit + CANCEL_GRACE:
+                logger.error(
+                    "task %s %s ran past its %ss timeout and did not stop when cancelled: killing child %s",
+                    t.name, t.id, limit, c.pid,
+                )  # fmt: skip
+                c.kill_task = t.id
+                return c, "timeout"
+        return None
 
     def to_ping(self, children: Iterable[ChildSlot], mono: float) -> list[ChildSlot]:
         """Busy children silent for a ping interval and not pinged since; marks them pinged."""
@@ -105,7 +134,13 @@ class Watchdog:
             head = c.head
             assert head is not None
             limit = self.time_limit(head)
-            if limit is not None:
+            if self.is_async(head.name):
+                for t in c.running(self.is_async):
+                    t_limit = self.time_limit(t)
+                    if t_limit is not None and t.id in c.since:
+                        out.append(c.since[t.id] + t_limit + CANCEL_GRACE)
+                out += list(c.cancels.values())
+            elif limit is not None:
                 out.append(c.started + limit)
             if c.cancel_id:
                 out.append(c.cancel_deadline)
