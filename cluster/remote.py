@@ -48,7 +48,9 @@ class RemoteStorage(Storage):
     ignored here. Pickles as its URL and options, so a spawned child reconnects on its own.
     """
 
+    shared_between_processes = True
     supports_cross_process_wakeup = True
+    supports_checkpoint = False  # the server checkpoints its own store
     local_path = None
 
     def __init__(
@@ -83,7 +85,9 @@ class RemoteStorage(Storage):
         self._wake_dir: str | None = None
         self._wake_owner = 0
         self.commands: list[str] = []
-        """Commands (``drain``, ``stop``) the server sent in heartbeat replies, oldest first."""
+        """Commands (``drain``, ``stop``) the server sent and :meth:`pending_commands` has not
+        taken yet, oldest first."""
+        self._commands_lock = threading.Lock()
         self.client = Client(
             self.endpoint,
             token=token,
@@ -114,7 +118,7 @@ class RemoteStorage(Storage):
         value, reply = self.client.call(op.name, op.encode_args(values), extra=extra, safe=safe)
         command = reply.get("command")
         if isinstance(command, str):
-            self.commands.append(command)
+            self._command(command)
         result = op.decode_result(value)
         if op.access is codec.WRITE:
             self.notify()
@@ -144,6 +148,26 @@ class RemoteStorage(Storage):
         self.notify()
         return result
 
+    def pending_commands(self) -> list[str]:
+        """``drain``/``stop`` commands the server sent (pushed, or in a heartbeat reply), oldest
+        first; each is returned once."""
+        with self._commands_lock:
+            taken, self.commands = self.commands, []
+        return taken
+
+    def _command(self, command: str) -> None:
+        with self._commands_lock:
+            if command not in self.commands:  # pushed and then carried by a heartbeat reply too
+                self.commands.append(command)
+
+    def control(self, command: str, workers: Sequence[str]) -> list[str]:
+        """Send ``drain`` or ``stop`` to the workers with these ids (``liteq control``); returns
+        the ids the server queued it for."""
+        if command not in ("drain", "stop"):
+            raise ConfigurationError(f"unknown worker command {command!r}; use 'drain' or 'stop'")
+        value, _ = self.client.call("control", {"command": command, "workers": list(workers)}, safe=True)
+        return [str(w) for w in value]
+
     def ping(self) -> float:
         """Round-trip to the server; returns the server's clock."""
         value, _ = self.client.call("ping", {}, safe=True)
@@ -162,7 +186,10 @@ class RemoteStorage(Storage):
                 # Called from the connecting thread with the client lock held: subscribe from another.
                 threading.Thread(target=self._subscribe, daemon=True).start()
             return
-        # "changed", "disconnected" (waiters re-check and meet StoreUnavailable), commands.
+        if kind == "command" and isinstance(data.get("command"), str):
+            self._command(str(data["command"]))
+        # "changed", "disconnected" (waiters re-check and meet StoreUnavailable), commands (the
+        # pool wakes up and reads them).
         self.notify()
         if self._wake_dir is not None:
             kinds = str(data.get("kinds", "wd")) if kind == "changed" else "wd"

@@ -30,7 +30,7 @@ import shutil
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,6 +54,8 @@ TICK_INTERVAL = 0.5
 PRUNE_INTERVAL = 60.0
 #: Enqueue replies remembered for retries of the same request (an idempotency key per request).
 REPLAY_MEMORY = 10_000
+#: What an operator can send a worker (``liteq control``): stop claiming and exit once idle; stop.
+WORKER_COMMANDS = ("drain", "stop")
 _READ_SIZE = 256 * 1024
 #: What a write tells waiters: ``w`` work may have become runnable (pools claim), ``d`` a task
 #: finished or changed state (producers in ``Result.get`` look). Writes missing here wake nobody.
@@ -314,6 +316,7 @@ class Server:
         self._parked: list[_Parked] = []
         self._leases: dict[str, dict[str, tuple[str, float]]] = collections.defaultdict(dict)
         self._commands: dict[str, str] = {}
+        self._worker_conns: dict[str, _Conn] = {}
         self._replies: collections.OrderedDict[str, list[str]] = collections.OrderedDict()
         self._closing = False
         self._closed = asyncio.Event()
@@ -382,10 +385,23 @@ class Server:
     # -- commands for workers ---------------------------------------------------------------------
 
     def command(self, worker_id: str, command: str) -> None:
-        """Queue ``drain`` or ``stop`` for a worker: its next heartbeat reply carries it."""
-        if command not in ("drain", "stop"):
+        """Send ``drain`` or ``stop`` to a worker: pushed at once on the connection its pool
+        registers and heartbeats on, and carried by its next heartbeat reply as well (a push lost
+        with a connection is not lost; a worker acting on it twice is harmless)."""
+        if command not in WORKER_COMMANDS:
             raise ConfigurationError(f"unknown worker command {command!r}; use 'drain' or 'stop'")
         self._commands[worker_id] = command
+        conn = self._worker_conns.get(worker_id)
+        if conn is not None and not conn.closed and conn.proto.authenticated:
+            conn.proto.push("command", {"worker_id": worker_id, "command": command})
+            self._flush(conn)
+
+    def _note_worker(self, conn: _Conn, args: Mapping[str, Any]) -> None:
+        # The connection a worker's pool writes its heartbeats on is where its commands are pushed.
+        info = args.get("info")
+        worker_id = args.get("worker_id", getattr(info, "id", None))
+        if isinstance(worker_id, str):
+            self._worker_conns[worker_id] = conn
 
     # -- connections ---------------------------------------------------------------------------
 
@@ -453,6 +469,8 @@ class Server:
         conn.closed = True
         self._conns.discard(conn)
         self._parked = [p for p in self._parked if p.conn is not conn]
+        for worker_id in [w for w, c in self._worker_conns.items() if c is conn]:
+            del self._worker_conns[worker_id]
         with contextlib.suppress(Exception):
             conn.writer.close()
 
@@ -490,6 +508,8 @@ class Server:
             return self._answer(conn, req.id, None)
         if req.op == "ping":
             return self._answer(conn, req.id, {"time": time.time()})
+        if req.op == "control":
+            return self._control(conn, req)
         if req.op == "reset" and self.config.allow_reset:
             self._leases.clear()
             self._replies.clear()
@@ -519,6 +539,8 @@ class Server:
                 f"{refused} is pickle-encoded; this server was started without --allow-pickle (pickle runs "
                 "code named by the data). Use serializer='msgpack' or start the server with --allow-pickle",
             )
+        if op.name in ("heartbeat", "register_worker"):
+            self._note_worker(conn, args)
         if op.name == "enqueue":
             key = req.extra.get("key")
             if isinstance(key, str) and key in self._replies:
@@ -533,6 +555,18 @@ class Server:
                 self._parked.append(parked)
                 return self._run_parked(parked)
         self._store.submit(_Job(op, args, self._done_cb(conn, req, op)))
+
+    def _control(self, conn: _Conn, req: Request) -> None:
+        command, workers = req.args.get("command"), req.args.get("workers")
+        if command not in WORKER_COMMANDS or not (
+            isinstance(workers, list) and all(isinstance(w, str) for w in workers)
+        ):
+            return self._refuse(
+                conn, req.id, ErrorCode.BAD_REQUEST, "control takes command ('drain' or 'stop') and workers (ids)"
+            )
+        for worker_id in workers:
+            self.command(worker_id, command)
+        self._answer(conn, req.id, workers)
 
     def _done_cb(
         self, conn: _Conn, req: Request, op: codec.Operation | None = None

@@ -28,21 +28,24 @@ import collections
 import concurrent.futures
 import logging
 import threading
-import time
 import types
 from collections.abc import Callable, Coroutine, Generator
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
-from .context import _enter, _leave
+from .context import TaskContext, _enter, _leave
 from .exceptions import SoftTimeLimit, TaskCancelled, TaskTimedOut
 from .message import ErrorInfo, Progress
 from .storage.base import CANCELLED, FAILED, ClaimedTask, Outcome
 
-if TYPE_CHECKING:
-    from .app import LiteQ
-    from .worker import Prepared
-
-__all__ = ["DEFAULT_ASYNC_CONCURRENCY", "AsyncRunner", "is_async_task", "run_blocking", "run_coroutine_task"]
+__all__ = [
+    "DEFAULT_ASYNC_CONCURRENCY",
+    "AsyncRunner",
+    "CoroutineCall",
+    "is_async_task",
+    "run_blocking",
+    "run_coroutine_task",
+]
 
 logger = logging.getLogger("liteq.worker")
 
@@ -50,7 +53,31 @@ logger = logging.getLogger("liteq.worker")
 DEFAULT_ASYNC_CONCURRENCY = 100
 
 
-def is_async_task(app: LiteQ, name: str) -> bool:
+class _Tasks(Protocol):
+    """What finds a task by name (the app, or its registry)."""
+
+    tasks: Any
+
+    def get_task(self, name: str) -> Any:
+        """The task registered (or importable through ``include``) as ``name``."""
+
+
+@dataclass
+class CoroutineCall:
+    """One ``async def`` task ready to run (built by :func:`liteq.worker.coroutine_call`): the
+    function and its arguments, its context, its limits, and how its end becomes an outcome."""
+
+    fn: Callable[..., Coroutine[Any, Any, Any]]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    ctx: TaskContext
+    soft_timeout: float | None
+    timeout: float | None
+    on_error: Callable[[BaseException], Outcome]
+    on_value: Callable[[Any], Outcome]
+
+
+def is_async_task(app: _Tasks, name: str) -> bool:
     """True when ``name`` is a registered ``async def`` task of ``app`` (unknown names: False)."""
     task = app.tasks.get(name)
     if task is None:
@@ -111,57 +138,43 @@ def _drive(coro: Coroutine[Any, Any, Any], box: _Interrupt) -> Generator[Any, An
 
 
 async def run_coroutine_task(
-    app: LiteQ,
     claimed: ClaimedTask,
-    prepared: Prepared,
+    call: CoroutineCall,
     *,
-    now: Callable[[], float] = time.time,
     box: _Interrupt | None = None,
     started: Callable[[asyncio.Task[Any], _Interrupt], None] | None = None,
 ) -> Outcome:
-    """Run one prepared ``async def`` task on the running loop and return its outcome.
+    """Run one ``async def`` task on the running loop and return its outcome.
 
     Its soft limit raises :class:`SoftTimeLimit` inside it; its hard limit raises
     :class:`TaskTimedOut` inside it (and the outcome is ``failed``/``timeout`` however it ends).
     ``started`` receives the asyncio task and its interrupt box (a child cancels through them).
     """
-    from .worker import settle_error, settle_value
-
     box = box if box is not None else _Interrupt()
     loop = asyncio.get_running_loop()
-    ctx = prepared.ctx
-    token = _enter(ctx)  # this asyncio task's own context: current() sees this task only
+    token = _enter(call.ctx)  # this asyncio task's own context: current() sees this task only
     try:
         inner = asyncio.current_task()
         assert inner is not None
         if started is not None:
             started(inner, box)
         timers = []
-        soft = prepared.soft_timeout
-        hard = claimed.timeout if claimed.timeout is not None else prepared.task.options.timeout
+        soft, hard = call.soft_timeout, call.timeout
         if soft:
-            timers.append(
-                loop.call_later(
-                    soft, _interrupt, inner, box, SoftTimeLimit(f"task ran past its soft_timeout of {soft}s")
-                )
-            )
+            error = SoftTimeLimit(f"task ran past its soft_timeout of {soft}s")
+            timers.append(loop.call_later(soft, _interrupt, inner, box, error))
         if hard:
             timers.append(loop.call_later(hard, _hard_limit, inner, box, claimed.id, hard))
         try:
-            value = await _drive(prepared.task.fn(*prepared.call.args, **prepared.call.kwargs), box)
-        except asyncio.CancelledError as exc:
+            value = await _drive(call.fn(*call.args, **call.kwargs), box)
+        except (Exception, asyncio.CancelledError) as exc:
             outcome = _special(claimed, box)
-            if outcome is not None:
-                return outcome
-            return settle_error(app, claimed, prepared, exc, now())
-        except Exception as exc:
-            outcome = _special(claimed, box)
-            return outcome if outcome is not None else settle_error(app, claimed, prepared, exc, now())
+            return outcome if outcome is not None else call.on_error(exc)
         finally:
             for t in timers:
                 t.cancel()
         outcome = _special(claimed, box)
-        return outcome if outcome is not None else settle_value(app, claimed, prepared, value)
+        return outcome if outcome is not None else call.on_value(value)
     finally:
         _leave(token)
 
@@ -194,16 +207,14 @@ def _hard_limit(task: asyncio.Task[Any], box: _Interrupt, task_id: str, limit: f
     )
 
 
-def run_blocking(
-    app: LiteQ, claimed: ClaimedTask, prepared: Prepared, *, now: Callable[[], float] = time.time
-) -> Outcome:
+def run_blocking(claimed: ClaimedTask, call: CoroutineCall) -> Outcome:
     """Run an ``async def`` task to its end from sync code and return its outcome.
 
     A fresh event loop runs it: in this thread when no loop runs here; in a helper thread when
     this thread is itself inside a running loop (``immediate=True`` from a coroutine), since the
     calling loop cannot run while sync code waits on it. Only that one task runs meanwhile.
     """
-    coro = run_coroutine_task(app, claimed, prepared, now=now)
+    coro = run_coroutine_task(claimed, call)
     try:
         asyncio.get_running_loop()
     except RuntimeError:
@@ -215,19 +226,20 @@ def run_blocking(
 class AsyncRunner:
     """A pool child's event loop, in a thread of its own, running up to ``limit`` coroutine tasks.
 
-    The child's main thread calls :meth:`submit` (blocks while the loop is full), :meth:`wait_idle`
+    ``plan`` turns a claimed task into a :class:`CoroutineCall` (or the outcome when it cannot
+    start). The child's main thread calls :meth:`submit` (blocks while the loop is full), :meth:`wait_idle`
     before a sync task, and the pipe reader calls :meth:`cancel`. ``send_outcome`` is called on the
     loop's thread with each outcome.
     """
 
     def __init__(
         self,
-        app: LiteQ,
         limit: int,
+        plan: Callable[[ClaimedTask, Callable[[Progress], None]], Outcome | CoroutineCall],
         send_outcome: Callable[[Outcome], None],
         report_for: Callable[[ClaimedTask], Callable[[Progress], None]],
     ) -> None:
-        self.app = app
+        self.plan = plan
         self.limit = max(1, limit)
         self.send_outcome = send_outcome
         self.report_for = report_for
@@ -260,18 +272,16 @@ class AsyncRunner:
 
     def submit(self, claimed: ClaimedTask) -> None:
         """Start ``claimed`` (an async task) on the loop once fewer than ``limit`` run."""
-        from .worker import prepare
-
         loop = self._start()
         with self.cond:
             while len(self.running) >= self.limit:
                 self.cond.wait()
             self.running[claimed.id] = None
-        prepared = prepare(self.app, claimed, report=self.report_for(claimed))
-        if isinstance(prepared, Outcome):
-            self._finished(claimed.id, prepared)
+        call = self.plan(claimed, self.report_for(claimed))
+        if isinstance(call, Outcome):  # unknown, undecodable, input missing: never started
+            self._finished(claimed.id, call)
             return
-        coro = run_coroutine_task(self.app, claimed, prepared, started=lambda t, b: self._started(claimed.id, t, b))
+        coro = run_coroutine_task(claimed, call, started=lambda t, b: self._started(claimed.id, t, b))
 
         def create() -> None:
             task = loop.create_task(coro)

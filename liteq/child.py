@@ -10,7 +10,6 @@ import collections
 import logging
 import logging.handlers
 import os
-import pickle
 import signal
 import threading
 import time
@@ -19,16 +18,13 @@ from typing import TYPE_CHECKING, Any
 
 from .asyncrun import DEFAULT_ASYNC_CONCURRENCY, AsyncRunner, is_async_task
 from .context import _current
-from .slots import outcome_fields
+from .pool_protocol import Kind, decode, encode, outcome_fields, task_from
 from .storage.base import ClaimedTask
 
 if TYPE_CHECKING:
     from .app import LiteQ
 
 __all__ = ["ChildOptions", "child_main", "pid_alive"]
-
-#: Pipe messages are plain pickles of tuples and liteq dataclasses (no ForkingPickler per message).
-PROTOCOL = pickle.HIGHEST_PROTOCOL
 
 #: How often a child checks that its supervisor is still alive (seconds).
 PARENT_CHECK_INTERVAL = 0.5
@@ -134,10 +130,10 @@ def _rss() -> int:
 class _Inbox:
     """Tasks sent to this child and not started yet, filled by a reader thread.
 
-    The reader keeps reading the pipe while a task runs, so a ``("revoke", ids)`` from the
-    supervisor (stopping, recycling, reloading) takes back queued tasks at once, with an atomic
-    answer: each id is either handed back (``("returned", ids)``, it will not run here) or already
-    started (its ``done`` follows).
+    The reader keeps reading the pipe while a task runs, so a ``REVOKE`` from the supervisor
+    (stopping, recycling, reloading) takes back queued tasks at once, with an atomic answer: each
+    id is either handed back (``RETURNED``, it will not run here) or already started (its ``DONE``
+    follows).
     """
 
     def __init__(self, conn: Connection, send: Any, cancel: Any = None) -> None:
@@ -151,25 +147,25 @@ class _Inbox:
     def read(self) -> None:
         while True:
             try:
-                message = pickle.loads(self.conn.recv_bytes())
+                message = decode(self.conn.recv_bytes())
             except (EOFError, OSError):
-                message = ("stop",)
-            if message[0] == "ping":  # liveness: answered by this thread, whatever the task does
-                self.send(("pong",))
+                message = (Kind.STOP,)
+            kind = message[0]
+            if kind == Kind.PING:  # liveness: answered by this thread, whatever the task does
+                self.send(Kind.PONG)
                 continue
-            if message[0] == "cancel":  # a running coroutine task: raised inside it on the loop
+            if kind == Kind.CANCEL:  # a running coroutine task: raised inside it on the loop
                 if self.cancel is not None:
                     self.cancel(message[1])
                 continue
             with self.cond:
-                kind = message[0]
-                if kind == "run":
-                    self.tasks.append(ClaimedTask(*message[1]))
-                elif kind == "revoke":
+                if kind == Kind.RUN:
+                    self.tasks.extend(task_from(fields) for fields in message[1])
+                elif kind == Kind.REVOKE:
                     wanted = set(message[1])
                     back = [t.id for t in self.tasks if t.id in wanted]
                     self.tasks = collections.deque(t for t in self.tasks if t.id not in wanted)
-                    self.send(("returned", back))
+                    self.send(Kind.RETURNED, back)
                 else:  # stop, or the supervisor is gone: finish what is queued, then exit
                     self.closed = True
                 self.cond.notify()
@@ -187,11 +183,9 @@ class _Inbox:
 def child_main(app: LiteQ, conn: Connection, options: ChildOptions) -> None:
     """Serve tasks until told to stop or the pipe closes.
 
-    Messages in: ``("run", ClaimedTask)``, ``("revoke", ids)``, ``("cancel", id)`` (a running
-    coroutine task), ``("ping",)``, ``("stop",)``. Out: ``("ready", pid, async_concurrency)``, ``("progress", id, token, bytes)``, ``("done", Outcome, rss)``, ``("returned", ids)``,
-    ``("pong",)``.
+    The messages in and out are those of :mod:`liteq.pool_protocol`.
     """
-    from .worker import execute
+    from .worker import coroutine_call, execute
 
     # Ctrl-C reaches the whole process group; only the supervisor decides how to stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -204,25 +198,28 @@ def child_main(app: LiteQ, conn: Connection, options: ChildOptions) -> None:
     watcher.start()
     send_lock = threading.Lock()
 
-    def send(message: tuple[Any, ...]) -> None:
+    def send(kind: Kind, *body: Any) -> None:
+        data = encode(kind, *body)
         with send_lock:
-            conn.send_bytes(pickle.dumps(message, PROTOCOL))
+            conn.send_bytes(data)
 
     def report_for(c: ClaimedTask) -> Any:
         def report(progress: Any) -> None:
-            send(("progress", c.id, c.lease_token, progress.encode()))
+            send(Kind.PROGRESS, c.id, c.lease_token, progress.encode())
 
         return report
 
     def send_outcome(outcome: Any) -> None:
-        send(("done", outcome_fields(outcome), _rss() if options.measure_memory else 0))
+        send(Kind.DONE, outcome_fields(outcome), _rss() if options.measure_memory else 0)
 
     # async def tasks run on an event loop in a thread of its own, up to async_concurrency at once;
     # a sync task waits until none is in flight, then has the child to itself (see liteq.asyncrun).
-    runner = AsyncRunner(app, options.async_concurrency, send_outcome, report_for)
+    runner = AsyncRunner(
+        options.async_concurrency, lambda c, report: coroutine_call(app, c, report), send_outcome, report_for
+    )
     inbox = _Inbox(conn, send, runner.cancel)
     reader = threading.Thread(target=inbox.read, name="liteq-child-inbox", daemon=True)
-    send(("ready", os.getpid(), runner.limit))
+    send(Kind.READY, os.getpid(), runner.limit)
     reader.start()
     while True:
         claimed = inbox.next()

@@ -682,6 +682,29 @@ def serve(
 
 
 @cli.command()
+@click.argument("command", type=click.Choice(["drain", "stop"]))
+@click.argument("url")
+@click.argument("worker_ids", nargs=-1)
+@click.option("--all", "all_workers", is_flag=True, help="Every live worker of the server.")
+@click.option(
+    "--token-file", default=None, type=click.Path(dir_okay=False), help="File holding the token [LITEQ_TOKEN]."
+)
+@click.option(
+    "--tls-ca", default=None, type=click.Path(dir_okay=False), help="CA file that signed a liteqs:// server's cert."
+)
+@_guard
+def control(
+    command: str, url: str, worker_ids: tuple[str, ...], all_workers: bool, token_file: str | None, tls_ca: str | None
+) -> None:
+    """Send COMMAND to workers of the cluster server at URL: ``drain`` (claim nothing more, exit
+    once the tasks in hand are done) or ``stop`` (stop gracefully, as SIGTERM)."""
+    from liteq.cluster import control as cluster_control  # type: ignore[import-not-found,unused-ignore]
+
+    sent = cluster_control.run(command, url, worker_ids, all_workers=all_workers, token_file=token_file, tls_ca=tls_ca)
+    click.echo(f"{command} sent to {len(sent)} worker(s){': ' + ', '.join(sent) if sent else ''}")
+
+
+@cli.command()
 @click.argument("app_or_store_or_url")
 @click.option(
     "--bind",

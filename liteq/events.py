@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from multiprocessing.connection import wait
 from typing import Any
 
-from .slots import ChildSlot, drain
+from .children import Child, drain
 from .wake import Waker
 
 __all__ = ["EventWait"]
@@ -41,13 +41,13 @@ class EventWait:
         if self._selector is not None and waker.sock is not None:
             self._selector.register(waker.sock, selectors.EVENT_READ, ("waker", None))
 
-    def watch(self, c: ChildSlot) -> None:
+    def watch(self, c: Child) -> None:
         """Wait on a new child's pipe and sentinel too."""
         if self._selector is not None:
             self._selector.register(c.conn.fileno(), selectors.EVENT_READ, ("conn", c))
             self._selector.register(c.process.sentinel, selectors.EVENT_READ, ("dead", c))
 
-    def unwatch(self, c: ChildSlot) -> None:
+    def unwatch(self, c: Child) -> None:
         """Stop waiting on a buried child."""
         if self._selector is not None:
             for fd in (c.conn.fileno(), c.process.sentinel):
@@ -63,7 +63,7 @@ class EventWait:
         except OSError:
             pass
 
-    def wait(self, timeout: float, children: Iterable[ChildSlot]) -> list[tuple[str, Any]]:
+    def wait(self, timeout: float, children: Iterable[Child]) -> list[tuple[str, Any]]:
         """Wait up to ``timeout`` seconds; return the events that are ready (see the class doc)."""
         if self._selector is not None:
             ready = [key.data for key, _ in self._selector.select(max(timeout, 0))]
@@ -80,7 +80,7 @@ class EventWait:
                 out.append((kind, c))
         return out
 
-    def _ready_portable(self, timeout: float, children: Iterable[ChildSlot]) -> list[tuple[str, Any]]:
+    def _ready_portable(self, timeout: float, children: Iterable[Child]) -> list[tuple[str, Any]]:
         # Windows cannot select() on pipes: multiprocessing's wait() knows how to wait there.
         handles: dict[Any, tuple[str, Any]] = {self._wake_r: ("wake", None)}
         if self.waker is not None and self.waker.sock is not None:

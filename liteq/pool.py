@@ -32,7 +32,6 @@ import logging
 import logging.handlers
 import multiprocessing
 import os
-import pickle
 import signal
 import socket
 import threading
@@ -41,37 +40,35 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from .asyncrun import DEFAULT_ASYNC_CONCURRENCY, is_async_task
+from .asyncrun import DEFAULT_ASYNC_CONCURRENCY
 from .child import ChildOptions, child_main
-from .events import EventWait
-from .exceptions import ConfigurationError, LiteQError
-from .health import PoolState
-from .message import ErrorInfo, new_id
-from .reclaim import recover_local_leases
-from .scheduler import Scheduler
-from .slots import (
+from .children import (
     Checkpointer,
+    Child,
     ChildLogs,
-    ChildSlot,
     default_start_method,
     exit_text,
     lost_outcome,
     readable,
-    task_fields,
 )
+from .coroutine_feed import CoroutineFeed
+from .events import EventWait
+from .exceptions import ConfigurationError, LiteQError
+from .health import PoolState
+from .liveness import CANCEL_GRACE, Watchdog
+from .message import ErrorInfo, new_id
+from .pool_protocol import KillReason, Kind, StopLevel, decode, outcome_from, send, task_fields
+from .reclaim import recover_local_leases
+from .scheduler import Scheduler
 from .storage.base import CANCELLED, ClaimedTask, Outcome, WorkerInfo
 from .upkeep import Upkeep
 from .wake import Waker
-from .watchdog import CANCEL_GRACE, Watchdog
 from .worker import DEFAULT_LEASE
 
 if TYPE_CHECKING:
     from .app import LiteQ
 
 __all__ = ["WorkerPool", "default_start_method"]
-
-#: Pipe messages are plain pickles of tuples and liteq dataclasses (no ForkingPickler per message).
-PROTOCOL = pickle.HIGHEST_PROTOCOL
 
 logger = logging.getLogger("liteq.pool")
 
@@ -106,11 +103,11 @@ class WorkerPool:
       :mod:`liteq.reclaim`).
     - ``liveness_timeout``: seconds a busy child may stay silent (stopped, stuck holding the GIL)
       before it is killed and its task handled as a hard timeout (default: the lease; see
-      :mod:`liteq.watchdog`).
+      :mod:`liteq.liveness`).
     - ``scheduler``: fire the app's periodic tasks from this pool (default True; safe in every pool).
     - ``async_concurrency``: ``async def`` tasks one child runs at once on its event loop (default
       100; a sync task still takes the whole child). Children are fed by their free coroutine
-      room, so one child holds up to this many such tasks (see :mod:`liteq.asyncrun`).
+      room (see :mod:`liteq.coroutine_feed`).
     - ``clock``: the wall clock the pool passes to the store (default ``time.time``; injected by
       tests of clock steps, see :mod:`liteq.upkeep`).
     """
@@ -136,9 +133,7 @@ class WorkerPool:
         clock: Callable[[], float] = time.time,
         async_concurrency: int = DEFAULT_ASYNC_CONCURRENCY,
     ) -> None:
-        from .storage.memory import MemoryStorage
-
-        if isinstance(app.storage, MemoryStorage):
+        if not app.storage.shared_between_processes:
             raise ConfigurationError(
                 "a worker pool needs a store other processes can open; memory:// lives in one process. "
                 "Use a directory store, or immediate=True / app.run_until_empty() in tests"
@@ -170,7 +165,7 @@ class WorkerPool:
         self.storage = app.storage
         self.concurrency = concurrency
         self.async_concurrency = async_concurrency
-        self._async_names: dict[str, bool] = {}
+        self.feed = CoroutineFeed(app)
         self.queues = list(queues) if queues else app.queues()
         self.start_method = method
         self.ctx = multiprocessing.get_context(method)
@@ -189,7 +184,7 @@ class WorkerPool:
             raise ConfigurationError(f"liveness_timeout must be > 0 seconds, not {liveness_timeout!r}")
         # A child silent for a whole lease would have lost its lease as a worker of its own.
         self.watchdog = Watchdog(
-            app, float(liveness_timeout) if liveness_timeout is not None else self.lease, self.is_async
+            app, float(liveness_timeout) if liveness_timeout is not None else self.lease, self.feed
         )
         self.reload = reload
         self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{new_id()[-8:]}"
@@ -205,11 +200,12 @@ class WorkerPool:
             clock=clock,
         )
         self.health = self.upkeep.health
-        self.children: list[ChildSlot] = []
+        self.children: list[Child] = []
         self.buffer: collections.deque[ClaimedTask] = collections.deque()
         self._cancelled: set[str] = set()  # held, unstarted tasks whose cancel was requested
-        self._stop_level = 0  # 0 running, 1 graceful stop requested, 2 stop now
+        self._stop_level = StopLevel.RUNNING
         self._stop_deadline = 0.0
+        self._draining = False  # an operator's drain: claim nothing more, stop once idle
         self._maybe_work = True
         self._next_scheduled: float | None = None
         self._last_claim = 0.0
@@ -252,14 +248,12 @@ class WorkerPool:
 
     def start(self) -> None:
         """Start the children and return once every one is ready to run tasks."""
-        waker_dir = getattr(self.storage, "wake_dir", None)
+        waker_dir = self.storage.wake_dir
         if waker_dir:
             waker = Waker(waker_dir)
             self._events.add_waker(waker)
             # This thread's own commits need not wake this pool: it knows what it just did.
-            skip = getattr(self.storage, "skip_wake_in_this_thread", None)
-            if skip is not None:
-                skip(waker.path)
+            self.storage.skip_wake_in_this_thread(waker.path)
         self._logs.start()
         # A pool started while the store is locked (a backup) or full starts degraded: its
         # start-up writes are the first step of its retry rounds.
@@ -302,7 +296,7 @@ class WorkerPool:
         self._teardown()
         raise LiteQError(message)
 
-    def _spawn(self, index: int) -> ChildSlot:
+    def _spawn(self, index: int) -> Child:
         parent_conn, child_conn = self.ctx.Pipe(duplex=True)
         level = logging.getLogger().getEffectiveLevel()
         options = ChildOptions(
@@ -313,7 +307,7 @@ class WorkerPool:
         )
         process.start()
         child_conn.close()
-        c = ChildSlot(index, process, parent_conn)
+        c = Child(index, process, parent_conn)
         self._events.watch(c)
         return c
 
@@ -355,7 +349,7 @@ class WorkerPool:
         """Ask the pool to stop: gracefully (running tasks finish, unstarted ones go back at once),
         or with ``now`` (kill children; interrupted tasks are retried later). Thread- and
         signal-safe; a second call escalates to ``now``."""
-        level = 2 if now or self._stop_level >= 1 else 1
+        level = StopLevel.NOW if now or self._stop_level >= StopLevel.GRACEFUL else StopLevel.GRACEFUL
         self._stop_level = max(self._stop_level, level)
         self.upkeep.stopping = True
         self._events.poke(b"s")
@@ -389,6 +383,7 @@ class WorkerPool:
         extend leases, wait for the next event. Returns False once the pool has stopped."""
         mono = time.monotonic()
         self.upkeep.flush_if_ok()  # first: a producer is waiting for these
+        self._obey(self.storage.pending_commands())
         if self._stop_level:
             if not self._stopping_step(mono):
                 return False
@@ -397,7 +392,8 @@ class WorkerPool:
             # running it after the lease ran out could run it twice.
             self.upkeep.confirm_leases(mono)
             self._assign()
-            self._claim(mono)
+            if not self._draining:
+                self._claim(mono)
             self._assign()
         self._timers(mono)
         if self.upkeep.more_work:
@@ -406,9 +402,25 @@ class WorkerPool:
         self._poll(self._timeout(time.monotonic()))
         return True
 
+    def drain(self) -> None:
+        """Claim nothing more; stop (exit 0) once every task in hand has finished."""
+        self._draining = True
+        self._events.poke(b"s")
+
+    def _obey(self, commands: list[str]) -> None:
+        # Commands an operator sent through the store (``liteq control``, cluster stores only).
+        for command in commands:
+            logger.warning("worker %s received %r from the store", self.id, command)
+            if command == "drain":
+                self.drain()
+            elif command == "stop":
+                self.stop()
+        if self._draining and not self._stop_level and not self.buffer and not self.busy():
+            self.stop()
+
     def _poll(self, timeout: float) -> None:
         """Wait up to ``timeout`` for any event, then handle every one that is ready."""
-        dead: list[ChildSlot] = []
+        dead: list[Child] = []
         for kind, c in self._events.wait(timeout, self.children):
             if kind == "waker":
                 self._maybe_work = True
@@ -420,49 +432,35 @@ class WorkerPool:
             self._receive(c)  # a child may have reported its last outcome before exiting
             self._buried(c)
 
-    def _receive(self, c: ChildSlot) -> None:
+    def _receive(self, c: Child) -> None:
         conn = c.conn
         try:
             # Connection.poll() builds a selector per call; a zero-timeout select() on the one fd
             # tells the same for a fraction of the cost (this runs once per finished task).
             while readable(conn):
-                message = pickle.loads(conn.recv_bytes())
+                message = decode(conn.recv_bytes())
                 c.answered = time.monotonic()  # any message proves the child runs (liveness)
                 kind = message[0]
-                if kind == "done":
-                    self._done(c, Outcome(*message[1]), message[2])
-                elif kind == "progress":
+                if kind == Kind.DONE:
+                    self._done(c, outcome_from(message[1]), message[2])
+                elif kind == Kind.PROGRESS:
                     self.upkeep.progress[message[1]] = (message[2], message[3])
-                elif kind == "returned":
+                elif kind == Kind.RETURNED:
                     self._returned(c, message[1])
-                elif kind == "ready":
+                elif kind == Kind.READY:
                     c.ready = True
                     c.pid = message[1]
-                    if len(message) > 2:  # the coroutine room the child runs with
-                        c.async_limit = message[2]
+                    c.async_limit = message[2]
         except (EOFError, OSError):
             pass
 
-    def is_async(self, name: str) -> bool:
-        """True for an ``async def`` task (many run at once in one child)."""
-        known = self._async_names.get(name)
-        if known is None:
-            known = self._async_names[name] = is_async_task(self.app, name)
-        return known
-
-    def _done(self, c: ChildSlot, outcome: Outcome, rss: int) -> None:
+    def _done(self, c: Child, outcome: Outcome, rss: int) -> None:
         head = c.head
-        if head is None or head.id != outcome.id:
-            # Coroutine tasks end in any order.
-            for i, t in enumerate(c.queue):
-                if t.id == outcome.id and self.is_async(t.name):
-                    del c.queue[i]
-                    break
-            else:
-                logger.error("child %s reported task %s it was not running", c.pid, outcome.id)
-                return
-        else:
+        if head is not None and head.id == outcome.id:
             c.queue.popleft()
+        elif not self.feed.finished(c, outcome.id):  # coroutine tasks end in any order
+            logger.error("child %s reported task %s it was not running", c.pid, outcome.id)
+            return
         c.since.pop(outcome.id, None)
         c.cancels.pop(outcome.id, None)
         if c.cancel_id == outcome.id:
@@ -479,14 +477,14 @@ class WorkerPool:
         elif self.max_memory_per_child and rss > self.max_memory_per_child:
             self._retire(c, f"uses {rss / 2**20:.0f} MiB")
 
-    def _retire(self, c: ChildSlot, why: str) -> None:
+    def _retire(self, c: Child, why: str) -> None:
         if c.retiring or any(o.retiring for o in self.children):
             return  # one child at a time; the others are checked again after their next task
         logger.info("recycling child %s: it %s", c.pid, why)
         c.retiring = True
         self._requeue_unstarted(c)
 
-    def _requeue_unstarted(self, c: ChildSlot, only: set[str] | None = None) -> None:
+    def _requeue_unstarted(self, c: Child, only: set[str] | None = None) -> None:
         """Ask a live child for the tasks queued in its pipe behind the running one (or those of
         them in ``only``).
 
@@ -498,12 +496,9 @@ class WorkerPool:
         if not ids:
             return
         c.revoking.update(ids)
-        try:
-            c.conn.send_bytes(pickle.dumps(("revoke", ids), PROTOCOL))
-        except OSError:
-            pass  # the child is gone: _buried takes its queue back
+        send(c.conn, Kind.REVOKE, ids)  # if the child is gone, _buried takes its queue back
 
-    def _returned(self, c: ChildSlot, ids: list[str]) -> None:
+    def _returned(self, c: Child, ids: list[str]) -> None:
         back = set(ids)
         kept: collections.deque[ClaimedTask] = collections.deque()
         for t in c.queue:
@@ -514,13 +509,13 @@ class WorkerPool:
         c.queue = kept
         c.revoking.difference_update(ids)
 
-    def _buried(self, c: ChildSlot) -> None:
+    def _buried(self, c: Child) -> None:
         """A child process exited: record its running task's fate and start a replacement."""
         c.process.join(1)  # the sentinel can fire a moment before waitpid reports the exit code
         code = c.process.exitcode
         head = c.head
-        # Every task it was running (one sync task, or its coroutines) is lost; the rest never started.
-        for task in c.running(self.is_async):
+        # Every task it was running is lost (one sync task, or its coroutines); the rest never started.
+        for task in self.feed.running(c):
             c.queue.remove(task)
             self.upkeep.outcomes.append(lost_outcome(c, task, code, self.watchdog.time_limit(task)))
         while c.queue:
@@ -539,21 +534,13 @@ class WorkerPool:
     # -- claiming and assigning ---------------------------------------------------------------------
 
     def _capacity(self) -> int:
-        # A child with room for coroutines is fed by that room (prefetch by free async capacity).
-        room = 0
-        coroutines = self.app_has_async()
-        for c in self.children:
-            if not c.ready or c.retiring or c.kill_reason:
-                continue
-            depth = self._depth_for(c)
-            if coroutines and depth and not any(not self.is_async(t.name) for t in c.queue):
-                depth = max(depth, c.async_limit)
-            room += max(0, depth - len(c.queue))
-        return room
-
-    def app_has_async(self) -> bool:
-        """True when the app registers an ``async def`` task."""
-        return any(getattr(t, "is_async", False) for t in self.app.tasks.values())
+        # A child holding only coroutine tasks has room for its free coroutine room.
+        coroutines = self.feed.any_async()
+        return sum(
+            max(0, self.feed.depth(c, self._depth_for(c), coroutines, self.feed.syncs(c)) - len(c.queue))
+            for c in self.children
+            if c.ready and not c.retiring and not c.kill_reason
+        )
 
     def _claim(self, mono: float) -> None:
         room = self._capacity()
@@ -591,38 +578,35 @@ class WorkerPool:
         if not self.buffer:
             return
         eligible = [c for c in self.children if c.ready and not c.retiring and not c.kill_reason]
-        # Sync tasks queued per child: coroutine tasks join a child only while it runs coroutines.
-        syncs = {id(c): sum(1 for t in c.queue if not self.is_async(t.name)) for c in eligible}
-        while self.buffer and eligible:
+        syncs = {id(c): self.feed.syncs(c) for c in eligible}
+        handed: dict[int, tuple[Child, list[ClaimedTask]]] = {}
+        while self.buffer:
             task = self.buffer[0]
-            coroutine = self.is_async(task.name)
-            # The least loaded child with room: every idle child gets a task before any gets a second.
-            best: ChildSlot | None = None
+            coroutine = self.feed.is_async(task.name)
+            # The least loaded child with room: every idle child gets a task before any gets a
+            # second (a task with a hard limit ahead caps a queue; coroutines join coroutines).
+            best: Child | None = None
             for c in eligible:
                 if best is not None and len(c.queue) >= len(best.queue):
                     continue
-                depth = self._depth_for(c)
-                if coroutine and depth and not syncs[id(c)]:
-                    depth = max(depth, c.async_limit)
-                if len(c.queue) < depth:
+                if len(c.queue) < self.feed.depth(c, self._depth_for(c), coroutine, syncs[id(c)]):
                     best = c
             if best is None:
-                return  # in order: the head waits for room
-            c = best
+                break  # in order: the head waits for room
             self.buffer.popleft()
-            if not c.queue:
-                c.started = c.answered = time.monotonic()
-            c.queue.append(task)
-            if not coroutine:
-                syncs[id(c)] += 1
-            try:
-                c.conn.send_bytes(pickle.dumps(("run", task_fields(task)), PROTOCOL))
-            except OSError:
-                c.queue.pop()
-                self.buffer.appendleft(task)
-                eligible.remove(c)
+            if not best.queue:
+                best.started = best.answered = time.monotonic()
+            best.queue.append(task)
+            syncs[id(best)] += not coroutine
+            handed.setdefault(id(best), (best, []))[1].append(task)
+        # One message per child, whatever it was handed.
+        for c, tasks in handed.values():
+            if not send(c.conn, Kind.RUN, [task_fields(t) for t in tasks]):
+                for t in reversed(tasks):
+                    c.queue.remove(t)
+                    self.buffer.appendleft(t)
 
-    def _depth_for(self, c: ChildSlot) -> int:
+    def _depth_for(self, c: Child) -> int:
         if c.cancel_id:
             return 0
         if self.max_tasks_per_child and c.done + len(c.queue) >= self.max_tasks_per_child:
@@ -648,11 +632,8 @@ class WorkerPool:
             if self.max_tasks_per_child and c.done >= self.max_tasks_per_child and not c.retiring:
                 self._retire(c, f"ran {c.done} tasks")  # postponed while another child retired
             if c.retiring and not c.queue and not c.kill_reason:
-                c.kill_reason = "retire"
-                try:
-                    c.conn.send_bytes(pickle.dumps(("stop",), PROTOCOL))
-                except OSError:
-                    pass
+                c.kill_reason = KillReason.RETIRE
+                send(c.conn, Kind.STOP)
 
     # -- what the upkeep asks (liteq.upkeep.Holder) ----------------------------------------------------
 
@@ -664,10 +645,7 @@ class WorkerPool:
         for c, reason in self.watchdog.verdicts(self.children, mono):
             self._kill(c, reason)
         for c in self.watchdog.to_ping(self.children, mono):
-            try:
-                c.conn.send_bytes(pickle.dumps(("ping",), PROTOCOL))
-            except OSError:
-                pass  # a dead child: its sentinel says so
+            send(c.conn, Kind.PING)  # a dead child: its sentinel says so
 
     def drop_lost(self, ids: set[str]) -> int:
         """Forget buffered (unstarted) tasks whose lease passed to another pool; return how many."""
@@ -699,14 +677,14 @@ class WorkerPool:
             t.id: c
             for c in self.children
             if not c.kill_reason and not c.cancel_id
-            for t in c.running(self.is_async)
+            for t in self.feed.running(c)
             if t.id not in c.cancels
         }
         # Tasks held but not started (in the buffer, or queued in a child's pipe) are checked too:
         # a cancel that arrives after the claim must stop them from starting at all.
         held = self.held()
         self._cancelled &= {t.id for t in held}  # forget those that ended meanwhile
-        heads = {t.id for c in self.children for t in c.running(self.is_async)}
+        heads = {t.id for c in self.children for t in self.feed.running(c)}
         waiting = [t.id for t in held if t.id not in heads and t.id not in self._cancelled]
         if not running and not waiting:
             return
@@ -717,15 +695,12 @@ class WorkerPool:
                 self._cancelled.add(row.id)
                 continue
             c = running[row.id]
-            if self.is_async(row.name):
+            if self.feed.is_async(row.name):
                 # A coroutine: TaskCancelled is raised inside it on the child's loop; the child is
                 # killed (its other coroutines retried) only if it does not stop within the grace.
                 logger.warning("task %s cancelled while running: stopping it in child %s", row.id, c.pid)
                 c.cancels[row.id] = time.monotonic() + CANCEL_GRACE
-                try:
-                    c.conn.send_bytes(pickle.dumps(("cancel", row.id), PROTOCOL))
-                except OSError:
-                    pass
+                send(c.conn, Kind.CANCEL, row.id)
                 continue
             # Ask first (TaskCancelled is raised inside the task, which may clean up), kill after a grace.
             logger.warning("task %s cancelled while running: stopping it in child %s", row.id, c.pid)
@@ -757,7 +732,7 @@ class WorkerPool:
                 kept.append(t)
         self.buffer = kept
 
-    def _kill(self, c: ChildSlot, reason: str) -> None:
+    def _kill(self, c: Child, reason: KillReason) -> None:
         # Its queued tasks come back when the child is buried; killed, it cannot start them.
         c.kill_reason = reason
         try:
@@ -794,17 +769,14 @@ class WorkerPool:
             self._requeue_unstarted(c)
         if self.buffer and self.upkeep.release(list(self.buffer)):
             self.buffer.clear()
-        force = self._stop_level >= 2 or mono >= self._stop_deadline
+        force = self._stop_level >= StopLevel.NOW or mono >= self._stop_deadline
         for c in list(self.children):
             if c.head is None and not c.kill_reason:
-                c.kill_reason = "stop"
-                try:
-                    c.conn.send_bytes(pickle.dumps(("stop",), PROTOCOL))
-                except OSError:
-                    pass
-            elif c.head is not None and force and c.kill_reason in ("", "retire"):
+                c.kill_reason = KillReason.STOP
+                send(c.conn, Kind.STOP)
+            elif c.head is not None and force and c.kill_reason in (KillReason.NONE, KillReason.RETIRE):
                 logger.warning("stopping now: killing child %s running task %s", c.pid, c.head.id)
-                self._kill(c, "stop")
+                self._kill(c, KillReason.STOP)
         return bool(self.children)
 
     def _shutdown(self) -> None:

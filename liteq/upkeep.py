@@ -43,7 +43,7 @@ logger = logging.getLogger("liteq.pool")
 #: Seconds between checks for cancel requests on held tasks.
 CANCEL_CHECK_INTERVAL = 1.0
 #: Under load, outcomes wait at most this long (or for this many) to share one transaction.
-FLUSH_DELAY = 0.002
+FLUSH_DELAY = 0.01
 FLUSH_BATCH = 64
 #: A change of (wall clock - monotonic clock) beyond this many seconds is a wall-clock step.
 CLOCK_STEP_TOLERANCE = 1.0

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+from .asyncrun import CoroutineCall, run_blocking
 from .context import TaskContext, _enter, _leave
 from .exceptions import (
     ConfigurationError,
@@ -38,7 +39,16 @@ from .storage.base import FAILED, SCHEDULED, SUCCEEDED, ClaimedTask, Outcome, Wo
 if TYPE_CHECKING:
     from .app import LiteQ
 
-__all__ = ["DEFAULT_LEASE", "Prepared", "Worker", "execute", "prepare", "settle_error", "settle_value"]
+__all__ = [
+    "DEFAULT_LEASE",
+    "Prepared",
+    "Worker",
+    "coroutine_call",
+    "execute",
+    "prepare",
+    "settle_error",
+    "settle_value",
+]
 
 logger = logging.getLogger("liteq.worker")
 
@@ -144,9 +154,7 @@ def execute(
     if isinstance(prepared, Outcome):
         return prepared
     if prepared.task.is_async:
-        from .asyncrun import run_blocking
-
-        return run_blocking(app, claimed, prepared, now=now)
+        return run_blocking(claimed, _coroutine(app, claimed, prepared, now))
     ctx = prepared.ctx
     _Deferred.cancel = False
     token = _enter(ctx)
@@ -162,6 +170,27 @@ def execute(
     finally:
         _leave(token)
     return settle_value(app, claimed, prepared, value)
+
+
+def coroutine_call(
+    app: LiteQ, claimed: ClaimedTask, report: Callable[[Progress], None] | None = None
+) -> Outcome | CoroutineCall:
+    """An ``async def`` task ready for an event loop (:mod:`liteq.asyncrun`), or its outcome when
+    it cannot start (unknown, undecodable, input missing)."""
+    prepared = prepare(app, claimed, report=report)
+    if isinstance(prepared, Outcome):
+        return prepared
+    return _coroutine(app, claimed, prepared, time.time)
+
+
+def _coroutine(app: LiteQ, claimed: ClaimedTask, prepared: Prepared, now: Callable[[], float]) -> CoroutineCall:
+    hard = claimed.timeout if claimed.timeout is not None else prepared.task.options.timeout
+    return CoroutineCall(
+        prepared.task.fn, tuple(prepared.call.args), dict(prepared.call.kwargs), prepared.ctx,
+        prepared.soft_timeout, hard,
+        on_error=lambda exc: settle_error(app, claimed, prepared, exc, now()),
+        on_value=lambda value: settle_value(app, claimed, prepared, value),
+    )  # fmt: skip
 
 
 @dataclass

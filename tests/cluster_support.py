@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
+
 _LISTENING = re.compile(r"listening on (liteqs?://\S+)")
 
 
@@ -170,3 +172,11 @@ def served(store: Path, *args: str, kill: bool = False) -> Iterator[ServerProces
         yield proc
     finally:
         proc.stop(signal.SIGKILL if kill else signal.SIGTERM)
+
+
+@pytest.fixture(name="server")
+def server_fixture(tmp_path: Path) -> Iterator[ServerProcess]:
+    """The ``server`` fixture: a ``liteq serve`` with a token, on a fresh store (import
+    ``server_fixture`` into a test module to use it)."""
+    with served(tmp_path / "served", kill=True) as proc:
+        yield proc

@@ -18,18 +18,17 @@ from liteq.cluster.remote import RemoteStorage
 
 from liteq import LiteQ, chord
 from tests import canvas_tasks, cluster_tasks, pool_tasks
-from tests.cluster_support import TOKEN, ServerProcess, served, start_server
+from tests.cluster_support import (
+    TOKEN,
+    ServerProcess,
+    served,
+    server_fixture,  # noqa: F401  (the server fixture)
+    start_server,
+)
 from tests.pool_support import ROOT, Gate, Reaper, RunLog, registered
 from tests.support import wait_for
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.slow]
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[ServerProcess]:
-    """A ``liteq serve`` with a token, on a fresh store."""
-    with served(tmp_path / "served", kill=True) as proc:
-        yield proc
 
 
 @pytest.fixture
@@ -258,15 +257,15 @@ def test_a_partitioned_remote_worker_loses_its_task_and_its_late_completion_is_r
 
     ns, host_link, host_ip = netns
     # Given a server on the namespace link (a token: not loopback) and a remote pool inside the namespace
-    with served(tmp_path / "served", "--bind", f"{host_ip}:0", kill=True) as server:
-        producer = LiteQ(server.url, token=TOKEN)
+    with served(tmp_path / "served", "--bind", f"{host_ip}:0", kill=True) as linked:
+        producer = LiteQ(linked.url, token=TOKEN)
         block = producer.task(pool_tasks.block)
         try:
             cmd = ["ip", "netns", "exec", ns, sys.executable, "-m", "tests.cluster_app"]
             cut_off = reaper.popen(
                 [*cmd, json.dumps({"concurrency": 1, "shutdown_timeout": 5})],
                 name="partitioned",
-                env=_env(server.url, 2.0),
+                env=_env(linked.url, 2.0),
             )
             wait_for(lambda: producer.stats()["workers"], 60, "the partitioned pool to register")
             result = block.delay(runlog.path, gate.dir, "k")
@@ -275,7 +274,7 @@ def test_a_partitioned_remote_worker_loses_its_task_and_its_late_completion_is_r
             subprocess.run(["ip", "link", "set", host_link, "down"], check=True, timeout=30)
             try:
                 # Then a worker on this side runs the task after the lease, and its result stands
-                _remote_pool(reaper, producer, server.url, "healthy", lease=30.0)
+                _remote_pool(reaper, producer, linked.url, "healthy", lease=30.0)
                 runlog.wait_started("k", 2, timeout=60)
                 gate.release("k", 2)
                 assert result.get(timeout=60) == "k.2"

@@ -821,10 +821,16 @@ def test_heartbeat_records_the_worker_state(storage: Storage) -> None:
     (w1,) = storage.workers()
     assert (w1.state, w1.state_reason, w1.state_since, w1.state_text()) == ("ok", None, None, "ok")
     # When it beats as degraded, then the state, reason and since are recorded with the beat
-    storage.heartbeat("w1", tasks_done=1, now=T0 + 5, state="degraded", state_reason="store busy during claim", state_since=T0 + 3)
+    storage.heartbeat(
+        "w1", tasks_done=1, now=T0 + 5, state="degraded", state_reason="store busy during claim", state_since=T0 + 3
+    )
     (w1,) = storage.workers()
     assert (w1.state, w1.state_reason, w1.state_since, w1.heartbeat_at, w1.tasks_done) == (
-        "degraded", "store busy during claim", T0 + 3, T0 + 5, 1
+        "degraded",
+        "store busy during claim",
+        T0 + 3,
+        T0 + 5,
+        1,
     )
     assert w1.state_text().startswith("degraded: store busy during claim since ")
     # When it beats as ok again, then it reads ok

@@ -316,6 +316,20 @@ class Storage(abc.ABC):
     #: The URL or path that reopens this store in another process.
     location: str
 
+    # -- declared capabilities: what differs between stores is stated here, never detected --------
+
+    #: Other processes can open this store from :attr:`location` (a worker pool needs it; a store
+    #: living in one process's memory cannot be shared).
+    shared_between_processes: bool = False
+    #: A commit in another process wakes :meth:`wait` here at once (a wake-up socket directory,
+    #: :attr:`wake_dir`, or a server's push); without it, waiters poll.
+    supports_cross_process_wakeup: bool = False
+    #: :meth:`checkpoint` does useful work (a write-ahead log to fold back into the database file),
+    #: worth calling from a background thread so that no commit a producer waits on pays for it.
+    supports_checkpoint: bool = False
+    #: The directory holding the store on this machine, or None (in memory, or on a server).
+    local_path: str | None = None
+
     def __init__(self) -> None:
         self._changed = threading.Condition()
         self._version = 0
@@ -512,6 +526,13 @@ class Storage(abc.ABC):
     def workers(self, *, stale_after: float | None = None, now: float | None = None) -> builtins.list[WorkerInfo]:
         """Recorded workers; with ``stale_after``, only those heard from within that many seconds."""
 
+    def pending_commands(self) -> builtins.list[str]:
+        """Commands an operator sent this process's worker through the store (``"drain"``: stop
+        claiming and exit once the tasks in hand are done; ``"stop"``: stop gracefully), oldest
+        first; each is returned once. Only a cluster store carries them (``liteq control``); the
+        default has none."""
+        return []
+
     # -- life cycle and change notification ------------------------------------------------------
 
     def close(self) -> None:
@@ -519,6 +540,20 @@ class Storage(abc.ABC):
 
     def listen(self) -> None:
         """Prepare to :meth:`wait` for writes by other processes (call before checking state)."""
+
+    @property
+    def wake_dir(self) -> str | None:
+        """The directory of the wake-up sockets of the processes using this store (see
+        :mod:`liteq.wake`), or None when commits are not announced there."""
+        return None
+
+    def skip_wake_in_this_thread(self, path: str) -> None:
+        """Commits made by the calling thread need not wake the listener at ``path`` (a pool's own
+        socket: it knows what it just did). Stores that announce no commits ignore it."""
+
+    def checkpoint(self) -> None:
+        """Fold the write-ahead log back into the database (see :attr:`supports_checkpoint`);
+        nothing to do for a store without one."""
 
     def notify(self) -> None:
         """Wake every waiter in this process (called after each write)."""

@@ -9,8 +9,11 @@ store from a newer liteq is refused with :class:`~liteq.SchemaVersionError`.
 from __future__ import annotations
 
 import os
+import sqlite3
 from collections.abc import Iterator, Sequence
 from typing import TypeVar
+
+from ...exceptions import SchemaVersionError
 
 T = TypeVar("T")
 
@@ -25,8 +28,8 @@ DURABILITY = {"normal": "NORMAL", "full": "FULL"}
 #: Permissions of a store directory liteq creates: only its user; files get these bits minus execute.
 DEFAULT_MODE = 0o700
 # SQLite limits host parameters per statement; stay well under the lowest default (999).
-_CHUNK = 500
-_NETWORK_FS = {"nfs", "nfs4", "cifs", "smbfs", "smb3", "fuse.sshfs", "9p", "afs", "glusterfs", "ceph"}
+CHUNK = 500
+NETWORK_FS = {"nfs", "nfs4", "cifs", "smbfs", "smb3", "fuse.sshfs", "9p", "afs", "glusterfs", "ceph"}
 
 # Version 1. Later versions append to MIGRATIONS; a store records its version in user_version.
 _SCHEMA_V1 = """
@@ -208,34 +211,36 @@ MIGRATIONS: dict[int, str] = {
 #: How long fired periodic slots are remembered (a slot older than this can no longer race).
 SLOT_MEMORY = 7 * 86400.0
 
-_CLAIM_COLUMNS = (
+CLAIM_COLUMNS = (
     "id, name, queue, payload, payload_ref, attempts, max_attempts, lease_token, lease_deadline, "
     "enqueued_at, expires_at, priority, seq, lock_key, timeout, soft_timeout, rate_limit"
 )
 # A pending task whose lock is held by a running task stays where it is.
-_UNLOCKED = (
+UNLOCKED = (
     "AND (lock_key IS NULL OR lock_key NOT IN "
     "(SELECT lock_key FROM tasks WHERE state = 'running' AND lock_key IS NOT NULL))"
 )
-_ROW_COLUMNS = (
+ROW_COLUMNS = (
     "id, name, queue, state, priority, run_at, enqueued_at, attempts, max_attempts, expires_at, "
     "started_at, finished_at, lease_owner, lease_token, lease_deadline, idempotency_key, "
     "result_expires_at, reason, cancel_requested, parent_id, unique_key, lock_key"
 )
-_CLEAR_LEASE = "lease_owner = NULL, lease_token = NULL, lease_deadline = NULL"
-_FINISH = "finished_at = :now, result_expires_at = :now + COALESCE(:ttl, result_ttl, :default_ttl), " + _CLEAR_LEASE
+CLEAR_LEASE = "lease_owner = NULL, lease_token = NULL, lease_deadline = NULL"
+FINISH = "finished_at = :now, result_expires_at = :now + COALESCE(:ttl, result_ttl, :default_ttl), " + CLEAR_LEASE
 
 
-def _chunks(items: Sequence[T], size: int = _CHUNK) -> Iterator[Sequence[T]]:
+def chunks(items: Sequence[T], size: int = CHUNK) -> Iterator[Sequence[T]]:
+    """``items`` in slices of ``size``: SQLite limits the parameters of one statement."""
     for i in range(0, len(items), size):
         yield items[i : i + size]
 
 
-def _marks(n: int) -> str:
+def marks(n: int) -> str:
+    """``n`` comma-separated ``?`` placeholders."""
     return ",".join("?" * n)
 
 
-def _filesystem_type(path: str) -> str | None:
+def filesystem_type(path: str) -> str | None:
     """The type of the mounted filesystem holding ``path`` (Linux only; None elsewhere)."""
     try:
         with open("/proc/mounts", encoding="utf-8") as f:
@@ -249,3 +254,32 @@ def _filesystem_type(path: str) -> str | None:
         if (real == point or real.startswith(point.rstrip("/") + "/")) and len(point) > len(best):
             best, fstype = point, kind
     return fstype
+
+
+def statements(script: str) -> list[str]:
+    """Split a migration script into statements; a trigger body's own ``;`` stays inside its statement."""
+    out: list[str] = []
+    pending = ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \n;"):
+                out.append(pending)
+            pending = ""
+    return out
+
+
+def migrate(conn: sqlite3.Connection, db_path: str) -> None:
+    """Upgrade the schema to :data:`SCHEMA_VERSION` inside the caller's write transaction; refuse
+    a store written by a newer liteq."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise SchemaVersionError(
+            f"store {db_path} has schema version {version}, newer than this liteq "
+            f"understands ({SCHEMA_VERSION}); upgrade liteq (pip install -U pyliteq)"
+        )
+    while version < SCHEMA_VERSION:
+        for statement in statements(MIGRATIONS[version]):
+            conn.execute(statement)
+        version += 1
+        conn.execute(f"PRAGMA user_version={version}")

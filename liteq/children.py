@@ -1,5 +1,6 @@
-"""The supervisor's side of one pool child: its slot (process, pipe, queued tasks, why it was
-killed) and what to record when it dies, plus small I/O helpers of the pool loop."""
+"""The supervisor's side of its children: one child's record (process, pipe, queued tasks, why it
+was killed), what to record when it dies, where child logs go, and the WAL checkpoints kept off
+the task path."""
 
 from __future__ import annotations
 
@@ -12,22 +13,20 @@ import signal
 import socket
 import sys
 import threading
-from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
 from .exceptions import LiteQError
 from .message import ErrorInfo
+from .pool_protocol import KillReason
 from .storage.base import CANCELLED, FAILED, PENDING, ClaimedTask, Outcome
 
 __all__ = [
     "Checkpointer",
     "ChildLogs",
-    "ChildSlot",
+    "Child",
     "default_start_method",
     "lost_outcome",
-    "outcome_fields",
-    "task_fields",
 ]
 
 logger = logging.getLogger("liteq.pool")
@@ -44,7 +43,7 @@ def default_start_method() -> str:
     return "spawn"
 
 
-class ChildSlot:
+class Child:
     """The supervisor's view of one child process."""
 
     __slots__ = (
@@ -78,53 +77,38 @@ class ChildSlot:
         self.started = 0.0  # monotonic start of the head task
         self.ready = False
         self.retiring = False
-        self.kill_reason = ""
+        self.kill_reason = KillReason.NONE
         self.done = 0
         self.revoking: set[str] = set()  # queued task ids asked back, not answered yet
         self.cancel_id = ""  # the running task asked to stop (SIGUSR1), killed at cancel_deadline
         self.cancel_deadline = 0.0
         self.answered = 0.0  # monotonic time of the last message from the child (liveness)
         self.pinged = 0.0  # monotonic time of the last liveness ping sent
-        # Coroutine tasks (see liteq.asyncrun): the child runs up to async_limit of them at once.
-        self.async_limit = 1  # told by the child's "ready"
+        # Coroutine tasks (liteq.coroutine_feed): the child runs up to async_limit of them at once.
+        self.async_limit = 1  # told by the child's READY
         self.since: dict[str, float] = {}  # running coroutine task id -> monotonic start
         self.cancels: dict[str, float] = {}  # running coroutine task asked to stop -> kill deadline
-        self.kill_task = ""  # the task whose limit or cancel got the child killed (the others are collateral)
+        self.kill_task = ""  # the coroutine the child was killed for (those beside it are retried)
 
     @property
     def head(self) -> ClaimedTask | None:
         return self.queue[0] if self.queue else None
 
-    def running(self, is_async: Callable[[str], bool]) -> list[ClaimedTask]:
-        """The tasks the child runs now, as the child orders them: a sync task at the head runs
-        alone; else the leading coroutine tasks run together (a sync task after them waits until
-        they end, and what follows it waits for it)."""
-        out: list[ClaimedTask] = []
-        for t in self.queue:
-            if not is_async(t.name):
-                if not out:
-                    out.append(t)
-                break
-            if len(out) >= self.async_limit:
-                break
-            out.append(t)
-        return out
 
-
-def lost_outcome(c: ChildSlot, task: ClaimedTask, code: int | None, limit: float | None) -> Outcome:
+def lost_outcome(c: Child, task: ClaimedTask, code: int | None, limit: float | None) -> Outcome:
     """What to record for ``task`` whose child ``c`` exited with ``code`` while running it:
     timed out, cancelled, or lost (retried while attempts remain; at once if the pool killed it
     to stop, or for another coroutine task's limit)."""
     kill_reason = c.kill_reason
     if c.kill_task and c.kill_task != task.id and kill_reason:
-        kill_reason = "stop"  # a coroutine beside the one killed for: not its fault, it runs again
-    if kill_reason == "timeout":
+        kill_reason = KillReason.STOP  # beside the coroutine it was killed for: not its fault
+    if kill_reason is KillReason.TIMEOUT:
         info = ErrorInfo(
             "liteq.exceptions.TaskTimedOut",
             f"task ran past its hard timeout of {limit}s; its worker process was killed",
         )
         return Outcome(task.id, task.lease_token, FAILED, error=info.encode(), reason="timeout")
-    if kill_reason == "unresponsive":
+    if kill_reason is KillReason.UNRESPONSIVE:
         info = ErrorInfo(
             "liteq.exceptions.TaskTimedOut",
             f"worker process {c.pid} stopped answering the supervisor's liveness pings (stopped, or stuck in "
@@ -133,7 +117,7 @@ def lost_outcome(c: ChildSlot, task: ClaimedTask, code: int | None, limit: float
         if task.attempt < task.max_attempts:
             return Outcome(task.id, task.lease_token, PENDING, error=info.encode(), reason="unresponsive", run_at=0.0)
         return Outcome(task.id, task.lease_token, FAILED, error=info.encode(), reason="unresponsive")
-    if kill_reason == "cancelled":
+    if kill_reason is KillReason.CANCELLED:
         info = ErrorInfo("liteq.exceptions.TaskCancelled", "cancelled while running; its worker process was killed")
         return Outcome(task.id, task.lease_token, CANCELLED, error=info.encode(), reason="cancelled")
     info = ErrorInfo(
@@ -141,7 +125,7 @@ def lost_outcome(c: ChildSlot, task: ClaimedTask, code: int | None, limit: float
         f"worker process {c.pid} {exit_text(code)} while running the task (attempt {task.attempt} of "
         f"{task.max_attempts})",
     )
-    if kill_reason == "stop" or task.attempt < task.max_attempts:
+    if kill_reason is KillReason.STOP or task.attempt < task.max_attempts:
         return Outcome(task.id, task.lease_token, PENDING, error=info.encode(), reason="worker lost", run_at=0.0)
     return Outcome(task.id, task.lease_token, FAILED, error=info.encode(), reason="worker lost")
 
@@ -224,7 +208,7 @@ class Checkpointer:
     """
 
     def __init__(self, storage: Any, *, inline: bool) -> None:
-        self.checkpoint = getattr(storage, "checkpoint", None)
+        self.checkpoint = storage.checkpoint if storage.supports_checkpoint else None
         self.inline = inline
         self.thread: threading.Thread | None = None
         self.stopped = threading.Event()
@@ -262,20 +246,3 @@ class Checkpointer:
         if self.thread is not None:
             self.thread.join()
             self.thread = None
-
-
-# Over the pipes, tasks and outcomes travel as plain tuples in field order (a third cheaper to
-# pickle than the dataclasses); both ends rebuild them with ``ClaimedTask(*t)`` / ``Outcome(*t)``.
-
-
-def task_fields(t: ClaimedTask) -> tuple[Any, ...]:
-    """A claimed task as the tuple of its fields, in declaration order."""
-    return (
-        t.id, t.name, t.queue, t.payload, t.attempt, t.max_attempts, t.lease_token, t.lease_deadline,
-        t.enqueued_at, t.expires_at, t.priority, t.timeout, t.soft_timeout,
-    )  # fmt: skip
-
-
-def outcome_fields(o: Outcome) -> tuple[Any, ...]:
-    """An outcome as the tuple of its fields, in declaration order."""
-    return (o.id, o.lease_token, o.state, o.result, o.error, o.reason, o.run_at, o.result_ttl)
