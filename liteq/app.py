@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
+from . import aio
 from .exceptions import ConfigurationError, ResultExpired, UnknownTask
 from .inputs import check_duration
 from .message import encode_call, new_id
@@ -524,6 +525,12 @@ class LiteQ:
         if self.immediate:
             self._run_now(ids)
         return [Result(self, i) for i in ids]
+
+    async def aenqueue_many(
+        self, calls: Iterable[Signature | tuple[Task[Any, Any], tuple[Any, ...], dict[str, Any]]]
+    ) -> list[Result]:
+        """:meth:`enqueue_many` from a coroutine: one transaction, written off the event loop."""
+        return await aio.send_many(self, calls)
 
     def _run_now(self, ids: Sequence[str]) -> None:
         # Immediate mode: run the task here, retries included, ignoring countdowns (like Celery's

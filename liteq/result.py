@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from . import aio
 from .exceptions import (
     ResultExpired,
     ResultTimeout,
@@ -182,13 +183,35 @@ class Result:
         ``propagate=False`` returns that exception instead. Raises :class:`~liteq.ResultTimeout`
         when ``timeout`` seconds pass first.
         """
-        row = self.wait(timeout)
+        return self._outcome(self.wait(timeout), propagate)
+
+    def _outcome(self, row: TaskRow, propagate: bool) -> Any:
+        """A finished row's value, or its failure raised (``propagate``) or returned."""
         if row.state != SUCCEEDED:
             exc = failure(row)
             if propagate:
                 raise exc
             return exc
         return _value(self.app, row)
+
+    async def aget(self, timeout: float | None = None, *, propagate: bool = True) -> Any:
+        """:meth:`get` from a coroutine (also ``await result``): waits without blocking the event
+        loop, woken by the same notification as :meth:`get` (see :mod:`liteq.aio`)."""
+        return self._outcome(await self.await_row(timeout), propagate)
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self.aget().__await__()
+
+    async def await_row(self, timeout: float | None = None) -> TaskRow:
+        """:meth:`wait` from a coroutine: the finished task's row. Raises :class:`ResultTimeout`."""
+        done = await aio.wait_finished(self.app.storage, [self.id], timeout)
+        if not done:
+            rows = await aio.run(self.app.storage.get, [self.id])
+            state = rows[0].state if rows[0] is not None else "unfinished"
+            raise ResultTimeout(
+                f"task {self.id} is still {state} after {timeout}s; await aget() again later, or raise timeout"
+            )
+        return self._check(done[0])
 
 
 class GroupResult:
@@ -276,6 +299,32 @@ class GroupResult:
             ),
         )
         return [_value(self.app, row) if row.state == SUCCEEDED else failure(row) for row in rows]
+
+    async def aget(self, timeout: float | None = None, *, propagate: bool = True) -> list[Any]:
+        """:meth:`get` from a coroutine (also ``await group_result``): values in order, without
+        blocking the event loop."""
+        members = self.results
+
+        def failed(done: dict[int, TaskRow | None]) -> bool:
+            return propagate and any(row is None or row.state != SUCCEEDED for row in done.values())
+
+        done = await aio.wait_finished(self.app.storage, [r.id for r in members], timeout, failed)
+        if propagate:
+            # As get(): the first failed member in order, among those finished so far.
+            for n in sorted(done):
+                row = members[n]._check(done[n])
+                if row.state != SUCCEEDED:
+                    raise failure(row)
+        if len(done) < len(members):
+            raise ResultTimeout(
+                f"group {self.id}: {len(members) - len(done)} of {len(members)} member(s) still unfinished "
+                f"after {timeout}s"
+            )
+        rows = [r._check(done[n]) for n, r in enumerate(members)]
+        return [_value(self.app, row) if row.state == SUCCEEDED else failure(row) for row in rows]
+
+    def __await__(self) -> Generator[Any, None, list[Any]]:
+        return self.aget().__await__()
 
 
 def _value(app: LiteQ, row: TaskRow) -> Any:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
+from . import aio
 from .exceptions import ConfigurationError
 from .inputs import aware, now_plus, seconds
 from .ratelimit import check_rate, parse_rate
@@ -194,6 +195,25 @@ class Task(Generic[P, R]):
             task_id=task_id,
         )
 
+    async def adelay(self, *args: P.args, **kwargs: P.kwargs) -> Result:
+        """:meth:`delay` from a coroutine: the store write runs off the event loop (see
+        :mod:`liteq.aio`); concurrent calls share one transaction."""
+        result: Result = await aio.send(self, args, kwargs, {})
+        return result
+
+    async def aapply_async(
+        self, args: tuple[Any, ...] | list[Any] = (), kwargs: dict[str, Any] | None = None, **options: Any
+    ) -> Result:
+        """:meth:`apply_async` from a coroutine; ``options`` are :meth:`apply_async`'s (``countdown``,
+        ``eta``, ``priority``, ``queue``...). Never blocks the event loop."""
+        unknown = sorted(set(options) - _call_options())
+        if unknown:
+            raise ConfigurationError(
+                f"aapply_async() got unknown option(s) {unknown}; it takes {sorted(_call_options())}"
+            )
+        result: Result = await aio.send(self, tuple(args), dict(kwargs or {}), options)
+        return result
+
     def repeat(
         self,
         *args: Any,
@@ -258,6 +278,13 @@ class Task(Generic[P, R]):
     def si(self, *args: Any, **kwargs: Any) -> Signature:
         """An immutable signature: in a chain it does not receive the previous result."""
         return Signature(self.name, args, kwargs, app=self.app, immutable=True)
+
+
+@functools.cache
+def _call_options() -> frozenset[str]:
+    """The per-call option names of :meth:`Task.apply_async` (what ``aapply_async`` accepts)."""
+    params = inspect.signature(Task.apply_async).parameters.values()
+    return frozenset(p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY)
 
 
 def _task_by_name(app: LiteQ, name: str) -> Task[Any, Any]:

@@ -132,20 +132,7 @@ def _unfinished(app: LiteQ, ids: list[str]) -> list[str]:
     return left
 
 
-#: What the soak found that is not fixed yet (each has a regression test marked xfail strict, named
-#: here): the soak fails until they are, so it is marked xfail, not strict, meanwhile. Delete an
-#: entry with its fix; delete the mark when the list is empty.
-OPEN_FINDINGS = [
-    "a pool that starts while the store is locked or full exits at once instead of starting degraded "
-    "(tests/test_pool_health.py::"
-    "test_a_liteq_worker_started_while_the_store_is_locked_starts_degraded_instead_of_exiting)",
-    "a canvas step whose input read meets a transient store error fails for good (tests/test_canvas.py::"
-    "test_a_step_whose_input_read_meets_a_transient_store_error_runs_later_instead_of_failing)",
-]
-
-
 @pytest.mark.slow
-@pytest.mark.xfail(bool(OPEN_FINDINGS), reason="open soak findings: " + "; ".join(OPEN_FINDINGS), strict=False)
 @pytest.mark.parametrize("mode", MODES)
 def test_nemesis_soak(
     soak_seed: int, mode: str, tmp_path: Path, reaper: Reaper, request: pytest.FixtureRequest, capsys: Any
@@ -273,7 +260,8 @@ def _soak(
         problems.append(f"timed out after {timeout:.0f}s waiting for {what}")
         return False
 
-    # Then the producers finish their keys (restarted ones included)
+    # Then what the nemesis killed last is restarted, and the producers finish their keys
+    settle("the last killed processes to restart", lambda: all(p.restart_at is None for p in cast.current()), 30)
     settle(
         "the producers to finish",
         lambda: all(not p.alive() and p.popen.returncode == 0 for p in cast.current("producer")),
@@ -293,6 +281,8 @@ def _soak(
     for d in cast.deaths:
         problems.append(f"alive: {d.role} {d.name} exited by itself with {d.code} at {d.at - began:.1f}s")
     for p in cast.current("pool") + cast.current("scheduler") + cast.current("server"):
+        if p.killed:
+            continue  # the nemesis killed it (its replacement, if any, is the current one)
         if not p.alive():
             problems.append(f"alive: {p.name} is not running at the end")
         elif p.role == "pool" and now - beats.get(p.pid, 0.0) > FRESH_HEARTBEAT:
