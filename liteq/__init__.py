@@ -17,7 +17,6 @@ from .exceptions import (
     ResultError,
     ResultExpired,
     ResultTimeout,
-    Retry,
     SchemaVersionError,
     SerializationError,
     SoftTimeLimit,
@@ -37,6 +36,7 @@ from .exceptions import (
 )
 from .message import ErrorInfo, Progress
 from .result import GroupResult, Result
+from .retries import Retry
 from .storage import MemoryStorage, SqliteStorage, Storage
 from .task import Signature, Task
 from .worker import Worker

@@ -110,11 +110,12 @@ class _Sender:
 
     def _write(self, sigs: list[Any]) -> list[Any]:
         """In the executor: one transaction for the batch; one call each when a call does not encode."""
-        if self.app.immediate:
+        producer = self.app.producer
+        if producer.run_now is not None:
             # Immediate mode runs each task in the sending thread: keep calls apart, in order.
             return [self._one(sig) for sig in sigs]
         try:
-            return list(self.app.enqueue_many(sigs))
+            return list(producer.send_many(sigs))
         except StorageError as exc:
             # The store refused the transaction: nothing was written, every caller hears why.
             return [exc] * len(sigs)
@@ -152,7 +153,7 @@ async def send(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any], options
 
 async def send_many(app: Any, calls: Iterable[Any]) -> list[Any]:
     """``app.enqueue_many(calls)`` from a coroutine: one transaction, written in the executor."""
-    results: list[Any] = await run(app.enqueue_many, list(calls))
+    results: list[Any] = await run(app.producer.send_many, list(calls))
     return results
 
 

@@ -4,28 +4,29 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
-import importlib
 import os
-import signal
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from . import aio
-from .exceptions import ConfigurationError, ResultExpired, UnknownTask
-from .inputs import check_duration
-from .message import encode_call, new_id
+from .bootstrap import RuntimeSpec, describe, find_owner, importable_tasks, runtime_from_spec
+from .canvas import Signature
+from .exceptions import ConfigurationError, ResultExpired
+from .inputs import check_duration, seconds
+from .options import TaskOptions
+from .producer import Producer
+from .registry import Registry, checked_include, task_name
 from .result import GroupResult, Result
-from .scheduler import Schedule
+from .runtime import Runtime
+from .schedule import Schedule
 from .serializer import DEFAULT_MAX_SIZE, Serializer, get_serializer
+from .signals import stopping_on_signals
 from .storage import Storage, open_storage
-from .storage.base import NewTask
 from .storage.sqlite import DEFAULT_BLOB_THRESHOLD, DEFAULT_BUSY_TIMEOUT
-from .task import CHUNK_TASK, Signature, Task, TaskOptions, aware, now_plus, run_chunk, seconds
+from .task import Task
 from .worker import DEFAULT_LEASE, Worker
 
 if TYPE_CHECKING:
@@ -42,14 +43,6 @@ DEFAULT_STORE = "liteq-data"
 DEFAULT_QUEUE = "default"
 #: Seconds a finished task and its result stay readable (one day, like Celery's default).
 DEFAULT_RESULT_TTL = 24 * 3600.0
-
-
-def _task_name(fn: Callable[..., Any]) -> str:
-    module = getattr(fn, "__module__", None) or "__main__"
-    # A script run as __main__ is imported as __mp_main__ in spawned children: keep one name.
-    if module == "__mp_main__":
-        module = "__main__"
-    return f"{module}.{fn.__qualname__}"
 
 
 class LiteQ:
@@ -103,7 +96,7 @@ class LiteQ:
         busy_timeout = check_duration(busy_timeout, "busy_timeout")
         if max_payload_size < 1:
             raise ConfigurationError(f"max_payload_size must be a positive number of bytes, not {max_payload_size!r}")
-        self.include: tuple[str, ...] = LiteQ._checked_include(include)
+        include = checked_include(include)
         self.serializer = get_serializer(serializer, max_size=max_payload_size)
         self.result_ttl = ttl
         self.default_queue = default_queue
@@ -128,8 +121,6 @@ class LiteQ:
             blob_threshold=blob_threshold,
             **remote_options,
         )
-        self.tasks: dict[str, Task[Any, Any]] = {}
-        self.schedules: dict[str, Schedule] = {}
         self._options: dict[str, Any] = {
             "serializer": self.serializer.name,
             "durability": durability,
@@ -139,13 +130,37 @@ class LiteQ:
             "lease": self.lease,
             "max_payload_size": max_payload_size,
             "blob_threshold": blob_threshold,
-            "include": self.include,
             **remote_options,
         }
-        # The module that created the app, so a spawned child can find this very object there.
-        self._origin: str | None = sys._getframe(1).f_globals.get("__name__")
+        self.registry = Registry(self, default_queue=default_queue, include=include)
+        #: What workers run tasks against. Its origin is the module that created the app, so a
+        #: spawned child can find this very object there.
+        self.runtime = Runtime(
+            self.registry,
+            self.serializer,
+            self.storage,
+            origin=sys._getframe(1).f_globals.get("__name__"),
+            recipe=self._recipe,
+        )
+        self.producer = Producer(
+            self, self.registry.get, self.serializer, self.storage, run_now=self._run_now if self.immediate else None
+        )
         self._immediate_worker: Worker | None = None
-        self._lock = threading.Lock()
+
+    @property
+    def tasks(self) -> dict[str, Task[Any, Any]]:
+        """The registered tasks by name."""
+        return self.registry.tasks
+
+    @property
+    def schedules(self) -> dict[str, Schedule]:
+        """The periodic schedules by name."""
+        return self.registry.schedules
+
+    @property
+    def include(self) -> tuple[str, ...]:
+        """Modules a worker may import to find a task by name (see the class doc)."""
+        return self.registry.include
 
     def __repr__(self) -> str:
         return f"LiteQ({self.storage.location!r})"
@@ -154,24 +169,12 @@ class LiteQ:
         # An app travels to child processes as a recipe, never as open connections.
         return (_rebuild_app, (self.spec(),))
 
-    def spec(self) -> dict[str, Any]:
-        """A picklable recipe that rebuilds this app in another process (see :func:`_rebuild_app`)."""
-        ref = None
-        module = sys.modules.get(self._origin or "")
-        if module is not None:
-            for attr, value in vars(module).items():
-                if value is self:
-                    ref = (self._origin, attr)
-                    break
-        tasks = {
-            name: (
-                getattr(t.fn, "__module__", None),
-                getattr(t.fn, "__qualname__", None),
-                dataclasses.asdict(t.options),
-            )
-            for name, t in self.tasks.items()
-        }
-        return {"location": self.storage.location, "options": self._options, "ref": ref, "tasks": tasks}
+    def spec(self) -> RuntimeSpec:
+        """A picklable recipe that rebuilds this app's runtime in another process (see :mod:`liteq.bootstrap`)."""
+        return describe(self.runtime, self, {**self._options, "include": self.include})
+
+    def _recipe(self) -> tuple[Any, ...]:
+        return (runtime_from_spec, (self.spec(),))
 
     def close(self) -> None:
         """Close the store's connections. Idempotent."""
@@ -240,16 +243,8 @@ class LiteQ:
                 raise ConfigurationError(f"@app.task needs a function, not {f!r}")
             if isinstance(f, Task):  # a task of another app: register its function here
                 f = f.fn
-            task_name = name or _task_name(f)
             opts = TaskOptions.build(self.default_queue if queue is None else queue, **options)
-            with self._lock:
-                if task_name in self.tasks:
-                    raise ConfigurationError(
-                        f"two tasks are named {task_name!r}; give one of them another name with @app.task(name=...)"
-                    )
-                task: Task[Any, Any] = Task(self, f, task_name, opts)
-                self.tasks[task_name] = task
-            return task
+            return self.registry.register(f, name or task_name(f), opts)
 
         if fn is not None:
             return register(fn)
@@ -282,13 +277,8 @@ class LiteQ:
 
         def register(fn: Callable[..., Any]) -> Task[Any, Any]:
             task = fn if isinstance(fn, Task) else self.task(**task_options)(fn)
-            schedule_name = name or task.name
-            if schedule_name in self.schedules:
-                raise ConfigurationError(
-                    f"two schedules are named {schedule_name!r}; pass name=... to @app.periodic to tell them apart"
-                )
-            self.schedules[schedule_name] = Schedule(
-                schedule_name, task.name, cron, interval, tz, tuple(args), dict(kwargs or {}), catch_up
+            self.registry.add_schedule(
+                Schedule(name or task.name, task.name, cron, interval, tz, tuple(args), dict(kwargs or {}), catch_up)
             )
             return task
 
@@ -334,150 +324,22 @@ class LiteQ:
 
     def include_modules(self, modules: Iterable[str]) -> None:
         """Add modules to ``include`` (what ``liteq worker APP --include MOD`` does)."""
-        extra = LiteQ._checked_include(modules)
-        self.include = tuple(dict.fromkeys((*self.include, *extra)))
-        self._options["include"] = self.include
-
-    @staticmethod
-    def _checked_include(modules: Iterable[str]) -> tuple[str, ...]:
-        names = (modules,) if isinstance(modules, str) else tuple(modules)
-        for module in names:
-            if not isinstance(module, str) or not all(part.isidentifier() for part in module.split(".")):
-                raise ConfigurationError(f"include takes module names such as 'myapp.tasks', not {module!r}")
-        return names
+        self.registry.include_modules(modules)
 
     def rate_limits(self) -> dict[str, float]:
         """``{task name: starts per second}`` for tasks with a ``rate_limit``."""
-        return {n: t.options.rate_limit for n, t in self.tasks.items() if t.options.rate_limit}
+        return self.registry.rate_limits()
 
     def get_task(self, name: str) -> Task[Any, Any]:
         """The task registered as ``name``; if it is not registered yet, its module is imported first,
         but only when that module is listed in ``include`` (a stored name must not choose code)."""
-        task = self.tasks.get(name)
-        if task is not None:
-            return task
-        if name == CHUNK_TASK:  # built in, registered on first use
-            return self.task(name=CHUNK_TASK)(run_chunk)
-        module = name.rpartition(".")[0]
-        problem = ""
-        if module and module != "__main__" and module in self.include:
-            try:
-                importlib.import_module(module)
-            except ImportError as exc:
-                problem = f" (importing {module!r} failed: {exc})"
-            except Exception as exc:  # a module that raises on import is reported, not propagated
-                problem = f" (importing {module!r} raised {type(exc).__name__}: {exc})"
-        elif module and module not in sys.modules:
-            problem = (
-                f" (module {module!r} is not imported: a worker imports a task's module only when it is listed "
-                f"in LiteQ(include=[...]) or `liteq worker --include {module}`)"
-            )
-        # A task its (already imported) module registered on another app object is adopted.
-        task = self.tasks.get(name) or (self._adopt(name) if module else None)
-        if task is not None:
-            return task
-        where = f"module {module!r}" if module else "the app's modules"
-        raise UnknownTask(
-            f"no task named {name!r} is registered in this process; make sure {where} is importable here and "
-            f"registers it with this app{problem}"
-        )
-
-    def _adopt(self, name: str) -> Task[Any, Any] | None:
-        """Register here a task that its module registered on another app (``liteq worker STORE``)."""
-        parts = name.split(".")
-        for cut in range(len(parts) - 1, 0, -1):
-            module = sys.modules.get(".".join(parts[:cut]))
-            if module is None:
-                continue
-            obj: Any = module
-            try:
-                for part in parts[cut:]:
-                    obj = getattr(obj, part)
-            except AttributeError:
-                continue
-            if isinstance(obj, Task) and obj.name == name:
-                opts = dataclasses.asdict(obj.options)
-                return self.task(name=name, **opts)(obj.fn)
-        return None
+        return self.registry.get(name)
 
     def queues(self) -> list[str]:
         """Every queue a registered task uses, the default queue first."""
-        found = [self.default_queue]
-        for task in self.tasks.values():
-            if task.options.queue not in found:
-                found.append(task.options.queue)
-        return found
+        return self.registry.queues()
 
     # -- enqueue ----------------------------------------------------------------------------------
-
-    def _message(
-        self,
-        task: Task[Any, Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        *,
-        now: float,
-        countdown: float | timedelta | None = None,
-        eta: datetime | None = None,
-        expires: float | timedelta | datetime | None = None,
-        priority: int | None = None,
-        queue: str | None = None,
-        retries: int | None = None,
-        idempotency_key: str | None = None,
-        result_ttl: float | timedelta | None = None,
-        task_id: str | None = None,
-        parent_id: str | None = None,
-        meta: dict[str, Any] | None = None,
-    ) -> NewTask:
-        opts = task.options
-        meta = dict(meta or {})
-        if retries is not None:
-            if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-                raise ConfigurationError(f"retries must be an integer >= 0, not {retries!r}")
-            meta["retries"] = retries
-        run_at = None
-        if eta is not None:
-            if countdown is not None:
-                raise ConfigurationError("pass countdown or eta, not both")
-            run_at = aware(eta, "eta", now=now)
-        elif countdown is not None:
-            run_at = now + (seconds(countdown, "countdown") or 0.0)
-        if expires is None and opts.expires is not None:
-            expires = opts.expires
-        if priority is not None and (isinstance(priority, bool) or not isinstance(priority, int)):
-            raise ConfigurationError(f"priority must be an integer, not {priority!r}")
-        if queue is not None and (not isinstance(queue, str) or not queue):
-            raise ConfigurationError(f"queue must be a non-empty string, not {queue!r}")
-        if idempotency_key is not None and not isinstance(idempotency_key, str):
-            raise ConfigurationError(f"idempotency_key must be a string, not {idempotency_key!r}")
-        ttl = seconds(result_ttl, "result_ttl") if result_ttl is not None else opts.result_ttl
-        payload = encode_call(self.serializer, args, kwargs, meta)
-        return NewTask(
-            id=task_id or new_id(),
-            name=task.name,
-            queue=queue or opts.queue,
-            payload=payload,
-            priority=opts.priority if priority is None else priority,
-            run_at=run_at,
-            expires_at=now_plus(expires, "expires", now),
-            max_attempts=opts.attempts_for(retries),
-            idempotency_key=idempotency_key,
-            result_ttl=ttl,
-            parent_id=parent_id,
-            unique_key=_unique_key(task, args, kwargs, payload) if opts.unique else None,
-            lock_key=_lock_key(task, args, kwargs) if opts.lock else None,
-            timeout=opts.timeout,
-            soft_timeout=opts.soft_timeout,
-            rate_limit=opts.rate_limit,
-        )
-
-    def _send(self, task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any], **options: Any) -> Result:
-        now = time.time()
-        message = self._message(task, args, kwargs, now=now, **options)
-        task_id = self.storage.enqueue([message], now=now)[0]
-        if self.immediate:
-            self._run_now([task_id])
-        return Result(self, task_id)
 
     def enqueue_many(
         self, calls: Iterable[Signature | tuple[Task[Any, Any], tuple[Any, ...], dict[str, Any]]]
@@ -486,45 +348,7 @@ class LiteQ:
 
         Nothing is written unless every call encodes; the results come back in order.
         """
-        now = time.time()
-        messages = []
-        tasks: dict[str, Task[Any, Any]] = {}
-        plain: dict[str, tuple[Any, ...] | None] = {}
-        serializer = self.serializer
-        for call in calls:
-            if isinstance(call, Signature):
-                name, args, kwargs, options = call.name, call.args, call.kwargs, call.options
-                task = tasks.get(name) or tasks.setdefault(name, self.get_task(name))
-            else:
-                task, args, kwargs = call
-                name, options = task.name, {}
-            if options:
-                messages.append(self._message(task, tuple(args), dict(kwargs), now=now, **options))
-                continue
-            # The common case (a plain call, a task without unique/lock): everything but the id and
-            # the arguments is the same for every call of the task, so it is worked out once.
-            if name not in plain:
-                o = task.options
-                simple = not o.unique and not o.lock
-                plain[name] = (
-                    (o.queue, o.priority, now_plus(o.expires, "expires", now), o.attempts_for(), o.result_ttl)
-                    if simple
-                    else None
-                )
-            base = plain[name]
-            if base is None:
-                messages.append(self._message(task, tuple(args), dict(kwargs), now=now))
-                continue
-            queue, priority, expires_at, max_attempts, ttl = base
-            payload = encode_call(serializer, tuple(args), dict(kwargs), {})
-            o = task.options
-            new = NewTask(new_id(now), name, queue, payload, priority, None, expires_at, max_attempts, None, ttl)
-            new.timeout, new.soft_timeout, new.rate_limit = o.timeout, o.soft_timeout, o.rate_limit
-            messages.append(new)
-        ids = self.storage.enqueue(messages, now=now)
-        if self.immediate:
-            self._run_now(ids)
-        return [Result(self, i) for i in ids]
+        return self.producer.send_many(calls)
 
     async def aenqueue_many(
         self, calls: Iterable[Signature | tuple[Task[Any, Any], tuple[Any, ...], dict[str, Any]]]
@@ -536,7 +360,7 @@ class LiteQ:
         # Immediate mode: run the task here, retries included, ignoring countdowns (like Celery's
         # eager mode), through the same claim/execute/complete path a worker takes.
         if self._immediate_worker is None:
-            self._immediate_worker = Worker(self, worker_id=f"immediate:{os.getpid()}", lease=self.lease)
+            self._immediate_worker = Worker(self.runtime, worker_id=f"immediate:{os.getpid()}", lease=self.lease)
         worker = self._immediate_worker
         while worker.run_once(ids=ids):
             pass
@@ -573,17 +397,9 @@ class LiteQ:
         from .pool import WorkerPool
 
         pool = WorkerPool(self, concurrency=concurrency, queues=queues, **options)
-        in_main = threading.current_thread() is threading.main_thread()
-        previous = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) if in_main else None
-        try:
-            if in_main:
-                pool.install_signal_handlers()
+        with stopping_on_signals(pool):
             pool.start()
             pool.run()
-        finally:
-            if previous is not None:
-                signal.signal(signal.SIGINT, previous[0])
-                signal.signal(signal.SIGTERM, previous[1])
 
     # -- results and inspection --------------------------------------------------------------------
 
@@ -619,77 +435,29 @@ class LiteQ:
 
     def run_until_empty(self, queues: Sequence[str] | None = None, *, now: float | None = None) -> int:
         """Run every due task in this process until none is left; return how many ran (burst mode)."""
-        worker = Worker(self, queues=queues, lease=self.lease, batch=16)
+        worker = Worker(self.runtime, queues=queues, lease=self.lease, batch=16)
         try:
             return worker.run_until_empty(now=now)
         finally:
             worker.close()
 
 
-def _unique_key(task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any], payload: bytes) -> str:
-    unique = task.options.unique
-    if callable(unique) and not isinstance(unique, bool):
-        return f"{task.name}:{unique(*args, **kwargs)}"
-    return f"{task.name}:{hashlib.sha1(payload).hexdigest()}"
-
-
-def _lock_key(task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
-    lock = task.options.lock
-    if lock is True:
-        return task.name
-    try:
-        return str(lock).format(*args, **kwargs)
-    except (IndexError, KeyError) as exc:
-        raise ConfigurationError(
-            f"lock template {lock!r} of task {task.name!r} names {exc} that this call does not pass"
-        ) from None
-
-
 _rebuilt: dict[tuple[Any, ...], LiteQ] = {}
 
 
-def _resolve(module_name: str, qualname: str) -> Any:
-    if module_name == "__main__":
-        # A script run as __main__ is re-imported as __mp_main__ in spawned children.
-        module = sys.modules.get("__mp_main__") or sys.modules["__main__"]
-    else:
-        module = importlib.import_module(module_name)
-    obj: Any = module
-    for part in qualname.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
-def _rebuild_app(spec: dict[str, Any]) -> LiteQ:
-    """Find or rebuild the app described by :meth:`LiteQ.spec` in this process.
-
-    First the very object, by module and attribute (``module:app``, including a ``__main__``
-    script under spawn). Failing that (an app made inside a function, as tests do), a new app on the
-    same store with each task re-registered from its importable function; a task whose function
-    is not importable stays unknown here and fails with a message naming its module.
-    """
-    key = (spec["location"], spec["ref"], tuple(sorted(spec["tasks"])))
-    app = _rebuilt.get(key)
+def _rebuild_app(spec: RuntimeSpec) -> LiteQ:
+    """Find or rebuild the app described by :meth:`LiteQ.spec` in this process: the very object
+    when it is a module global, else a new app on the same store with its importable tasks."""
+    app = _rebuilt.get(spec.key())
     if app is not None:
         return app
-    if spec["ref"] is not None:
-        try:
-            found = _resolve(*spec["ref"])
-        except (ImportError, AttributeError, KeyError):
-            found = None
-        if isinstance(found, LiteQ) and found.storage.location == spec["location"]:
-            _rebuilt[key] = found
-            return found
-    app = LiteQ(spec["location"], **spec["options"])
-    for name, (module_name, qualname, options) in spec["tasks"].items():
-        if not module_name or not qualname or "<locals>" in qualname:
-            continue
-        try:
-            fn = _resolve(module_name, qualname)
-        except (ImportError, AttributeError, KeyError):
-            continue
-        fn = getattr(fn, "fn", fn)  # a Task registered on another app: take its function
-        if callable(fn) and name not in app.tasks:
-            app.task(name=name, **options)(fn)
-    _rebuilt[key] = app
+    found = find_owner(spec)
+    if isinstance(found, LiteQ):
+        app = found
+    else:
+        app = LiteQ(spec.location, **spec.options)
+        for name, fn, options in importable_tasks(spec):
+            if name not in app.tasks:
+                app.task(name=name, **options)(fn)
+    _rebuilt[spec.key()] = app
     return app

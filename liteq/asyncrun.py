@@ -54,11 +54,11 @@ DEFAULT_ASYNC_CONCURRENCY = 100
 
 
 class _Tasks(Protocol):
-    """What finds a task by name (the app, or its registry)."""
+    """What finds a task by name (a :class:`~liteq.registry.Registry`)."""
 
     tasks: Any
 
-    def get_task(self, name: str) -> Any:
+    def get(self, name: str) -> Any:
         """The task registered (or importable through ``include``) as ``name``."""
 
 
@@ -77,12 +77,12 @@ class CoroutineCall:
     on_value: Callable[[Any], Outcome]
 
 
-def is_async_task(app: _Tasks, name: str) -> bool:
-    """True when ``name`` is a registered ``async def`` task of ``app`` (unknown names: False)."""
-    task = app.tasks.get(name)
+def is_async_task(registry: _Tasks, name: str) -> bool:
+    """True when ``name`` is a registered ``async def`` task (unknown names: False)."""
+    task = registry.tasks.get(name)
     if task is None:
         try:
-            task = app.get_task(name)  # a name found through ``include``
+            task = registry.get(name)  # a name found through ``include``
         except Exception:  # unknown or unimportable: execute() fails it as a sync task would
             return False
     return bool(getattr(task, "is_async", False))

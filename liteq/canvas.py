@@ -16,20 +16,71 @@ What flows where (as in Celery):
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeAlias
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol, TypeAlias
 
 from .exceptions import ConfigurationError
+from .inputs import seconds
 from .message import new_id
+from .producer import Producer, Sendable
 from .result import GroupResult, Result
 from .storage.base import NewTask
-from .task import Signature, seconds
 
-if TYPE_CHECKING:
-    from .app import LiteQ
+__all__ = ["Canvas", "Signature", "TaskHost", "chain", "chord", "group"]
 
-__all__ = ["Canvas", "chain", "chord", "group"]
+
+class TaskHost(Protocol):
+    """What tasks and signatures send through: the app (or a worker's runtime)."""
+
+    @property
+    def producer(self) -> Producer:
+        """Builds and stores task rows."""
+        ...
+
+    def get_task(self, name: str) -> Sendable:
+        """The task registered as ``name`` (raises :class:`~liteq.exceptions.UnknownTask`)."""
+        ...
+
+
+@dataclass(frozen=True)
+class Signature:
+    """A task name with arguments and call options, ready to send (``sig.delay()``)."""
+
+    name: str
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+    app: TaskHost | None = field(default=None, compare=False, repr=False)
+    immutable: bool = False
+
+    def __or__(self, other: Any) -> Any:
+        return chain(self, other)
+
+    def set(self, **options: Any) -> Signature:
+        """A copy with call options (``queue=``, ``priority=``, ``countdown=``...) added."""
+        return replace(self, options={**self.options, **options})
+
+    def _host(self) -> TaskHost:
+        if self.app is None:
+            raise ConfigurationError(f"signature of {self.name!r} is not bound to an app")
+        return self.app
+
+    def delay(self, *args: Any, **kwargs: Any) -> Result:
+        """Send it, with extra arguments appended."""
+        return self.apply_async(args, kwargs)
+
+    def apply_async(self, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None, **options: Any) -> Result:
+        """Send it, with extra arguments and options."""
+        host = self._host()
+        return host.producer.send(
+            host.get_task(self.name),
+            (*self.args, *args),
+            {**self.kwargs, **(kwargs or {})},
+            **{**self.options, **options},
+        )
+
 
 Node: TypeAlias = "Signature | Canvas"
 Handle: TypeAlias = "Result | GroupResult"
@@ -61,14 +112,14 @@ def _input_of(handle: Handle) -> _Input:
 class Canvas:
     """Base of ``chain``, ``group`` and ``chord``: ``delay()`` sends the whole workflow at once."""
 
-    def _app(self) -> LiteQ:
+    def _app(self) -> TaskHost:
         raise NotImplementedError
 
     def delay(self) -> Any:
         """Send the workflow; returns the handle of its last step (a Result or GroupResult)."""
         return self.apply_async()
 
-    def apply_async(self, *, app: LiteQ | None = None) -> Any:
+    def apply_async(self, *, app: TaskHost | None = None) -> Any:
         """Send the workflow in one transaction (see :meth:`delay`); ``app`` for a canvas with no
         signature to take it from (an empty group)."""
         app = app or self._app()
@@ -81,7 +132,7 @@ class Canvas:
         return chain(self, other)
 
 
-def _app_of(nodes: Iterable[Node]) -> LiteQ:
+def _app_of(nodes: Iterable[Node]) -> TaskHost:
     for n in nodes:
         if isinstance(n, Signature):
             if n.app is not None:
@@ -112,7 +163,7 @@ class chain(Canvas):  # noqa: N801 - named like Celery's canvas primitives
     def __repr__(self) -> str:
         return " | ".join(map(repr, self.steps))
 
-    def _app(self) -> LiteQ:
+    def _app(self) -> TaskHost:
         return _app_of(self.steps)
 
     def __or__(self, other: Node) -> chain:
@@ -134,7 +185,7 @@ class group(Canvas):  # noqa: N801
     def __repr__(self) -> str:
         return f"group({self.members!r})"
 
-    def _app(self) -> LiteQ:
+    def _app(self) -> TaskHost:
         return _app_of(self.members)
 
     def __or__(self, other: Node) -> chain:
@@ -155,25 +206,21 @@ class chord(Canvas):  # noqa: N801
     def __repr__(self) -> str:
         return f"chord({self.header!r}, {self.body!r})"
 
-    def _app(self) -> LiteQ:
+    def _app(self) -> TaskHost:
         return _app_of([self.body, *self.header.members])
 
 
 class _Compiler:
     """Turns a canvas into tasks with dependencies, sent in one batch."""
 
-    def __init__(self, app: LiteQ) -> None:
-        import time
-
+    def __init__(self, app: TaskHost) -> None:
         self.app = app
+        self.producer = app.producer
         self.now = time.time()
         self.messages: dict[str, NewTask] = {}
 
     def send(self) -> None:
-        messages = list(self.messages.values())
-        self.app.storage.enqueue(messages, now=self.now)
-        if self.app.immediate:
-            self.app._run_now(list(self.messages))
+        self.producer.enqueue(list(self.messages.values()), now=self.now)
 
     def node(self, node: Node, inp: _Input | None) -> Handle:
         if isinstance(node, Signature):
@@ -208,7 +255,7 @@ class _Compiler:
             message = self.messages[handle.id]
             message.group_id, message.group_index = group_id, i
             results.append(handle)
-        return GroupResult(self.app, group_id, results)
+        return GroupResult(self.producer.owner, group_id, results)
 
     def signature(self, sig: Signature, inp: _Input | None) -> Result:
         app = self.app
@@ -231,7 +278,7 @@ class _Compiler:
                 meta["chord"] = inp.group_id
             else:
                 meta["prev"] = inp.ids[0]
-        message = app._message(task, tuple(sig.args), dict(sig.kwargs), now=self.now, meta=meta, **options)
+        message = self.producer.build(task, tuple(sig.args), dict(sig.kwargs), now=self.now, meta=meta, **options)
         if inp is not None:
             message.depends_on = list(inp.ids)
             message.release_delay = delay
@@ -242,4 +289,4 @@ class _Compiler:
         if message.id in self.messages:
             raise ConfigurationError(f"task id {message.id} is used twice in this canvas")
         self.messages[message.id] = message
-        return Result(app, message.id)
+        return Result(self.producer.owner, message.id)

@@ -22,7 +22,7 @@ from .pool_protocol import Kind, decode, encode, outcome_fields, task_from
 from .storage.base import ClaimedTask
 
 if TYPE_CHECKING:
-    from .app import LiteQ
+    from .runtime import Runtime
 
 __all__ = ["ChildOptions", "child_main", "pid_alive"]
 
@@ -180,7 +180,7 @@ class _Inbox:
             return self.tasks.popleft() if self.tasks else None
 
 
-def child_main(app: LiteQ, conn: Connection, options: ChildOptions) -> None:
+def child_main(runtime: Runtime, conn: Connection, options: ChildOptions) -> None:
     """Serve tasks until told to stop or the pipe closes.
 
     The messages in and out are those of :mod:`liteq.pool_protocol`.
@@ -215,7 +215,7 @@ def child_main(app: LiteQ, conn: Connection, options: ChildOptions) -> None:
     # async def tasks run on an event loop in a thread of its own, up to async_concurrency at once;
     # a sync task waits until none is in flight, then has the child to itself (see liteq.asyncrun).
     runner = AsyncRunner(
-        options.async_concurrency, lambda c, report: coroutine_call(app, c, report), send_outcome, report_for
+        options.async_concurrency, lambda c, report: coroutine_call(runtime, c, report), send_outcome, report_for
     )
     inbox = _Inbox(conn, send, runner.cancel)
     reader = threading.Thread(target=inbox.read, name="liteq-child-inbox", daemon=True)
@@ -226,8 +226,8 @@ def child_main(app: LiteQ, conn: Connection, options: ChildOptions) -> None:
         if claimed is None:
             runner.wait_idle()
             return
-        if is_async_task(app, claimed.name):
+        if is_async_task(runtime.registry, claimed.name):
             runner.submit(claimed)
             continue
         runner.wait_idle()
-        send_outcome(execute(app, claimed, report=report_for(claimed)))
+        send_outcome(execute(runtime, claimed, report=report_for(claimed)))

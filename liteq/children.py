@@ -18,7 +18,7 @@ from typing import Any
 
 from .exceptions import LiteQError
 from .message import ErrorInfo
-from .pool_protocol import KillReason
+from .pool_protocol import FrameReader, KillReason
 from .storage.base import CANCELLED, FAILED, PENDING, ClaimedTask, Outcome
 
 __all__ = [
@@ -54,9 +54,11 @@ class Child:
         "cancels",
         "conn",
         "done",
+        "frames",
         "index",
         "kill_reason",
         "kill_task",
+        "last_run",
         "pid",
         "pinged",
         "process",
@@ -72,6 +74,7 @@ class Child:
         self.index = index
         self.process = process
         self.conn = conn
+        self.frames = FrameReader(conn)
         self.pid: int = process.pid or 0
         self.queue: collections.deque[ClaimedTask] = collections.deque()
         self.started = 0.0  # monotonic start of the head task
@@ -79,6 +82,7 @@ class Child:
         self.retiring = False
         self.kill_reason = KillReason.NONE
         self.done = 0
+        self.last_run = float("inf")  # seconds the last finished task took, as seen from here
         self.revoking: set[str] = set()  # queued task ids asked back, not answered yet
         self.cancel_id = ""  # the running task asked to stop (SIGUSR1), killed at cancel_deadline
         self.cancel_deadline = 0.0

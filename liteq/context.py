@@ -5,15 +5,42 @@ from __future__ import annotations
 import contextvars
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from .exceptions import LiteQError
 from .message import Progress
+from .serializer import Serializer
+from .storage.base import Storage
 
-if TYPE_CHECKING:
-    from .app import LiteQ
+__all__ = ["RunningTask", "TaskContext", "TaskSource", "current"]
 
-__all__ = ["TaskContext", "current"]
+
+class RunningTask(Protocol):
+    """A registered task as the code running it sees it: its function."""
+
+    @property
+    def fn(self) -> Callable[..., Any]:
+        """The task's function."""
+        ...
+
+
+class TaskSource(Protocol):
+    """What runs a task (a worker's :class:`~liteq.runtime.Runtime`): its store and its tasks."""
+
+    @property
+    def storage(self) -> Storage:
+        """The store the task came from."""
+        ...
+
+    @property
+    def serializer(self) -> Serializer:
+        """Encodes results."""
+        ...
+
+    def get_task(self, name: str) -> RunningTask:
+        """The task registered as ``name``."""
+        ...
+
 
 _current: contextvars.ContextVar[TaskContext | None] = contextvars.ContextVar("liteq_current", default=None)
 
@@ -28,8 +55,8 @@ class TaskContext:
     attempt: int
     retries_left: int
     _report: Callable[[Progress], None] | None = field(default=None, repr=False)
-    app: LiteQ | None = field(default=None, repr=False)
-    """The app running the task."""
+    app: TaskSource | None = field(default=None, repr=False)
+    """What runs the task: the worker's :class:`~liteq.runtime.Runtime` (its store, serializer and tasks)."""
 
     def progress(self, fraction: float, message: str = "") -> None:
         """Report progress; the caller sees it as ``Result.progress``. ``fraction`` is clamped to [0, 1]."""

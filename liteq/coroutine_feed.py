@@ -30,8 +30,8 @@ from .pool_protocol import KillReason
 from .storage.base import ClaimedTask
 
 if TYPE_CHECKING:
-    from .app import LiteQ
     from .children import Child
+    from .registry import Registry
 
 __all__ = ["CoroutineFeed"]
 
@@ -41,20 +41,20 @@ logger = logging.getLogger("liteq.pool")
 class CoroutineFeed:
     """Which tasks are coroutines, what a child runs now and how much more it takes (module doc)."""
 
-    def __init__(self, app: LiteQ) -> None:
-        self.app = app
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
         self._names: dict[str, bool] = {}
 
     def is_async(self, name: str) -> bool:
         """True for an ``async def`` task (cached per name)."""
         known = self._names.get(name)
         if known is None:
-            known = self._names[name] = is_async_task(self.app, name)
+            known = self._names[name] = is_async_task(self.registry, name)
         return known
 
     def any_async(self) -> bool:
         """True when the app registers an ``async def`` task (claims are then sized by coroutine room)."""
-        return any(getattr(t, "is_async", False) for t in self.app.tasks.values())
+        return any(getattr(t, "is_async", False) for t in self.registry.tasks.values())
 
     def running(self, c: Child) -> list[ClaimedTask]:
         """The tasks child ``c`` runs now (see the module doc)."""

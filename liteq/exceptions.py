@@ -25,13 +25,11 @@ The tree::
     │   └── ResultExpired           the result outlived its ``result_ttl`` (or the id is wrong)
     └── ProtocolError / AuthenticationError   cluster mode, see ``liteq.cluster``
 
-Task control flow is not an error and is kept apart: :class:`Retry` is raised by a task to ask for
+Task control flow is not an error and is kept apart: :class:`~liteq.retries.Retry` is raised by a task to ask for
 another attempt and never escapes the worker.
 """
 
 from __future__ import annotations
-
-from datetime import datetime, timedelta
 
 __all__ = [
     "AuthenticationError",
@@ -41,7 +39,6 @@ __all__ = [
     "ResultError",
     "ResultExpired",
     "ResultTimeout",
-    "Retry",
     "SchemaVersionError",
     "SerializationError",
     "SoftTimeLimit",
@@ -213,32 +210,3 @@ class ProtocolError(LiteQError):
 
 class AuthenticationError(LiteQError):
     """The cluster handshake failed: wrong or missing token."""
-
-
-class Retry(Exception):
-    """Raised by a task to run it again later.
-
-    ``raise Retry(countdown=5)`` or ``raise Retry(eta=aware_datetime)``; without either the task's
-    backoff decides the delay. ``exc`` is recorded as the attempt's error. Retries stop at the task's
-    attempt limit; then the task fails with the last error.
-    """
-
-    def __init__(
-        self,
-        countdown: float | timedelta | None = None,
-        *,
-        eta: datetime | None = None,
-        exc: BaseException | None = None,
-    ) -> None:
-        from .inputs import aware, seconds  # inputs imports this module
-
-        if eta is not None and (not isinstance(eta, datetime) or eta.tzinfo is None):
-            raise ConfigurationError("Retry(eta=...) needs a timezone-aware datetime, e.g. datetime.now(timezone.utc)")
-        if eta is not None:
-            aware(eta, "Retry(eta=...)")
-        # Checked here so that a bad value fails the task with this message instead of storing a
-        # retry time of NaN or +inf (a row that would never run, or a flush that would fail).
-        self.countdown = seconds(countdown, "Retry(countdown=...)")
-        self.eta = eta
-        self.exc = exc
-        super().__init__(f"retry requested (countdown={self.countdown}, eta={eta})")

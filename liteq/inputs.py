@@ -17,7 +17,7 @@ from typing import Any
 
 from .exceptions import ConfigurationError
 
-__all__ = ["MAX_DELAY", "aware", "check_duration", "check_time", "now_plus", "seconds"]
+__all__ = ["MAX_DELAY", "check_duration", "check_time", "now_plus", "seconds", "to_epoch"]
 
 #: The longest duration (and the furthest future time) liteq accepts anywhere: ten years, in seconds.
 MAX_DELAY = 10 * 365.25 * 86400.0
@@ -65,7 +65,7 @@ def check_time(value: Any, what: str, *, now: float | None = None) -> float:
     return float(value)
 
 
-def aware(when: datetime, what: str, *, now: float | None = None) -> float:
+def to_epoch(when: datetime, what: str, *, now: float | None = None) -> float:
     """Epoch seconds of a timezone-aware datetime at most ten years ahead; a naive one is refused."""
     if not isinstance(when, datetime):
         raise ConfigurationError(f"{what} must be a timezone-aware datetime, not {type(when).__name__}")
@@ -82,6 +82,6 @@ def now_plus(value: float | timedelta | datetime | None, what: str, now: float |
     if value is None:
         return None
     if isinstance(value, datetime):
-        return aware(value, what, now=now)
+        return to_epoch(value, what, now=now)
     delta = check_duration(value, what)
     return (time.time() if now is None else now) + delta

@@ -28,7 +28,7 @@ from .pool_protocol import KillReason
 from .storage.base import ClaimedTask
 
 if TYPE_CHECKING:
-    from .app import LiteQ
+    from .runtime import Runtime
 
 __all__ = ["CANCEL_GRACE", "Watchdog"]
 
@@ -43,9 +43,9 @@ PING_FRACTION = 0.25
 class Watchdog:
     """The kill decisions of one pool (see the module doc)."""
 
-    def __init__(self, app: LiteQ, liveness_timeout: float, feed: CoroutineFeed | None = None) -> None:
-        self.app = app
-        self.feed = feed if feed is not None else CoroutineFeed(app)
+    def __init__(self, runtime: Runtime, liveness_timeout: float, feed: CoroutineFeed | None = None) -> None:
+        self.runtime = runtime
+        self.feed = feed if feed is not None else CoroutineFeed(runtime.registry)
         self.liveness_timeout = liveness_timeout
         self.ping_interval = liveness_timeout * PING_FRACTION
         self._checked = 0.0  # monotonic time of the last verdicts
@@ -54,7 +54,7 @@ class Watchdog:
         """The hard limit of ``task`` in seconds, or None."""
         if task.timeout is not None:  # stored with the task: holds without the app (liteq worker STORE)
             return task.timeout
-        t = self.app.tasks.get(task.name)
+        t = self.runtime.registry.tasks.get(task.name)
         return t.options.timeout if t is not None else None
 
     @staticmethod

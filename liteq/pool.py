@@ -9,7 +9,9 @@ heartbeat, scheduled task). It:
 - claims in small batches, keeping at most ``prefetch`` tasks beyond those the children hold, so
   memory does not grow with the backlog;
 - hands each child up to ``child_depth`` tasks (the next one waits in the pipe, so a child never
-  idles on a round trip); the head of a child's queue is the running task;
+  idles on a round trip); the head of a child's queue is the running task. By default a child
+  whose tasks run in a blink gets up to ``SHORT_TASK_DEPTH`` while a backlog lasts, several in
+  one pipe message, so the pipe is not the bottleneck of a drain;
 - writes the outcomes that arrive together in one transaction, guarded by lease tokens;
 - extends the leases it holds every ``lease / 3`` seconds and records a heartbeat;
 - replaces a child that dies, retrying only the task it was running (reason ``worker lost``);
@@ -38,7 +40,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .asyncrun import DEFAULT_ASYNC_CONCURRENCY
 from .child import ChildOptions, child_main
@@ -57,16 +59,14 @@ from .exceptions import ConfigurationError, LiteQError
 from .health import PoolState
 from .liveness import CANCEL_GRACE, Watchdog
 from .message import ErrorInfo, new_id
-from .pool_protocol import KillReason, Kind, StopLevel, decode, outcome_from, send, task_fields
+from .pool_protocol import KillReason, Kind, StopLevel, outcome_from, send, task_fields
 from .reclaim import recover_local_leases
+from .runtime import HasRuntime, Runtime, runtime_of
 from .scheduler import Scheduler
 from .storage.base import CANCELLED, ClaimedTask, Outcome, WorkerInfo
 from .upkeep import Upkeep
 from .wake import Waker
 from .worker import DEFAULT_LEASE
-
-if TYPE_CHECKING:
-    from .app import LiteQ
 
 __all__ = ["WorkerPool", "default_start_method"]
 
@@ -78,6 +78,12 @@ HEARTBEAT_INTERVAL = 5.0
 IDLE_POLL_INTERVAL = 1.0
 #: Prefetch grows up to this many tasks per child while claims keep coming back full.
 MAX_PREFETCH_PER_CHILD = 32
+#: Tasks handed to one child at once unless the user says otherwise.
+DEFAULT_CHILD_DEPTH = 2
+#: A task that ran shorter than this many seconds (as seen by the supervisor) is short: while a
+#: backlog lasts, its child gets up to SHORT_TASK_DEPTH tasks at once.
+SHORT_TASK = 0.002
+SHORT_TASK_DEPTH = 16
 #: Seconds running tasks get to finish after a stop request.
 DEFAULT_SHUTDOWN_TIMEOUT = 30.0
 #: Seconds to wait for children to start before giving up.
@@ -94,8 +100,9 @@ class WorkerPool:
     - ``queues``: queues to serve (default: every queue the app's tasks use).
     - ``start_method``: ``fork``, ``forkserver`` or ``spawn`` (default per platform, see module doc).
     - ``prefetch``: tasks claimed ahead beyond what the children hold (default: ``concurrency``).
-    - ``child_depth``: tasks handed to one child at once (default 2; 1 with hard time limits in play
-      keeps the next task from waiting behind a slow one).
+    - ``child_depth``: tasks handed to one child at once (default 2, and up to ``SHORT_TASK_DEPTH``
+      for a child whose last task took under ``SHORT_TASK`` while claims come back full; 1 with hard
+      time limits in play keeps the next task from waiting behind a slow one).
     - ``shutdown_timeout``: seconds running tasks get to finish on a graceful stop.
     - ``max_tasks_per_child`` / ``max_memory_per_child`` (bytes): recycle children.
     - ``worker_id``: a stable id; a restarted pool with the same id takes back its old leases once
@@ -114,13 +121,13 @@ class WorkerPool:
 
     def __init__(
         self,
-        app: LiteQ,
+        app: Runtime | HasRuntime,
         *,
         concurrency: int | None = None,
         queues: Sequence[str] | None = None,
         start_method: str | None = None,
         prefetch: int | None = None,
-        child_depth: int = 2,
+        child_depth: int | None = None,
         lease: float | None = None,
         shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
         max_tasks_per_child: int | None = None,
@@ -133,7 +140,8 @@ class WorkerPool:
         clock: Callable[[], float] = time.time,
         async_concurrency: int = DEFAULT_ASYNC_CONCURRENCY,
     ) -> None:
-        if not app.storage.shared_between_processes:
+        runtime = runtime_of(app)
+        if not runtime.storage.shared_between_processes:
             raise ConfigurationError(
                 "a worker pool needs a store other processes can open; memory:// lives in one process. "
                 "Use a directory store, or immediate=True / app.run_until_empty() in tests"
@@ -157,16 +165,17 @@ class WorkerPool:
                 raise ConfigurationError(f"{name} must be a positive integer or None, not {value!r}")
         if isinstance(async_concurrency, bool) or not isinstance(async_concurrency, int) or async_concurrency < 1:
             raise ConfigurationError(f"async_concurrency must be an integer >= 1, not {async_concurrency!r}")
-        if child_depth < 1:
+        if child_depth is not None and child_depth < 1:
             raise ConfigurationError(f"child_depth must be >= 1, not {child_depth!r}")
         if shutdown_timeout < 0:
             raise ConfigurationError(f"shutdown_timeout must be >= 0 seconds, not {shutdown_timeout!r}")
         self.app = app
-        self.storage = app.storage
+        self.runtime = runtime
+        self.storage = runtime.storage
         self.concurrency = concurrency
         self.async_concurrency = async_concurrency
-        self.feed = CoroutineFeed(app)
-        self.queues = list(queues) if queues else app.queues()
+        self.feed = CoroutineFeed(runtime.registry)
+        self.queues = list(queues) if queues else runtime.registry.queues()
         self.start_method = method
         self.ctx = multiprocessing.get_context(method)
         if method == "forkserver":
@@ -174,7 +183,9 @@ class WorkerPool:
             self.ctx.set_forkserver_preload(["liteq", "liteq.child", "liteq.worker"])
         self.prefetch = concurrency if prefetch is None else max(0, prefetch)
         self._prefetch = self.prefetch
-        self.child_depth = child_depth
+        self.child_depth = child_depth or DEFAULT_CHILD_DEPTH
+        # Deeper queues only for short tasks, and only if the user left the depth to us.
+        self._short_depth = SHORT_TASK_DEPTH if child_depth is None else self.child_depth
         self.lease = float(lease if lease is not None else getattr(app, "lease", DEFAULT_LEASE))
         self.shutdown_timeout = float(shutdown_timeout)
         self.max_tasks_per_child = max_tasks_per_child
@@ -184,12 +195,12 @@ class WorkerPool:
             raise ConfigurationError(f"liveness_timeout must be > 0 seconds, not {liveness_timeout!r}")
         # A child silent for a whole lease would have lost its lease as a worker of its own.
         self.watchdog = Watchdog(
-            app, float(liveness_timeout) if liveness_timeout is not None else self.lease, self.feed
+            runtime, float(liveness_timeout) if liveness_timeout is not None else self.lease, self.feed
         )
         self.reload = reload
         self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{new_id()[-8:]}"
-        self._limits = app.rate_limits()
-        self.scheduler = Scheduler(app) if scheduler and app.schedules else None
+        self._limits = runtime.registry.rate_limits()
+        self.scheduler = Scheduler(runtime) if scheduler and runtime.registry.schedules else None
         self.upkeep = Upkeep(
             self.id,
             self.storage,
@@ -303,7 +314,7 @@ class WorkerPool:
             os.getpid(), self._logs.queue, level, self.max_memory_per_child is not None, self.async_concurrency
         )
         process = self.ctx.Process(  # type: ignore[attr-defined]
-            target=child_main, args=(self.app, child_conn, options), name=f"liteq-child-{index}", daemon=True
+            target=child_main, args=(self.runtime, child_conn, options), name=f"liteq-child-{index}", daemon=True
         )
         process.start()
         child_conn.close()
@@ -382,7 +393,9 @@ class WorkerPool:
         """One supervisor iteration: handle messages and deaths, write outcomes, claim, assign,
         extend leases, wait for the next event. Returns False once the pool has stopped."""
         mono = time.monotonic()
-        self.upkeep.flush_if_ok()  # first: a producer is waiting for these
+        if not self._stop_level and self.health.ok and self.buffer:
+            self._assign()  # children run their next tasks while the outcomes are written
+        self.upkeep.flush_if_ok()  # a producer is waiting for these
         self._obey(self.storage.pending_commands())
         if self._stop_level:
             if not self._stopping_step(mono):
@@ -433,26 +446,30 @@ class WorkerPool:
             self._buried(c)
 
     def _receive(self, c: Child) -> None:
-        conn = c.conn
         try:
             # Connection.poll() builds a selector per call; a zero-timeout select() on the one fd
             # tells the same for a fraction of the cost (this runs once per finished task).
-            while readable(conn):
-                message = decode(conn.recv_bytes())
-                c.answered = time.monotonic()  # any message proves the child runs (liveness)
-                kind = message[0]
-                if kind == Kind.DONE:
-                    self._done(c, outcome_from(message[1]), message[2])
-                elif kind == Kind.PROGRESS:
-                    self.upkeep.progress[message[1]] = (message[2], message[3])
-                elif kind == Kind.RETURNED:
-                    self._returned(c, message[1])
-                elif kind == Kind.READY:
-                    c.ready = True
-                    c.pid = message[1]
-                    c.async_limit = message[2]
+            while readable(c.conn):
+                messages = c.frames.read()
+                if messages:
+                    c.answered = time.monotonic()  # any message proves the child runs (liveness)
+                for message in messages:
+                    self._handle(c, message)
         except (EOFError, OSError):
             pass
+
+    def _handle(self, c: Child, message: tuple[Any, ...]) -> None:
+        kind = message[0]
+        if kind == Kind.DONE:
+            self._done(c, outcome_from(message[1]), message[2])
+        elif kind == Kind.PROGRESS:
+            self.upkeep.progress[message[1]] = (message[2], message[3])
+        elif kind == Kind.RETURNED:
+            self._returned(c, message[1])
+        elif kind == Kind.READY:
+            c.ready = True
+            c.pid = message[1]
+            c.async_limit = message[2]
 
     def _done(self, c: Child, outcome: Outcome, rss: int) -> None:
         head = c.head
@@ -468,7 +485,9 @@ class WorkerPool:
             c.cancel_id = ""
             info = ErrorInfo("liteq.exceptions.TaskCancelled", "cancelled while running; the task stopped")
             outcome = Outcome(outcome.id, outcome.lease_token, CANCELLED, error=info.encode(), reason="cancelled")
-        c.started = time.monotonic()  # the next queued task starts now
+        mono = time.monotonic()
+        c.last_run = mono - c.started
+        c.started = mono  # the next queued task starts now
         c.done += 1
         self.upkeep.tasks_done += 1
         self.upkeep.outcomes.append(outcome)
@@ -577,28 +596,27 @@ class WorkerPool:
         self._drop_cancelled()
         if not self.buffer:
             return
-        eligible = [c for c in self.children if c.ready and not c.retiring and not c.kill_reason]
-        syncs = {id(c): self.feed.syncs(c) for c in eligible}
+        # Level by level: every idle child gets a task before any child gets a second one.
+        depth = {id(c): self._depth_for(c) for c in self.children if c.ready and not c.retiring and not c.kill_reason}
+        # Coroutine tasks join a child that runs only coroutines, up to its room (coroutine_feed).
+        syncs = {id(c): self.feed.syncs(c) for c in self.children}
+        levels = max([self._short_depth, *(c.async_limit for c in self.children)])
         handed: dict[int, tuple[Child, list[ClaimedTask]]] = {}
-        while self.buffer:
-            task = self.buffer[0]
-            coroutine = self.feed.is_async(task.name)
-            # The least loaded child with room: every idle child gets a task before any gets a
-            # second (a task with a hard limit ahead caps a queue; coroutines join coroutines).
-            best: Child | None = None
-            for c in eligible:
-                if best is not None and len(c.queue) >= len(best.queue):
+        for level in range(1, levels + 1):
+            for c in self.children:
+                if not self.buffer:
+                    break
+                coroutine = self.feed.is_async(self.buffer[0].name)
+                room = self.feed.depth(c, depth.get(id(c), 0), coroutine, syncs[id(c)])
+                if len(c.queue) >= min(level, room):
                     continue
-                if len(c.queue) < self.feed.depth(c, self._depth_for(c), coroutine, syncs[id(c)]):
-                    best = c
-            if best is None:
-                break  # in order: the head waits for room
-            self.buffer.popleft()
-            if not best.queue:
-                best.started = best.answered = time.monotonic()
-            best.queue.append(task)
-            syncs[id(best)] += not coroutine
-            handed.setdefault(id(best), (best, []))[1].append(task)
+                task = self.buffer.popleft()
+                if not c.queue:
+                    c.started = c.answered = time.monotonic()
+                c.queue.append(task)
+                syncs[id(c)] += not coroutine
+                handed.setdefault(id(c), (c, []))[1].append(task)
+                depth[id(c)] = self._depth_for(c)  # a task with a hard limit ahead caps the queue
         # One message per child, whatever it was handed.
         for c, tasks in handed.values():
             if not send(c.conn, Kind.RUN, [task_fields(t) for t in tasks]):
@@ -615,6 +633,8 @@ class WorkerPool:
         head = c.head
         if head is not None and self.watchdog.time_limit(head) is not None:
             return 1
+        if c.last_run < SHORT_TASK and self._prefetch > self.prefetch:
+            return self._short_depth  # a backlog of short tasks: batch them
         return self.child_depth
 
     # -- timers ---------------------------------------------------------------------------------------
@@ -822,7 +842,7 @@ class WorkerPool:
     def _start_reloader(self) -> None:
         from .reload import start_reloader
 
-        self._observer = start_reloader(self.app, self._on_source_change)
+        self._observer = start_reloader(self.runtime.origin, self._on_source_change)
 
     def _on_source_change(self) -> None:
         self._reload_pending = True

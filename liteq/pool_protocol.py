@@ -27,13 +27,17 @@ Child to supervisor:
 from __future__ import annotations
 
 import enum
+import os
 import pickle
+import struct
+import sys
 from multiprocessing.connection import Connection
 from typing import Any
 
 from .storage.base import ClaimedTask, Outcome
 
 __all__ = [
+    "FrameReader",
     "KillReason",
     "Kind",
     "StopLevel",
@@ -105,6 +109,55 @@ def send(conn: Connection, kind: Kind, *body: Any) -> bool:
     except OSError:
         return False
     return True
+
+
+#: Bytes a supervisor reads from a child's pipe at once.
+READ_SIZE = 1 << 16
+_SHORT = struct.Struct("!i")
+_LONG = struct.Struct("!Q")
+
+
+class FrameReader:
+    """The messages waiting on one child's pipe, taken with one read.
+
+    Children write with ``Connection.send_bytes`` (one write per message); reading each message
+    with ``recv_bytes`` would cost two reads. This reads what is there and splits it on the same
+    framing (a 4-byte big-endian length, or -1 and an 8-byte length), keeping a partial message
+    for the next read. Where pipes are not plain file descriptors (Windows) it falls back to
+    ``recv_bytes``.
+    """
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.fd = conn.fileno() if sys.platform != "win32" else -1
+        self.buf = bytearray()
+
+    def read(self) -> list[tuple[Any, ...]]:
+        """Every complete message now readable (call when the pipe is readable; this blocks
+        otherwise). Raises EOFError once the child closed its end."""
+        if self.fd < 0:
+            return [decode(self.conn.recv_bytes())]
+        data = os.read(self.fd, READ_SIZE)
+        if not data:
+            raise EOFError
+        buf = self.buf
+        buf += data
+        out = []
+        pos, end = 0, len(buf)
+        while end - pos >= 4:
+            (size,) = _SHORT.unpack_from(buf, pos)
+            head = 4
+            if size == -1:
+                if end - pos < 12:
+                    break
+                (size,) = _LONG.unpack_from(buf, pos + 4)
+                head = 12
+            if end - pos - head < size:
+                break
+            out.append(pickle.loads(memoryview(buf)[pos + head : pos + head + size]))
+            pos += head + size
+        del buf[:pos]
+        return out
 
 
 def task_fields(t: ClaimedTask) -> tuple[Any, ...]:

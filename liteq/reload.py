@@ -10,19 +10,17 @@ import logging
 import os
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from .app import LiteQ
+from typing import Any
 
 __all__ = ["source_root", "start_reloader"]
 
 logger = logging.getLogger("liteq.reload")
 
 
-def source_root(app: LiteQ) -> str:
-    """The directory whose ``.py`` files are watched: the app's module's, else the working dir."""
-    module = sys.modules.get(app._origin or "")
+def source_root(origin: str | None) -> str:
+    """The directory whose ``.py`` files are watched: that of module ``origin`` (the app's), else the
+    working dir."""
+    module = sys.modules.get(origin or "")
     path = getattr(module, "__file__", None)
     return os.path.dirname(os.path.abspath(path)) if path else os.getcwd()
 
@@ -39,7 +37,7 @@ def _compiles(path: str) -> bool:
     return True
 
 
-def start_reloader(app: LiteQ, on_change: Callable[[], None]) -> Any:
+def start_reloader(origin: str | None, on_change: Callable[[], None]) -> Any:
     """Start a watchdog observer calling ``on_change`` after each compiling ``.py`` change."""
     from watchdog.events import FileSystemEvent, FileSystemEventHandler
     from watchdog.observers import Observer
@@ -55,7 +53,7 @@ def start_reloader(app: LiteQ, on_change: Callable[[], None]) -> Any:
                 logger.warning("%s changed: replacing worker children after their current task", path)
                 on_change()
 
-    root = source_root(app)
+    root = source_root(origin)
     observer = Observer()
     observer.schedule(Handler(), root, recursive=True)
     observer.daemon = True

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Generator, Iterator
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from . import aio
 from .exceptions import (
@@ -17,12 +17,25 @@ from .exceptions import (
     TaskTimedOut,
 )
 from .message import ErrorInfo, Progress
-from .storage.base import CANCELLED, EXPIRED, FINISHED_STATES, SUCCEEDED, TaskRow
+from .serializer import Serializer
+from .storage.base import CANCELLED, EXPIRED, FINISHED_STATES, SUCCEEDED, Storage, TaskRow
 
-if TYPE_CHECKING:
-    from .app import LiteQ
+__all__ = ["GroupResult", "Result", "ResultSource"]
 
-__all__ = ["GroupResult", "Result"]
+
+class ResultSource(Protocol):
+    """What a result handle reads through: the app, or a worker's :class:`~liteq.runtime.Runtime`."""
+
+    @property
+    def storage(self) -> Storage:
+        """The store the task lives in."""
+        ...
+
+    @property
+    def serializer(self) -> Serializer:
+        """Decodes the stored result."""
+        ...
+
 
 # Waiting starts by re-checking every millisecond and backs off to this; a write by this process
 # wakes the waiter at once.
@@ -52,7 +65,7 @@ def failure(row: TaskRow) -> TaskFailed:
 T = TypeVar("T")
 
 
-def _wait_until(app: LiteQ, check: Callable[[], T | None], timeout: float | None, late: Callable[[], str]) -> T:
+def _wait_until(app: ResultSource, check: Callable[[], T | None], timeout: float | None, late: Callable[[], str]) -> T:
     """Re-run ``check`` after every write to the store until it returns a value, or raise
     :class:`ResultTimeout` with ``late()`` as the message. Writes by this process wake the waiter at
     once, other processes' through the store's wake-up socket; the re-check interval only bounds
@@ -89,7 +102,7 @@ class Result:
 
     __slots__ = ("app", "id", "parent")
 
-    def __init__(self, app: LiteQ, id: str, parent: Result | GroupResult | None = None) -> None:
+    def __init__(self, app: ResultSource, id: str, parent: Result | GroupResult | None = None) -> None:
         self.app = app
         self.id = id
         #: The previous step's handle when this task is part of a chain (``None`` otherwise).
@@ -221,7 +234,9 @@ class GroupResult:
     results are kept.
     """
 
-    def __init__(self, app: LiteQ, id: str, results: list[Result], parent: Result | GroupResult | None = None) -> None:
+    def __init__(
+        self, app: ResultSource, id: str, results: list[Result], parent: Result | GroupResult | None = None
+    ) -> None:
         self.app = app
         self.id = id
         self.results = results
@@ -327,7 +342,7 @@ class GroupResult:
         return self.aget().__await__()
 
 
-def _value(app: LiteQ, row: TaskRow) -> Any:
+def _value(app: ResultSource, row: TaskRow) -> Any:
     """The decoded result of a succeeded row; a result blob that is missing or damaged raises
     :class:`~liteq.StoreCorrupt` for this task only (never a silent ``None``)."""
     if row.damaged is not None:

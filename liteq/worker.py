@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .asyncrun import CoroutineCall, run_blocking
 from .context import TaskContext, _enter, _leave
@@ -25,7 +25,6 @@ from .exceptions import (
     ConfigurationError,
     LiteQError,
     ResultExpired,
-    Retry,
     SerializationError,
     SoftTimeLimit,
     StoreCorrupt,
@@ -33,11 +32,10 @@ from .exceptions import (
 )
 from .health import degrades
 from .message import ErrorInfo, Progress, decode_call, new_id
-from .retries import backoff_delay
+from .retries import Retry, backoff_delay
+from .runtime import HasRuntime, Runtime, runtime_of
 from .storage.base import FAILED, SCHEDULED, SUCCEEDED, ClaimedTask, Outcome, WorkerInfo
-
-if TYPE_CHECKING:
-    from .app import LiteQ
+from .task import Task
 
 __all__ = [
     "DEFAULT_LEASE",
@@ -137,7 +135,7 @@ def defer_cancel() -> None:
 
 
 def execute(
-    app: LiteQ,
+    runtime: Runtime,
     claimed: ClaimedTask,
     *,
     report: Callable[[Progress], None] | None = None,
@@ -150,61 +148,60 @@ def execute(
     An ``async def`` task runs to its end on an event loop of its own here (see
     :func:`liteq.asyncrun.run_blocking`); pool children run many of them on one loop instead.
     """
-    prepared = prepare(app, claimed, report=report, now=now)
+    prepared = prepare(runtime, claimed, report=report, now=now)
     if isinstance(prepared, Outcome):
         return prepared
     if prepared.task.is_async:
-        return run_blocking(claimed, _coroutine(app, claimed, prepared, now))
-    ctx = prepared.ctx
+        return run_blocking(claimed, _coroutine(runtime, claimed, prepared, now))
     _Deferred.cancel = False
-    token = _enter(ctx)
+    token = _enter(prepared.ctx)
     try:
         with _SoftLimit(prepared.soft_timeout):
             value = _call_task(claimed.id, prepared.task.fn, prepared.call.args, prepared.call.kwargs)
     except (KeyboardInterrupt, SystemExit) as exc:
         if isinstance(exc, KeyboardInterrupt):
             raise
-        return settle_error(app, claimed, prepared, exc, now())
+        return settle_error(claimed, prepared, exc, now())
     except Exception as exc:
-        return settle_error(app, claimed, prepared, exc, now())
+        return settle_error(claimed, prepared, exc, now())
     finally:
         _leave(token)
-    return settle_value(app, claimed, prepared, value)
+    return settle_value(runtime, claimed, prepared, value)
 
 
 def coroutine_call(
-    app: LiteQ, claimed: ClaimedTask, report: Callable[[Progress], None] | None = None
+    runtime: Runtime, claimed: ClaimedTask, report: Callable[[Progress], None] | None = None
 ) -> Outcome | CoroutineCall:
     """An ``async def`` task ready for an event loop (:mod:`liteq.asyncrun`), or its outcome when
     it cannot start (unknown, undecodable, input missing)."""
-    prepared = prepare(app, claimed, report=report)
+    prepared = prepare(runtime, claimed, report=report)
     if isinstance(prepared, Outcome):
         return prepared
-    return _coroutine(app, claimed, prepared, time.time)
+    return _coroutine(runtime, claimed, prepared, time.time)
 
 
-def _coroutine(app: LiteQ, claimed: ClaimedTask, prepared: Prepared, now: Callable[[], float]) -> CoroutineCall:
+def _coroutine(runtime: Runtime, claimed: ClaimedTask, prepared: Prepared, now: Callable[[], float]) -> CoroutineCall:
     hard = claimed.timeout if claimed.timeout is not None else prepared.task.options.timeout
     return CoroutineCall(
         prepared.task.fn, tuple(prepared.call.args), dict(prepared.call.kwargs), prepared.ctx,
         prepared.soft_timeout, hard,
-        on_error=lambda exc: settle_error(app, claimed, prepared, exc, now()),
-        on_value=lambda value: settle_value(app, claimed, prepared, value),
+        on_error=lambda exc: settle_error(claimed, prepared, exc, now()),
+        on_value=lambda value: settle_value(runtime, claimed, prepared, value),
     )  # fmt: skip
 
 
 @dataclass
 class Prepared:
-    """A claimed task ready to call: its registered task, decoded call and context."""
+    """A claimed task ready to call: its registered task, decoded call, context and soft limit."""
 
-    task: Any
+    task: Task[Any, Any]
     call: Any
     ctx: TaskContext
     soft_timeout: float | None
 
 
 def prepare(
-    app: LiteQ,
+    runtime: Runtime,
     claimed: ClaimedTask,
     *,
     report: Callable[[Progress], None] | None = None,
@@ -214,17 +211,17 @@ def prepare(
     context. Returns the outcome instead when the task cannot be called (unknown, undecodable,
     input missing)."""
     try:
-        task = app.get_task(claimed.name)
+        task = runtime.registry.get(claimed.name)
     except UnknownTask as exc:
         return _fail(claimed, ErrorInfo.from_exception(exc), "unknown task")
     try:
-        call = decode_call(claimed.payload, allow_pickle=app.serializer.name == "pickle")
+        call = decode_call(claimed.payload, allow_pickle=runtime.serializer.name == "pickle")
     except SerializationError as exc:
         return _fail(claimed, ErrorInfo.from_exception(exc), "undecodable payload")
     opts = task.options
     if "prev" in call.meta or "chord" in call.meta:
         try:
-            call.args = (_inputs(app, call.meta), *call.args)
+            call.args = (_inputs(runtime, call.meta), *call.args)
         except LiteQError as exc:
             if degrades(exc):
                 # The store did not answer (busy, unreachable): the input is not missing. Run
@@ -240,38 +237,38 @@ def prepare(
             return _fail(claimed, ErrorInfo.from_exception(exc), "dependency result missing")
     retries = call.meta.get("retries", opts.retries)
     retries_left = max(0, min(retries - claimed.attempt + 1, claimed.max_attempts - claimed.attempt))
-    ctx = TaskContext(claimed.id, claimed.name, claimed.queue, claimed.attempt, retries_left, report, app)
+    ctx = TaskContext(claimed.id, claimed.name, claimed.queue, claimed.attempt, retries_left, report, runtime)
     soft = claimed.soft_timeout if claimed.soft_timeout is not None else opts.soft_timeout
     return Prepared(task, call, ctx, soft)
 
 
-def settle_error(app: LiteQ, claimed: ClaimedTask, prepared: Prepared, exc: BaseException, now: float) -> Outcome:
+def settle_error(claimed: ClaimedTask, prepared: Prepared, exc: BaseException, now: float) -> Outcome:
     """The outcome of a call that raised ``exc``: a retry while the budget allows, else failed."""
     opts, ctx = prepared.task.options, prepared.ctx
     if isinstance(exc, Retry):
-        return _retry(app, claimed, opts, exc.exc or exc, ctx, exc, now)
+        return _retry(claimed, opts, exc.exc or exc, ctx, exc, now)
     if isinstance(exc, SoftTimeLimit):
-        return _retry(app, claimed, opts, exc, ctx, None, now, reason="soft timeout")
+        return _retry(claimed, opts, exc, ctx, None, now, reason="soft timeout")
     if isinstance(exc, ConfigurationError):  # bad input (e.g. Retry(countdown=nan)): retrying cannot fix it
         return _fail(claimed, ErrorInfo.from_exception(exc), "invalid input")
-    return _retry(app, claimed, opts, exc, ctx, None, now)
+    return _retry(claimed, opts, exc, ctx, None, now)
 
 
-def settle_value(app: LiteQ, claimed: ClaimedTask, prepared: Prepared, value: Any) -> Outcome:
+def settle_value(runtime: Runtime, claimed: ClaimedTask, prepared: Prepared, value: Any) -> Outcome:
     """The outcome of a call that returned ``value``: succeeded with the encoded result."""
     if prepared.task.options.ignore_result:
         return Outcome(claimed.id, claimed.lease_token, SUCCEEDED)
     try:
-        data = app.serializer.dumps(value, what=f"result of {claimed.name}")
+        data = runtime.serializer.dumps(value, what=f"result of {claimed.name}")
     except SerializationError as exc:
         error = ErrorInfo("liteq.exceptions.SerializationError", f"{exc} (value: {_safe_repr(value)})")
         return _fail(claimed, error, "unserializable result")
     return Outcome(claimed.id, claimed.lease_token, SUCCEEDED, result=data)
 
 
-def _inputs(app: LiteQ, meta: dict[str, Any]) -> Any:
+def _inputs(runtime: Runtime, meta: dict[str, Any]) -> Any:
     """The result a canvas step receives: its parent's (``prev``) or its group's list (``chord``)."""
-    storage = app.storage
+    storage = runtime.storage
     ids = [meta["prev"]] if "prev" in meta else storage.group_members(meta["chord"])
     rows = storage.get(ids)
     values = []
@@ -283,7 +280,7 @@ def _inputs(app: LiteQ, meta: dict[str, Any]) -> Any:
             )
         if row.damaged is not None:  # a lost result blob fails this step, not the worker
             raise StoreCorrupt(f"the result of task {task_id}, this task's input, is lost: {row.damaged}")
-        values.append(app.serializer.loads(row.result) if row.result is not None else None)
+        values.append(runtime.serializer.loads(row.result) if row.result is not None else None)
     return values[0] if "prev" in meta else values
 
 
@@ -296,7 +293,6 @@ def _safe_repr(value: Any, limit: int = 300) -> str:
 
 
 def _retry(
-    app: LiteQ,
     claimed: ClaimedTask,
     opts: Any,
     error: BaseException,
@@ -333,7 +329,7 @@ class Worker:
 
     def __init__(
         self,
-        app: LiteQ,
+        app: Runtime | HasRuntime,
         *,
         queues: Sequence[str] | None = None,
         worker_id: str | None = None,
@@ -345,7 +341,8 @@ class Worker:
         if lease <= 0:
             raise ConfigurationError(f"lease must be > 0 seconds, not {lease!r}")
         self.app = app
-        self.queues = list(queues) if queues else app.queues()
+        self.runtime = runtime_of(app)
+        self.queues = list(queues) if queues else self.runtime.registry.queues()
         self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{new_id()[-8:]}"
         self.batch = batch
         self.lease = lease
@@ -367,7 +364,7 @@ class Worker:
         if now is None and mono - self._last_maintenance < MAINTENANCE_INTERVAL:
             return
         self._last_maintenance = mono
-        storage = self.app.storage
+        storage = self.runtime.storage
         lost = storage.reap(now=now)
         if lost:
             logger.warning("returned %d task(s) with expired leases to the queue", len(lost))
@@ -380,7 +377,7 @@ class Worker:
                 leases = list(self._running.items())
             if leases:
                 try:
-                    self.app.storage.extend(self.id, leases, lease=self.lease)
+                    self.runtime.storage.extend(self.id, leases, lease=self.lease)
                 except Exception:  # the next round tries again; the lease has slack
                     logger.exception("could not extend leases")
 
@@ -400,8 +397,8 @@ class Worker:
     def run_once(self, now: float | None = None, *, ids: Sequence[str] | None = None) -> int:
         """Claim up to ``batch`` due tasks, run them here, record the outcomes; return how many ran."""
         self.maintain(now)
-        storage = self.app.storage
-        limits = self.app.rate_limits() if ids is None else None
+        storage = self.runtime.storage
+        limits = self.runtime.registry.rate_limits() if ids is None else None
         claimed = storage.claim(
             self.id, self.queues, limit=self.batch, lease=self.lease, now=now, ids=ids, limits=limits or None
         )
@@ -418,7 +415,7 @@ class Worker:
                 def report(progress: Progress, c: ClaimedTask = c) -> None:
                     storage.set_progress(c.id, c.lease_token, progress.encode())
 
-                outcomes.append(execute(self.app, c, report=report, now=clock))
+                outcomes.append(execute(self.runtime, c, report=report, now=clock))
         finally:
             if len(outcomes) < len(claimed):  # interrupted: hand back what never ran
                 storage.release([(c.id, c.lease_token) for c in claimed[len(outcomes) + 1 :]])

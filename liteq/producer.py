@@ -1,0 +1,205 @@
+"""``Producer``: turns calls into stored tasks — the one way onto the queue.
+
+``build()`` makes the :class:`~liteq.storage.base.NewTask` row of one call (checking the per-call
+options); ``send()`` stores one; ``send_many()`` stores many in one transaction; ``enqueue()``
+stores prepared rows (a canvas, the scheduler's firings). In immediate mode the producer's
+``run_now`` hook runs what was just stored, in the caller, before the handle comes back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from .exceptions import ConfigurationError
+from .inputs import now_plus, seconds, to_epoch
+from .message import encode_call, new_id
+from .options import TaskOptions
+from .result import Result, ResultSource
+from .serializer import Serializer
+from .storage.base import NewTask, Storage
+
+__all__ = ["Producer", "Sendable", "lock_key", "unique_key"]
+
+
+class Sendable(Protocol):
+    """What the producer needs of a task: its name and options."""
+
+    @property
+    def name(self) -> str:
+        """The registered name."""
+        ...
+
+    @property
+    def options(self) -> TaskOptions:
+        """The declared options."""
+        ...
+
+
+#: A call as ``enqueue_many`` takes it: a signature (name, args, kwargs, options) or ``(task, args, kwargs)``.
+Call = Any
+
+
+class Producer:
+    """Builds and stores task rows for ``owner`` (the object results are read through).
+
+    ``lookup`` turns a signature's task name into a task; ``run_now``, when given (immediate
+    mode), runs the stored ids in the caller before ``send`` returns.
+    """
+
+    def __init__(
+        self,
+        owner: ResultSource,
+        lookup: Callable[[str], Sendable],
+        serializer: Serializer,
+        storage: Storage,
+        *,
+        run_now: Callable[[Sequence[str]], None] | None = None,
+    ) -> None:
+        self.owner = owner
+        self.lookup = lookup
+        self.serializer = serializer
+        self.storage = storage
+        self.run_now = run_now
+
+    def build(
+        self,
+        task: Sendable,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        now: float,
+        countdown: float | timedelta | None = None,
+        eta: datetime | None = None,
+        expires: float | timedelta | datetime | None = None,
+        priority: int | None = None,
+        queue: str | None = None,
+        retries: int | None = None,
+        idempotency_key: str | None = None,
+        result_ttl: float | timedelta | None = None,
+        task_id: str | None = None,
+        parent_id: str | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> NewTask:
+        """The row of one call of ``task``, per-call options checked (raises :class:`ConfigurationError`)."""
+        opts = task.options
+        meta = dict(meta or {})
+        if retries is not None:
+            if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+                raise ConfigurationError(f"retries must be an integer >= 0, not {retries!r}")
+            meta["retries"] = retries
+        run_at = None
+        if eta is not None:
+            if countdown is not None:
+                raise ConfigurationError("pass countdown or eta, not both")
+            run_at = to_epoch(eta, "eta", now=now)
+        elif countdown is not None:
+            run_at = now + (seconds(countdown, "countdown") or 0.0)
+        if expires is None and opts.expires is not None:
+            expires = opts.expires
+        if priority is not None and (isinstance(priority, bool) or not isinstance(priority, int)):
+            raise ConfigurationError(f"priority must be an integer, not {priority!r}")
+        if queue is not None and (not isinstance(queue, str) or not queue):
+            raise ConfigurationError(f"queue must be a non-empty string, not {queue!r}")
+        if idempotency_key is not None and not isinstance(idempotency_key, str):
+            raise ConfigurationError(f"idempotency_key must be a string, not {idempotency_key!r}")
+        ttl = seconds(result_ttl, "result_ttl") if result_ttl is not None else opts.result_ttl
+        payload = encode_call(self.serializer, args, kwargs, meta)
+        return NewTask(
+            id=task_id or new_id(),
+            name=task.name,
+            queue=queue or opts.queue,
+            payload=payload,
+            priority=opts.priority if priority is None else priority,
+            run_at=run_at,
+            expires_at=now_plus(expires, "expires", now),
+            max_attempts=opts.attempts_for(retries),
+            idempotency_key=idempotency_key,
+            result_ttl=ttl,
+            parent_id=parent_id,
+            unique_key=unique_key(task, args, kwargs, payload) if opts.unique else None,
+            lock_key=lock_key(task, args, kwargs) if opts.lock else None,
+            timeout=opts.timeout,
+            soft_timeout=opts.soft_timeout,
+            rate_limit=opts.rate_limit,
+        )
+
+    def enqueue(self, messages: list[NewTask], *, now: float) -> list[str]:
+        """Store prepared rows in one transaction (running them at once in immediate mode); their ids."""
+        ids = self.storage.enqueue(messages, now=now)
+        if self.run_now is not None:
+            self.run_now(ids)
+        return ids
+
+    def send(self, task: Sendable, args: tuple[Any, ...], kwargs: dict[str, Any], **options: Any) -> Result:
+        """Store one call of ``task`` with per-call ``options``; its :class:`Result`."""
+        now = time.time()
+        message = self.build(task, args, kwargs, now=now, **options)
+        return Result(self.owner, self.enqueue([message], now=now)[0])
+
+    def send_many(self, calls: Iterable[Call]) -> list[Result]:
+        """Store many calls in one transaction: signatures or ``(task, args, kwargs)``; results in order.
+
+        Nothing is written unless every call encodes.
+        """
+        now = time.time()
+        messages = []
+        tasks: dict[str, Sendable] = {}
+        shared_by_task: dict[str, tuple[Any, ...] | None] = {}
+        serializer = self.serializer
+        for call in calls:
+            if isinstance(call, tuple):
+                task, args, kwargs = call
+                name, options = task.name, {}
+            else:  # a Signature
+                name, args, kwargs, options = call.name, call.args, call.kwargs, call.options
+                task = tasks.get(name) or tasks.setdefault(name, self.lookup(name))
+            if options:
+                messages.append(self.build(task, tuple(args), dict(kwargs), now=now, **options))
+                continue
+            # The common case (a call without options, a task without unique/lock): everything but
+            # the id and the arguments is the same for every call of the task, so it is worked out once.
+            if name not in shared_by_task:
+                o = task.options
+                simple = not o.unique and not o.lock
+                shared_by_task[name] = (
+                    (o.queue, o.priority, now_plus(o.expires, "expires", now), o.attempts_for(), o.result_ttl)
+                    if simple
+                    else None
+                )
+            shared = shared_by_task[name]
+            if shared is None:
+                messages.append(self.build(task, tuple(args), dict(kwargs), now=now))
+                continue
+            queue, priority, expires_at, max_attempts, ttl = shared
+            payload = encode_call(serializer, tuple(args), dict(kwargs), {})
+            o = task.options
+            new = NewTask(new_id(now), name, queue, payload, priority, None, expires_at, max_attempts, None, ttl)
+            new.timeout, new.soft_timeout, new.rate_limit = o.timeout, o.soft_timeout, o.rate_limit
+            messages.append(new)
+        ids = self.enqueue(messages, now=now)
+        return [Result(self.owner, i) for i in ids]
+
+
+def unique_key(task: Sendable, args: tuple[Any, ...], kwargs: dict[str, Any], payload: bytes) -> str:
+    """The ``unique`` key of a call: the task's key function of the arguments, else a hash of them."""
+    unique = task.options.unique
+    if callable(unique) and not isinstance(unique, bool):
+        return f"{task.name}:{unique(*args, **kwargs)}"
+    return f"{task.name}:{hashlib.sha1(payload).hexdigest()}"
+
+
+def lock_key(task: Sendable, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    """The ``lock`` key of a call: the task's name, or its template formatted with the arguments."""
+    lock = task.options.lock
+    if lock is True:
+        return task.name
+    try:
+        return str(lock).format(*args, **kwargs)
+    except (IndexError, KeyError) as exc:
+        raise ConfigurationError(
+            f"lock template {lock!r} of task {task.name!r} names {exc} that this call does not pass"
+        ) from None
