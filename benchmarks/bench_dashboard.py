@@ -239,8 +239,9 @@ def history_choice(ctx: Context, store: Path) -> list[Figure]:
         conn.execute("DROP INDEX bench_finished")
     finally:
         conn.close()
-    with_, without = _write_cost(ctx, store.parent / "write-cost", keep=True), _write_cost(
-        ctx, store.parent / "write-cost-bare", keep=False
+    with_, without = (
+        _write_cost(ctx, store.parent / "write-cost", keep=True),
+        _write_cost(ctx, store.parent / "write-cost-bare", keep=False),
     )
     out.append(
         Figure("dashboard history", "enqueue+claim+complete, one task per transaction", with_, "us/op",
@@ -256,8 +257,8 @@ def _write_cost(ctx: Context, path: Path, *, keep: bool) -> float:
     try:
         if not keep:
             for statement in (
-                "DROP TRIGGER task_counts_insert", "DROP TRIGGER task_counts_delete",
-                "DROP TRIGGER task_counts_update", "DROP TRIGGER task_stats_finish", "DROP INDEX tasks_by_name",
+                "DROP TRIGGER task_counts_enter", "DROP TRIGGER task_counts_leave", "DROP TRIGGER task_counts_delete",
+                "DROP TRIGGER task_stats_finish", "DROP INDEX tasks_by_name",
             ):  # fmt: skip
                 conn = sqlite3.connect(path / DB_FILENAME)
                 conn.execute(statement)

@@ -1183,8 +1183,10 @@ def test_sqlite_history_and_counts_survive_a_reopen_and_an_upgrade(storage: Stor
     # And a store from before the counts table fills it from its rows when upgraded
     conn = sqlite3.connect(store_dir / "liteq.sqlite3")
     with conn:
-        for trigger in ("task_counts_insert", "task_counts_delete", "task_counts_update", "task_stats_finish"):
-            conn.execute(f"DROP TRIGGER {trigger}")
+        # (the counts triggers of version 5, and those that replaced them in version 7)
+        for trigger in ("task_counts_insert", "task_counts_delete", "task_counts_update", "task_stats_finish",
+                        "task_counts_enter", "task_counts_leave"):  # fmt: skip
+            conn.execute(f"DROP TRIGGER IF EXISTS {trigger}")
         conn.execute("DROP TABLE task_counts")
         conn.execute("DROP TABLE task_stats")
         conn.execute("DROP INDEX tasks_by_name")
@@ -1195,6 +1197,47 @@ def test_sqlite_history_and_counts_survive_a_reopen_and_an_upgrade(storage: Stor
     with SqliteStorage(str(store_dir)) as upgraded:
         assert _nonzero(upgraded.counts()) == {"default": {PENDING: 1, SUCCEEDED: 1}}
         assert upgraded.page(states=[PENDING])[0].state == PENDING
+
+
+@pytest.mark.only_storage("sqlite")
+def test_sqlite_counts_stay_exact_across_the_upgrade_that_moved_active_counts_to_indexes(
+    storage: Storage, store_dir: Path
+) -> None:
+    import sqlite3
+
+    from liteq.storage.sqlite import SqliteStorage
+    from liteq.storage.sqlite.schema import MIGRATIONS, statements
+
+    storage.close()
+    # Given a version 6 store, whose triggers counted every state, with pending, running and finished tasks
+    old = store_dir.parent / "v6"
+    old.mkdir()
+    conn = sqlite3.connect(old / "liteq.sqlite3", isolation_level=None)
+    for version in range(6):
+        for statement in statements(MIGRATIONS[version]):
+            conn.execute(statement)
+    conn.execute("PRAGMA user_version = 6")
+    for i, state in enumerate([PENDING, PENDING, RUNNING, SUCCEEDED, FAILED]):
+        conn.execute(
+            "INSERT INTO tasks (id, name, queue, state, run_at, enqueued_at, payload) VALUES (?,?,?,?,?,?,?)",
+            (f"t{i}", "tasks.add", "default", PENDING, T0, T0, b"p"),
+        )
+        conn.execute("UPDATE tasks SET state = ? WHERE id = ?", (state, f"t{i}"))
+    conn.close()
+    # When it is opened by this liteq and its tasks move on
+    with SqliteStorage(str(old)) as upgraded:
+        expected = {"default": {PENDING: 2, RUNNING: 1, SUCCEEDED: 1, FAILED: 1}}
+        assert _nonzero(upgraded.counts()) == expected
+        task = claim_one(upgraded, now=T0 + 1)
+        finish(upgraded, task, now=T0 + 2)
+        upgraded.retry(["t4"], now=T0 + 3)
+        upgraded.purge(states=[SUCCEEDED])
+        # Then the counts still match the rows one by one
+        recount: dict[str, dict[str, int]] = {}
+        for r in upgraded.list(limit=1000):
+            recount.setdefault(r.queue, {}).setdefault(r.state, 0)
+            recount[r.queue][r.state] += 1
+        assert _nonzero(upgraded.counts()) == recount == {"default": {PENDING: 2, RUNNING: 1}}
 
 
 # -- canvas: cancel and manual retry of dependent tasks -------------------------------------------------
@@ -1247,3 +1290,21 @@ def test_retry_of_a_step_whose_dependency_stays_failed_is_refused(storage: Stora
     # A later step cannot run while the step it needs stays failed: it is not retried alone
     assert storage.retry([b], now=T0 + 3) == [False]
     assert row(storage, b).state == FAILED
+
+
+def test_capabilities_are_declared_and_keep_their_promise(storage: Storage, store_dir: Path) -> None:
+    """What differs between stores is declared on the class, and what is declared works."""
+    kind = type(storage).__name__
+    shared, wakeup, checkpoint = {
+        "SqliteStorage": (True, True, True),
+        "MemoryStorage": (False, False, False),
+        "RemoteStorage": (True, True, False),
+    }[kind]
+    assert (storage.shared_between_processes, storage.supports_cross_process_wakeup) == (shared, wakeup)
+    assert storage.supports_checkpoint is checkpoint
+    # Only a store in a local directory names it.
+    assert storage.local_path == (str(store_dir.resolve()) if kind == "SqliteStorage" else None)
+    if kind != "RemoteStorage":  # asking a remote store for its wake-up directory subscribes to pushes
+        assert (storage.wake_dir is not None) is wakeup
+    storage.checkpoint()  # a no-op where there is nothing to fold back, never an error
+    storage.skip_wake_in_this_thread("/nonexistent")

@@ -51,6 +51,7 @@ __all__ = [
     "check_lease",
     "check_new_tasks",
     "checked_outcomes",
+    "is_cascaded",
     "state_text",
 ]
 
@@ -64,6 +65,12 @@ EXPIRED = "expired"
 
 #: The reason of a task failed because a task it depends on (canvas) did not succeed, before its id.
 CASCADE_REASON = "dependency failed: "
+
+
+def is_cascaded(reason: str | None) -> bool:
+    """Whether a task failed only because a task it depends on did not succeed (``reason``)."""
+    return bool(reason and reason.startswith(CASCADE_REASON))
+
 
 #: Every state a task can be in, in life-cycle order.
 STATES: tuple[str, ...] = (PENDING, SCHEDULED, RUNNING, SUCCEEDED, FAILED, CANCELLED, EXPIRED)

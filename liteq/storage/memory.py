@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from ..exceptions import StorageError
 from ..ratelimit import admit
 from .base import (
+    CASCADE_REASON,
     FAILED,
     FINISHED_STATES,
     PENDING,
@@ -36,6 +37,7 @@ from .base import (
     check_lease,
     check_new_tasks,
     checked_outcomes,
+    is_cascaded,
 )
 
 __all__ = ["MemoryStorage"]
@@ -51,10 +53,6 @@ class _Entry:
     timeout: float | None = None
     soft_timeout: float | None = None
     rate_limit: float | None = None
-
-
-def _cascaded(reason: str | None) -> bool:
-    return bool(reason and reason.startswith("dependency failed: "))
 
 
 def _reopen(result_ttl: float) -> MemoryStorage:
@@ -110,8 +108,8 @@ class MemoryStorage(Storage):
                 self._holds.pop(dep_id, None)
                 d.row.error = e.row.error
                 reason = e.row.reason or ""
-                root = reason[len("dependency failed: ") :] if _cascaded(reason) else e.row.id
-                d.row.reason = f"dependency failed: {root}"
+                root = reason[len(CASCADE_REASON) :] if is_cascaded(reason) else e.row.id
+                d.row.reason = CASCADE_REASON + root
                 self._finish(d, FAILED, now)
 
     def _settle(self, e: _Entry, state: str, now: float, ttl: float | None = None) -> None:
@@ -215,7 +213,7 @@ class MemoryStorage(Storage):
         for dep_id in deps:
             d = self._tasks.get(dep_id)
             if d is not None and d.row.state in FINISHED_STATES - {"succeeded"}:
-                e.row.error, e.row.reason = d.row.error, f"dependency failed: {dep_id}"
+                e.row.error, e.row.reason = d.row.error, CASCADE_REASON + dep_id
                 self._finish(e, FAILED, now)
                 return
             # A dependency already gone (pruned after it finished) or succeeded is not waited for.
@@ -456,7 +454,7 @@ class MemoryStorage(Storage):
                 ok = id_ in chosen and e is not None
                 # A canvas step waits again for the steps it depends on that are retried with it (or
                 # still running); one whose dependency stays failed cannot run and is not retried.
-                cascaded = e is not None and _cascaded(e.row.reason)
+                cascaded = e is not None and is_cascaded(e.row.reason)
                 deps = [d for d in self._requires.get(id_, ()) if d in self._tasks] if cascaded else []
                 if ok and any(d not in chosen and self._tasks[d].row.state in FINISHED_STATES - {"succeeded"}
                               for d in deps):  # fmt: skip
@@ -563,13 +561,7 @@ class MemoryStorage(Storage):
                 and (queue is None or e.row.queue == queue)
                 and (name is None or e.row.name == name)
             ][offset : offset + limit]
-            out = []
-            for r in rows:
-                c = copy.copy(r)
-                c.payload = c.result = c.error = c.progress = None
-                c.errors = []
-                out.append(c)
-            return out
+            return [self._bare(r) for r in rows]
 
     def page(
         self,

@@ -19,7 +19,7 @@ from typing import Any
 from ..base import PENDING, STATES, StatsRow, TaskRow
 from .blobs import Blobs
 from .connection import Database
-from .schema import ROW_COLUMNS, chunks, marks
+from .schema import COUNTS, ROW_COLUMNS, chunks, marks
 
 __all__ = ["History", "names", "oldest_pending", "page", "stats", "task_row"]
 
@@ -233,8 +233,9 @@ class History:
     def counts(self) -> dict[str, dict[str, int]]:
         """``{queue: {state: n}}``; see :meth:`Storage.counts`."""
         out: dict[str, dict[str, int]] = {}
-        # Kept by triggers in each writing transaction (schema v4): no scan of the tasks.
-        for r in self.db.read("SELECT queue, state, n FROM task_counts WHERE n > 0"):
+        # Finished tasks are counted by triggers as they finish; active ones are read from their
+        # partial indexes, which hold only them (schema v7).
+        for r in self.db.read(COUNTS):
             out.setdefault(r["queue"], {})[r["state"]] = r["n"]
         return out
 

@@ -18,7 +18,6 @@ from typing import Any
 
 from ...wake import DONE, WORK
 from ..base import (
-    CASCADE_REASON,
     PENDING,
     SCHEDULED,
     ClaimedTask,
@@ -27,6 +26,7 @@ from ..base import (
     check_lease,
     check_new_tasks,
     checked_outcomes,
+    is_cascaded,
 )
 from .blobs import Blobs
 from .canvas import cascade, link
@@ -494,7 +494,7 @@ class Queue:
                     chunk,
                 ):
                     chosen.add(id_)
-                    if reason and reason.startswith(CASCADE_REASON):
+                    if is_cascaded(reason):
                         cascaded.add(id_)
             out: list[bool] = []
             refs: list[str | None] = []

@@ -19,7 +19,7 @@ T = TypeVar("T")
 
 DB_FILENAME = "liteq.sqlite3"
 BLOB_DIRNAME = "blobs"
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 DEFAULT_BUSY_TIMEOUT = 5.0
 WAL_AUTOCHECKPOINT_PAGES = 10_000
 DEFAULT_BLOB_THRESHOLD = 64 * 1024
@@ -200,6 +200,41 @@ ALTER TABLE workers ADD COLUMN state_since REAL;
 """
 
 #: ``MIGRATIONS[v]`` upgrades a store from version ``v`` to ``v + 1``.
+# Version 7: cheaper counts. Counting every state in triggers made each enqueue and claim pay for
+# rows in ``task_counts``; now only the finished states are kept there (a task enters one once,
+# in its completing transaction, and leaves it by a manual retry or a delete), and the active
+# states are counted from their partial indexes when read (:meth:`.history.History.counts`).
+# A task is never inserted finished, so no trigger watches inserts.
+_FINISHED = "('succeeded', 'failed', 'cancelled', 'expired')"
+_SCHEMA_V7 = f"""
+DROP TRIGGER task_counts_insert;
+DROP TRIGGER task_counts_delete;
+DROP TRIGGER task_counts_update;
+DELETE FROM task_counts WHERE state NOT IN {_FINISHED};
+CREATE TRIGGER task_counts_delete AFTER DELETE ON tasks WHEN OLD.state IN {_FINISHED} BEGIN
+    UPDATE task_counts SET n = n - 1 WHERE queue = OLD.queue AND state = OLD.state;
+END;
+CREATE TRIGGER task_counts_leave AFTER UPDATE OF state, queue ON tasks
+WHEN OLD.state IN {_FINISHED} AND (OLD.state IS NOT NEW.state OR OLD.queue IS NOT NEW.queue) BEGIN
+    UPDATE task_counts SET n = n - 1 WHERE queue = OLD.queue AND state = OLD.state;
+END;
+CREATE TRIGGER task_counts_enter AFTER UPDATE OF state, queue ON tasks
+WHEN NEW.state IN {_FINISHED} AND (OLD.state IS NOT NEW.state OR OLD.queue IS NOT NEW.queue) BEGIN
+    INSERT INTO task_counts (queue, state, n) VALUES (NEW.queue, NEW.state, 1)
+        ON CONFLICT (queue, state) DO UPDATE SET n = n + 1;
+END;
+"""
+
+#: ``queue, state, n`` for every state: the active states counted from their partial indexes
+#: (``tasks_pending``, ``tasks_scheduled``, ``tasks_running``), the finished ones read from
+#: ``task_counts``; one statement, so one snapshot.
+COUNTS = """
+SELECT queue, 'pending' AS state, count(*) AS n FROM tasks WHERE state = 'pending' GROUP BY queue
+UNION ALL SELECT queue, 'scheduled' AS state, count(*) AS n FROM tasks WHERE state = 'scheduled' GROUP BY queue
+UNION ALL SELECT queue, 'running' AS state, count(*) AS n FROM tasks WHERE state = 'running' GROUP BY queue
+UNION ALL SELECT queue, state, n FROM task_counts WHERE n > 0
+"""
+
 MIGRATIONS: dict[int, str] = {
     0: _SCHEMA_V1,
     1: _SCHEMA_V2,
@@ -207,6 +242,7 @@ MIGRATIONS: dict[int, str] = {
     3: _SCHEMA_V4,
     4: _SCHEMA_V5,
     5: _SCHEMA_V6,
+    6: _SCHEMA_V7,
 }
 #: How long fired periodic slots are remembered (a slot older than this can no longer race).
 SLOT_MEMORY = 7 * 86400.0
