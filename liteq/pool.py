@@ -10,7 +10,7 @@ heartbeat, scheduled task). It:
   memory does not grow with the backlog;
 - hands each child up to ``child_depth`` tasks (the next one waits in the pipe, so a child never
   idles on a round trip); the head of a child's queue is the running task. By default a child
-  whose tasks run in a blink gets up to ``SHORT_TASK_DEPTH`` while a backlog lasts, several in
+  whose tasks run in a blink gets up to ``liteq.dispatch.SHORT_TASK_DEPTH`` while a backlog lasts, several in
   one pipe message, so the pipe is not the bottleneck of a drain;
 - writes the outcomes that arrive together in one transaction, guarded by lease tokens;
 - extends the leases it holds every ``lease / 3`` seconds and records a heartbeat;
@@ -54,12 +54,13 @@ from .children import (
     readable,
 )
 from .coroutine_feed import CoroutineFeed
+from .dispatch import DEFAULT_CHILD_DEPTH, Dispatch
 from .events import EventWait
 from .exceptions import ConfigurationError, LiteQError
 from .health import PoolState
-from .liveness import CANCEL_GRACE, Watchdog
+from .liveness import Watchdog
 from .message import ErrorInfo, new_id
-from .pool_protocol import KillReason, Kind, StopLevel, outcome_from, send, task_fields
+from .pool_protocol import KillReason, Kind, StopLevel, outcome_from, send
 from .reclaim import recover_local_leases
 from .runtime import HasRuntime, Runtime, runtime_of
 from .scheduler import Scheduler
@@ -74,16 +75,6 @@ logger = logging.getLogger("liteq.pool")
 
 #: Seconds between heartbeats recorded in the store (``liteq status`` shows live workers).
 HEARTBEAT_INTERVAL = 5.0
-#: An idle pool looks at the store at least this often even without a wake-up (the fallback).
-IDLE_POLL_INTERVAL = 1.0
-#: Prefetch grows up to this many tasks per child while claims keep coming back full.
-MAX_PREFETCH_PER_CHILD = 32
-#: Tasks handed to one child at once unless the user says otherwise.
-DEFAULT_CHILD_DEPTH = 2
-#: A task that ran shorter than this many seconds (as seen by the supervisor) is short: while a
-#: backlog lasts, its child gets up to SHORT_TASK_DEPTH tasks at once.
-SHORT_TASK = 0.002
-SHORT_TASK_DEPTH = 16
 #: Seconds running tasks get to finish after a stop request.
 DEFAULT_SHUTDOWN_TIMEOUT = 30.0
 #: Seconds to wait for children to start before giving up.
@@ -100,8 +91,8 @@ class WorkerPool:
     - ``queues``: queues to serve (default: every queue the app's tasks use).
     - ``start_method``: ``fork``, ``forkserver`` or ``spawn`` (default per platform, see module doc).
     - ``prefetch``: tasks claimed ahead beyond what the children hold (default: ``concurrency``).
-    - ``child_depth``: tasks handed to one child at once (default 2, and up to ``SHORT_TASK_DEPTH``
-      for a child whose last task took under ``SHORT_TASK`` while claims come back full; 1 with hard
+    - ``child_depth``: tasks handed to one child at once (default 2, and up to ``liteq.dispatch.SHORT_TASK_DEPTH``
+      for a child whose last task took under ``liteq.dispatch.SHORT_TASK`` while claims come back full; 1 with hard
       time limits in play keeps the next task from waiting behind a slow one).
     - ``shutdown_timeout``: seconds running tasks get to finish on a graceful stop.
     - ``max_tasks_per_child`` / ``max_memory_per_child`` (bytes): recycle children.
@@ -182,10 +173,7 @@ class WorkerPool:
             # Children fork from a server that has already imported liteq: fast, thread-free starts.
             self.ctx.set_forkserver_preload(["liteq", "liteq.child", "liteq.worker"])
         self.prefetch = concurrency if prefetch is None else max(0, prefetch)
-        self._prefetch = self.prefetch
         self.child_depth = child_depth or DEFAULT_CHILD_DEPTH
-        # Deeper queues only for short tasks, and only if the user left the depth to us.
-        self._short_depth = SHORT_TASK_DEPTH if child_depth is None else self.child_depth
         self.lease = float(lease if lease is not None else getattr(app, "lease", DEFAULT_LEASE))
         self.shutdown_timeout = float(shutdown_timeout)
         self.max_tasks_per_child = max_tasks_per_child
@@ -199,7 +187,6 @@ class WorkerPool:
         )
         self.reload = reload
         self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{new_id()[-8:]}"
-        self._limits = runtime.registry.rate_limits()
         self.scheduler = Scheduler(runtime) if scheduler and runtime.registry.schedules else None
         self.upkeep = Upkeep(
             self.id,
@@ -212,14 +199,24 @@ class WorkerPool:
         )
         self.health = self.upkeep.health
         self.children: list[Child] = []
-        self.buffer: collections.deque[ClaimedTask] = collections.deque()
-        self._cancelled: set[str] = set()  # held, unstarted tasks whose cancel was requested
+        self.dispatch = Dispatch(
+            self.id,
+            self.storage,
+            self.upkeep,
+            self.watchdog,
+            self.children,
+            concurrency=concurrency,
+            queues=self.queues,
+            lease=self.lease,
+            limits=runtime.registry.rate_limits(),
+            prefetch=self.prefetch,
+            child_depth=child_depth,
+            max_tasks_per_child=max_tasks_per_child,
+            stopping=lambda: bool(self._stop_level),
+        )
         self._stop_level = StopLevel.RUNNING
         self._stop_deadline = 0.0
         self._draining = False  # an operator's drain: claim nothing more, stop once idle
-        self._maybe_work = True
-        self._next_scheduled: float | None = None
-        self._last_claim = 0.0
         self._reload_pending = False
         self._events = EventWait()
         self._checkpoints = Checkpointer(self.storage, inline=self.start_method == "fork")
@@ -393,8 +390,8 @@ class WorkerPool:
         """One supervisor iteration: handle messages and deaths, write outcomes, claim, assign,
         extend leases, wait for the next event. Returns False once the pool has stopped."""
         mono = time.monotonic()
-        if not self._stop_level and self.health.ok and self.buffer:
-            self._assign()  # children run their next tasks while the outcomes are written
+        if not self._stop_level and self.health.ok and self.dispatch.buffer:
+            self.dispatch.assign()  # children run their next tasks while the outcomes are written
         self.upkeep.flush_if_ok()  # a producer is waiting for these
         self._obey(self.storage.pending_commands())
         if self._stop_level:
@@ -404,14 +401,14 @@ class WorkerPool:
             # Degraded, nothing new starts: a buffered task's lease cannot be extended now, and
             # running it after the lease ran out could run it twice.
             self.upkeep.confirm_leases(mono)
-            self._assign()
+            self.dispatch.assign()
             if not self._draining:
-                self._claim(mono)
-            self._assign()
+                self.dispatch.claim(mono)
+            self.dispatch.assign()
         self._timers(mono)
         if self.upkeep.more_work:
             self.upkeep.more_work = False
-            self._maybe_work = True
+            self.dispatch.maybe_work = True
         self._poll(self._timeout(time.monotonic()))
         return True
 
@@ -428,7 +425,7 @@ class WorkerPool:
                 self.drain()
             elif command == "stop":
                 self.stop()
-        if self._draining and not self._stop_level and not self.buffer and not self.busy():
+        if self._draining and not self._stop_level and not self.dispatch.buffer and not self.busy():
             self.stop()
 
     def _poll(self, timeout: float) -> None:
@@ -436,7 +433,7 @@ class WorkerPool:
         dead: list[Child] = []
         for kind, c in self._events.wait(timeout, self.children):
             if kind == "waker":
-                self._maybe_work = True
+                self.dispatch.maybe_work = True
             elif kind == "conn":
                 self._receive(c)
             elif c not in dead:
@@ -465,7 +462,7 @@ class WorkerPool:
         elif kind == Kind.PROGRESS:
             self.upkeep.progress[message[1]] = (message[2], message[3])
         elif kind == Kind.RETURNED:
-            self._returned(c, message[1])
+            self.dispatch.returned(c, message[1])
         elif kind == Kind.READY:
             c.ready = True
             c.pid = message[1]
@@ -501,32 +498,7 @@ class WorkerPool:
             return  # one child at a time; the others are checked again after their next task
         logger.info("recycling child %s: it %s", c.pid, why)
         c.retiring = True
-        self._requeue_unstarted(c)
-
-    def _requeue_unstarted(self, c: Child, only: set[str] | None = None) -> None:
-        """Ask a live child for the tasks queued in its pipe behind the running one (or those of
-        them in ``only``).
-
-        They stay in ``c.queue`` until the child answers: each comes back (``returned``) or has
-        started by then (its ``done`` follows). Taking them back without asking would let the
-        child run a task that another worker also runs.
-        """
-        ids = [t.id for t in list(c.queue)[1:] if t.id not in c.revoking and (only is None or t.id in only)]
-        if not ids:
-            return
-        c.revoking.update(ids)
-        send(c.conn, Kind.REVOKE, ids)  # if the child is gone, _buried takes its queue back
-
-    def _returned(self, c: Child, ids: list[str]) -> None:
-        back = set(ids)
-        kept: collections.deque[ClaimedTask] = collections.deque()
-        for t in c.queue:
-            if t.id in back:
-                self.buffer.appendleft(t)
-            else:
-                kept.append(t)
-        c.queue = kept
-        c.revoking.difference_update(ids)
+        self.dispatch.requeue_unstarted(c)
 
     def _buried(self, c: Child) -> None:
         """A child process exited: record its running task's fate and start a replacement."""
@@ -538,7 +510,7 @@ class WorkerPool:
             c.queue.remove(task)
             self.upkeep.outcomes.append(lost_outcome(c, task, code, self.watchdog.time_limit(task)))
         while c.queue:
-            self.buffer.appendleft(c.queue.pop())
+            self.dispatch.buffer.appendleft(c.queue.pop())
         self._events.unwatch(c)
         c.conn.close()
         if c in self.children:
@@ -552,91 +524,6 @@ class WorkerPool:
 
     # -- claiming and assigning ---------------------------------------------------------------------
 
-    def _capacity(self) -> int:
-        # A child holding only coroutine tasks has room for its free coroutine room.
-        coroutines = self.feed.any_async()
-        return sum(
-            max(0, self.feed.depth(c, self._depth_for(c), coroutines, self.feed.syncs(c)) - len(c.queue))
-            for c in self.children
-            if c.ready and not c.retiring and not c.kill_reason
-        )
-
-    def _claim(self, mono: float) -> None:
-        room = self._capacity()
-        want = room + self._prefetch - len(self.buffer)
-        if want <= 0:
-            return
-        if room <= len(self.buffer) and len(self.buffer) > self._prefetch // 2:
-            return  # enough in hand: refill in batches when half is used, not one task at a time
-        due = self._next_scheduled is not None and self.upkeep.clock() >= self._next_scheduled
-        if not (self._maybe_work or due or mono - self._last_claim >= IDLE_POLL_INTERVAL):
-            return
-        self._last_claim = mono
-        claimed: list[ClaimedTask] = []
-        with self.health.guard("claim") as guard:
-            claimed = self.storage.claim(
-                self.id, self.queues, limit=want, lease=self.lease, now=self.upkeep.clock(), limits=self._limits or None
-            )
-        if guard.failed:
-            self._maybe_work = True  # look again as soon as the store is back
-            return
-        self._maybe_work = False
-        self.buffer.extend(claimed)
-        if len(claimed) == want:
-            self._maybe_work = True  # probably more where these came from
-            self._next_scheduled = None
-            # A backlog: claim bigger batches (fewer transactions per task), up to a bound.
-            self._prefetch = min(max(self._prefetch * 2, 1), MAX_PREFETCH_PER_CHILD * self.concurrency)
-        else:
-            self._prefetch = self.prefetch
-            with self.health.guard("claim"):
-                self._next_scheduled = self.storage.next_run_at(self.queues)
-
-    def _assign(self) -> None:
-        self._drop_cancelled()
-        if not self.buffer:
-            return
-        # Level by level: every idle child gets a task before any child gets a second one.
-        depth = {id(c): self._depth_for(c) for c in self.children if c.ready and not c.retiring and not c.kill_reason}
-        # Coroutine tasks join a child that runs only coroutines, up to its room (coroutine_feed).
-        syncs = {id(c): self.feed.syncs(c) for c in self.children}
-        levels = max([self._short_depth, *(c.async_limit for c in self.children)])
-        handed: dict[int, tuple[Child, list[ClaimedTask]]] = {}
-        for level in range(1, levels + 1):
-            for c in self.children:
-                if not self.buffer:
-                    break
-                coroutine = self.feed.is_async(self.buffer[0].name)
-                room = self.feed.depth(c, depth.get(id(c), 0), coroutine, syncs[id(c)])
-                if len(c.queue) >= min(level, room):
-                    continue
-                task = self.buffer.popleft()
-                if not c.queue:
-                    c.started = c.answered = time.monotonic()
-                c.queue.append(task)
-                syncs[id(c)] += not coroutine
-                handed.setdefault(id(c), (c, []))[1].append(task)
-                depth[id(c)] = self._depth_for(c)  # a task with a hard limit ahead caps the queue
-        # One message per child, whatever it was handed.
-        for c, tasks in handed.values():
-            if not send(c.conn, Kind.RUN, [task_fields(t) for t in tasks]):
-                for t in reversed(tasks):
-                    c.queue.remove(t)
-                    self.buffer.appendleft(t)
-
-    def _depth_for(self, c: Child) -> int:
-        if c.cancel_id:
-            return 0
-        if self.max_tasks_per_child and c.done + len(c.queue) >= self.max_tasks_per_child:
-            return 0  # it retires after the tasks it has
-        # A task behind one with a hard limit would wait out that limit: queue only one then.
-        head = c.head
-        if head is not None and self.watchdog.time_limit(head) is not None:
-            return 1
-        if c.last_run < SHORT_TASK and self._prefetch > self.prefetch:
-            return self._short_depth  # a backlog of short tasks: batch them
-        return self.child_depth
-
     # -- timers ---------------------------------------------------------------------------------------
 
     def _timers(self, mono: float) -> None:
@@ -647,7 +534,7 @@ class WorkerPool:
             self._reload_pending = False
             for c in self.children:
                 c.retiring = True
-                self._requeue_unstarted(c)
+                self.dispatch.requeue_unstarted(c)
         for c in self.children:
             if self.max_tasks_per_child and c.done >= self.max_tasks_per_child and not c.retiring:
                 self._retire(c, f"ran {c.done} tasks")  # postponed while another child retired
@@ -657,9 +544,26 @@ class WorkerPool:
 
     # -- what the upkeep asks (liteq.upkeep.Holder) ----------------------------------------------------
 
+    @property
+    def buffer(self) -> collections.deque[ClaimedTask]:
+        """Claimed tasks no child holds yet."""
+        return self.dispatch.buffer
+
     def held(self) -> list[ClaimedTask]:
         """Every task this pool holds a lease on: buffered, queued in a child, running."""
-        return [*self.buffer, *(t for c in self.children for t in c.queue)]
+        return self.dispatch.held()
+
+    def drop_lost(self, ids: set[str]) -> int:
+        """Forget buffered (unstarted) tasks whose lease passed to another pool; return how many."""
+        return self.dispatch.drop_lost(ids)
+
+    def probe(self) -> None:
+        """Claim what there is room for (a degraded pool's last retry step); a read when full."""
+        self.dispatch.probe()
+
+    def check_cancels(self) -> None:
+        """Stop running tasks whose cancel was requested, and drop such tasks not started yet."""
+        self.dispatch.check_cancels()
 
     def _enforce_limits(self, mono: float) -> None:
         for c, reason in self.watchdog.verdicts(self.children, mono):
@@ -667,90 +571,9 @@ class WorkerPool:
         for c in self.watchdog.to_ping(self.children, mono):
             send(c.conn, Kind.PING)  # a dead child: its sentinel says so
 
-    def drop_lost(self, ids: set[str]) -> int:
-        """Forget buffered (unstarted) tasks whose lease passed to another pool; return how many."""
-        kept = collections.deque(t for t in self.buffer if t.id not in ids)
-        dropped = len(self.buffer) - len(kept)
-        self.buffer = kept
-        return dropped
-
     def busy(self) -> bool:
         """True while any child holds a task."""
         return any(c.queue for c in self.children)
-
-    def probe(self) -> None:
-        """Claim what there is room for (a degraded pool's last retry step); a read when full."""
-        room = self._capacity() + self._prefetch - len(self.buffer)
-        if room > 0 and not self._stop_level:
-            self.buffer.extend(
-                self.storage.claim(
-                    self.id, self.queues, limit=room, lease=self.lease, now=self.upkeep.clock(),
-                    limits=self._limits or None,
-                )
-            )  # fmt: skip
-        else:
-            self.storage.next_run_at(self.queues)
-
-    def check_cancels(self) -> None:
-        """Stop running tasks whose cancel was requested, and drop such tasks not started yet."""
-        running = {
-            t.id: c
-            for c in self.children
-            if not c.kill_reason and not c.cancel_id
-            for t in self.feed.running(c)
-            if t.id not in c.cancels
-        }
-        # Tasks held but not started (in the buffer, or queued in a child's pipe) are checked too:
-        # a cancel that arrives after the claim must stop them from starting at all.
-        held = self.held()
-        self._cancelled &= {t.id for t in held}  # forget those that ended meanwhile
-        heads = {t.id for c in self.children for t in self.feed.running(c)}
-        waiting = [t.id for t in held if t.id not in heads and t.id not in self._cancelled]
-        if not running and not waiting:
-            return
-        for row in self.storage.get([*running, *waiting]):
-            if row is None or not row.cancel_requested:
-                continue
-            if row.id not in running:
-                self._cancelled.add(row.id)
-                continue
-            c = running[row.id]
-            if self.feed.is_async(row.name):
-                # A coroutine: TaskCancelled is raised inside it on the child's loop; the child is
-                # killed (its other coroutines retried) only if it does not stop within the grace.
-                logger.warning("task %s cancelled while running: stopping it in child %s", row.id, c.pid)
-                c.cancels[row.id] = time.monotonic() + CANCEL_GRACE
-                send(c.conn, Kind.CANCEL, row.id)
-                continue
-            # Ask first (TaskCancelled is raised inside the task, which may clean up), kill after a grace.
-            logger.warning("task %s cancelled while running: stopping it in child %s", row.id, c.pid)
-            c.cancel_id, c.cancel_deadline = row.id, time.monotonic() + CANCEL_GRACE
-            self._requeue_unstarted(c)
-            try:
-                os.kill(c.process.pid, signal.SIGUSR1)
-            except (ProcessLookupError, TypeError):
-                pass
-        if self._cancelled:
-            for c in self.children:
-                self._requeue_unstarted(c, only=self._cancelled)  # back to the buffer, then dropped
-            self._drop_cancelled()
-
-    def _drop_cancelled(self) -> None:
-        """Record unstarted tasks whose cancel was requested as cancelled instead of running them."""
-        if not self._cancelled or not self.buffer:
-            return
-        kept: collections.deque[ClaimedTask] = collections.deque()
-        for t in self.buffer:
-            if t.id in self._cancelled:
-                self._cancelled.discard(t.id)
-                info = ErrorInfo("liteq.exceptions.TaskCancelled", "cancelled before it started")
-                self.upkeep.outcomes.append(
-                    Outcome(t.id, t.lease_token, CANCELLED, error=info.encode(), reason="cancelled")
-                )
-                logger.info("task %s cancelled before it started: not running it", t.id)
-            else:
-                kept.append(t)
-        self.buffer = kept
 
     def _kill(self, c: Child, reason: KillReason) -> None:
         # Its queued tasks come back when the child is buried; killed, it cannot start them.
@@ -762,17 +585,14 @@ class WorkerPool:
 
     def _timeout(self, mono: float) -> float:
         deadlines = self.upkeep.deadlines(mono) + self.watchdog.deadlines(self.children)
-        healthy = self.health.ok
         if self._stop_level:
             deadlines.append(self._stop_deadline)
-            if healthy and (self.upkeep.outcomes or self.buffer):
+            if self.health.ok and (self.upkeep.outcomes or self.dispatch.buffer):
                 return 0.0
-        elif healthy and self._capacity() > 0:
-            if self._maybe_work and not self.buffer:
-                return 0.0
-            deadlines.append(self._last_claim + IDLE_POLL_INTERVAL)
-            if self._next_scheduled is not None:
-                deadlines.append(mono + max(self._next_scheduled - self.upkeep.clock(), 0.0))
+        else:
+            claim_at = self.dispatch.claim_deadline(mono)
+            if claim_at is not None:
+                deadlines.append(claim_at)
         if self.upkeep.urgent(mono):
             return 0.0
         return max(min(deadlines) - mono, 0.0)
@@ -786,9 +606,9 @@ class WorkerPool:
             logger.info("worker %s stopping: waiting up to %ss for running tasks", self.id, self.shutdown_timeout)
         # Unstarted tasks go back at once, uncounted, so another pool can take them.
         for c in self.children:
-            self._requeue_unstarted(c)
-        if self.buffer and self.upkeep.release(list(self.buffer)):
-            self.buffer.clear()
+            self.dispatch.requeue_unstarted(c)
+        if self.dispatch.buffer and self.upkeep.release(list(self.dispatch.buffer)):
+            self.dispatch.buffer.clear()
         force = self._stop_level >= StopLevel.NOW or mono >= self._stop_deadline
         for c in list(self.children):
             if c.head is None and not c.kill_reason:
@@ -804,7 +624,7 @@ class WorkerPool:
             level = self._stop_level
             # Ride out store errors for up to shutdown_timeout more, or until a second stop request.
             if self.upkeep.final_writes(self.shutdown_timeout, gave_up=lambda: self._stop_level > level):
-                self.buffer.clear()
+                self.dispatch.buffer.clear()
         finally:
             self._kill_all()
             self._teardown()

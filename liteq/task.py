@@ -91,8 +91,8 @@ class Task(Generic[P, R]):
     async def adelay(self, *args: P.args, **kwargs: P.kwargs) -> Result:
         """:meth:`delay` from a coroutine: the store write runs off the event loop (see
         :mod:`liteq.aio`); concurrent calls share one transaction."""
-        result: Result = await aio.send(self, args, kwargs, {})
-        return result
+        producer = self.app.producer
+        return Result(producer.owner, await aio.send(producer, self, args, kwargs, {}))
 
     async def aapply_async(
         self, args: tuple[Any, ...] | list[Any] = (), kwargs: dict[str, Any] | None = None, **options: Any
@@ -104,8 +104,8 @@ class Task(Generic[P, R]):
             raise ConfigurationError(
                 f"aapply_async() got unknown option(s) {unknown}; it takes {sorted(_call_options())}"
             )
-        result: Result = await aio.send(self, tuple(args), dict(kwargs or {}), options)
-        return result
+        producer = self.app.producer
+        return Result(producer.owner, await aio.send(producer, self, tuple(args), dict(kwargs or {}), options))
 
     def repeat(
         self,
