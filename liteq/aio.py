@@ -221,9 +221,14 @@ class _Watch:
         interval = 0.001
         try:
             # Bound before the first read: a task that finishes after the read still wakes us.
-            self.waker = await run(self._bind)
-            if self.waker is not None:
-                self.loop.add_reader(self.waker.fileno(), self._readable)
+            waker = await run(self._bind)
+            if waker is not None:
+                try:
+                    self.loop.add_reader(waker.fileno(), self._readable)
+                except NotImplementedError:
+                    waker.close()  # a loop without add_reader (Windows' proactor): re-read on the interval
+                else:
+                    self.waker = waker
             while True:
                 self._prune()
                 if not self.waiting:

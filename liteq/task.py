@@ -15,7 +15,7 @@ from .canvas import Signature, TaskHost, group
 from .context import current
 from .exceptions import ConfigurationError
 from .inputs import now_plus, seconds, to_epoch
-from .options import DEFAULT_LOST_RETRIES, PER_CALL, TaskOptions, options_doc
+from .options import DEFAULT_LOST_RETRIES, PER_CALL, TaskOptions, check_call_options, options_doc
 from .producer import Sendable
 from .result import GroupResult, Result
 
@@ -99,11 +99,7 @@ class Task(Generic[P, R]):
     ) -> Result:
         """:meth:`apply_async` from a coroutine; ``options`` are :meth:`apply_async`'s (``countdown``,
         ``eta``, ``priority``, ``queue``...). Never blocks the event loop."""
-        unknown = sorted(set(options) - _call_options())
-        if unknown:
-            raise ConfigurationError(
-                f"aapply_async() got unknown option(s) {unknown}; it takes {sorted(_call_options())}"
-            )
+        check_call_options(options)  # here, not in the executor: a misspelt option fails at once
         producer = self.app.producer
         return Result(producer.owner, await aio.send(producer, self, tuple(args), dict(kwargs or {}), options))
 
@@ -168,11 +164,6 @@ class Task(Generic[P, R]):
 
 
 Task.apply_async.__doc__ = (Task.apply_async.__doc__ or "") + options_doc(PER_CALL.values())
-
-
-def _call_options() -> frozenset[str]:
-    """The per-call option names of :meth:`Task.apply_async` (what ``aapply_async`` accepts)."""
-    return frozenset(PER_CALL)
 
 
 def _task_by_name(app: TaskHost, name: str) -> Sendable:
