@@ -114,3 +114,17 @@ async def total(values: list[int]) -> int:
     """The sum of a group's results (a chord's body)."""
     await asyncio.sleep(0)
     return sum(values)
+
+
+async def astamp(key: str, index: int, log: str, duration: float = 0.0) -> int:
+    """Log ``start``/``end`` lines with wall times around ``await asyncio.sleep(duration)``."""
+    append_line(log, f"stamp start {key} {index} {time.time():.6f}")
+    await asyncio.sleep(duration)
+    append_line(log, f"stamp end {key} {index} {time.time():.6f}")
+    return index
+
+
+async def tick(log: str) -> None:
+    """A periodic coroutine: log one line per run."""
+    await asyncio.sleep(0)
+    append_line(log, f"tick {time.time():.6f}")

@@ -3,6 +3,7 @@ guarantee a sync task has. Real pools, real processes and signals; waits poll st
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import time
@@ -303,3 +304,75 @@ def test_async_concurrency_is_validated(make_app: Callable[..., LiteQ]) -> None:
 
 
 _ = (SoftTimeLimit, TaskFailed)
+
+
+# -- unique, lock, rate limit, periodic: enforced by the store and the scheduler, as for sync tasks --
+
+
+def _stamps(path: Path) -> list[tuple[float, float]]:
+    starts: dict[str, float] = {}
+    out = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        _, edge, key, index, at = line.split()
+        if edge == "start":
+            starts[f"{key}.{index}"] = float(at)
+        else:
+            out.append((starts[f"{key}.{index}"], float(at)))
+    return sorted(out)
+
+
+def test_unique_async_task_returns_the_waiting_one(make_app: Callable[..., LiteQ]) -> None:
+    app = make_app()
+    add = app.task(unique=True)(aio_tasks.add)
+    first = add.apply_async((1, 2), countdown=600)
+    assert add.delay(1, 2).id == first.id
+
+
+def test_lock_true_async_tasks_never_overlap_in_one_child(make_app: Callable[..., LiteQ], tmp_path: Path) -> None:
+    log = tmp_path / "stamps.log"
+    app = make_app()
+    locked = app.task(lock=True)(aio_tasks.astamp)
+    results = [locked.delay("k", i, str(log), 0.1) for i in range(4)]
+    with running_pool(app, concurrency=1, start_method="fork"):
+        assert sorted(r.get(timeout=30) for r in results) == [0, 1, 2, 3]
+    runs = _stamps(log)
+    assert len(runs) == 4
+    assert all(a[1] <= b[0] for a, b in itertools.pairwise(runs)), runs
+
+
+def test_rate_limited_async_tasks_start_at_the_rate(make_app: Callable[..., LiteQ], tmp_path: Path) -> None:
+    log = tmp_path / "stamps.log"
+    app = make_app()
+    limited = app.task(rate_limit="5/s")(aio_tasks.astamp)
+    results = [limited.delay("r", i, str(log)) for i in range(6)]
+    with running_pool(app, concurrency=1, start_method="fork"):
+        assert sorted(r.get(timeout=30) for r in results) == list(range(6))
+    rows = app.storage.get([r.id for r in results])
+    claimed = sorted(r.started_at for r in rows if r is not None and r.started_at is not None)
+    assert len(claimed) == 6
+    assert min(b - a for a, b in itertools.pairwise(claimed)) >= 0.2 - 1e-3
+
+
+def test_periodic_async_task_fires_in_a_pool(make_app: Callable[..., LiteQ], tmp_path: Path) -> None:
+    log = tmp_path / "ticks.log"
+    app = make_app()
+    app.periodic(every=0.2, args=(str(log),))(aio_tasks.tick)
+    with running_pool(app, concurrency=1, start_method="fork"):
+        wait_for(lambda: log.exists() and len(log.read_text().splitlines()) >= 2, 30, "two periodic runs")
+
+
+def test_cli_worker_passes_async_concurrency(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from liteq.app import LiteQ as App
+    from liteq.cli import EXIT_OK, EXIT_USAGE, main
+
+    seen: dict[str, object] = {}
+
+    def fake_run_worker(self: App, concurrency: int | None = None, **options: object) -> None:
+        seen.update(options)
+
+    monkeypatch.setattr(App, "run_worker", fake_run_worker)
+    store = tmp_path / "store"
+    App(store).close()
+    assert main(["worker", str(store), "--async-concurrency", "7"]) == EXIT_OK
+    assert seen["async_concurrency"] == 7
+    assert main(["worker", str(store), "--async-concurrency", "0"]) == EXIT_USAGE
