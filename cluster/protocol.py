@@ -109,19 +109,19 @@ def _refuse_ext(code: int, data: bytes) -> Any:
 
 
 def _check_depth(value: Any, max_depth: int) -> None:
-    # Iterative, so a hostile frame cannot make this check itself recurse too deep.
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict):
-            children: Any = list(item.values())
-        elif isinstance(item, list):
-            children = item
-        else:
-            continue
+    # Level by level and iterative, so a hostile frame cannot make this check itself recurse too
+    # deep; only containers are carried to the next level (a batch is mostly scalars).
+    level: list[Any] = [value]
+    depth = 1
+    while level:
         if depth > max_depth:
             raise ProtocolError(f"a frame nests deeper than {max_depth} levels", ours=False)
-        stack.extend((child, depth + 1) for child in children)
+        below: list[Any] = []
+        for item in level:
+            children = item.values() if type(item) is dict else item
+            below += [c for c in children if type(c) is dict or type(c) is list]
+        level = below
+        depth += 1
 
 
 def decode_body(body: bytes, limits: Limits = DEFAULT_LIMITS) -> dict[str, Any]:

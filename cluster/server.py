@@ -54,6 +54,22 @@ TICK_INTERVAL = 0.5
 PRUNE_INTERVAL = 60.0
 #: Enqueue replies remembered for retries of the same request (an idempotency key per request).
 REPLAY_MEMORY = 10_000
+#: Operations the event loop may run itself while the store thread is idle (see Server._submit):
+#: the short calls of producers and pools, each with few items. Everything else (listings,
+#: statistics, big batches) goes to the store thread, so the loop never stalls on a long call.
+INLINE_OPS = frozenset(
+    {
+        "enqueue", "claim", "extend", "complete", "release", "get", "heartbeat", "register_worker",
+        "unregister_worker", "set_progress", "cancel", "retry", "next_run_at", "group_members",
+    }
+)  # fmt: skip
+INLINE_MAX_ITEMS = 64
+#: Jobs the loop runs in one turn at most; more arriving at once is load: the store thread groups them.
+INLINE_TURN_MAX = 16
+#: A turn the loop ran that took this long (a lock held by a local pool on the same store, a slow
+#: disk) stalled every connection: the loop then leaves all calls to the store thread for a while.
+INLINE_SLOW = 0.02
+INLINE_PAUSE = 10.0
 #: What an operator can send a worker (``liteq control``): stop claiming and exit once idle; stop.
 WORKER_COMMANDS = ("drain", "stop")
 _READ_SIZE = 256 * 1024
@@ -142,14 +158,30 @@ class StoreThread:
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="liteq-store", daemon=True)
         self.busy = False
+        # One turn at a time, in this thread or (run_here) in the event loop's.
+        self._lock = threading.Lock()
+        self._submitted = 0  # counted by the submitting (event loop) thread only
+        self._finished = 0  # counted by the store thread only
 
     def start(self) -> None:
         """Start the thread."""
         self._thread.start()
 
     def submit(self, job: _Job) -> None:
-        """Queue a job; its ``done`` is called from the store thread."""
+        """Queue a job; its ``done`` is called from the store thread. Call from one thread only."""
+        self._submitted += 1
         self._jobs.put(job)
+
+    def run_here(self, jobs: list[_Job]) -> str | None:
+        """Run ``jobs`` as one turn in the calling thread, if the store thread is idle with no job
+        queued (so none submitted earlier is overtaken); return the wake-up kinds it caused, or None
+        when the jobs must be submitted instead. Call from the thread that submits."""
+        if self._submitted != self._finished or not self._lock.acquire(blocking=False):
+            return None
+        try:
+            return self._turn(jobs)
+        finally:
+            self._lock.release()
 
     def stop(self) -> None:
         """Finish the queued jobs, then end the thread (call :meth:`join` to wait)."""
@@ -175,11 +207,13 @@ class StoreThread:
                     stopping = True
                     break
                 jobs.append(job)
-            self.busy = True
-            try:
-                kinds = self._turn(jobs)
-            finally:
-                self.busy = False
+            with self._lock:
+                self.busy = True
+                try:
+                    kinds = self._turn(jobs)
+                finally:
+                    self.busy = False
+            self._finished += len(jobs)
             if kinds:
                 self._on_write(kinds)
 
@@ -316,6 +350,9 @@ class Server:
         self._parked: list[_Parked] = []
         self._leases: dict[str, dict[str, tuple[str, float]]] = collections.defaultdict(dict)
         self._commands: dict[str, str] = {}
+        self._batch: list[_Job] = []  # small jobs received in this loop iteration (see _submit)
+        self._loop_thread = 0
+        self._inline_after = 0.0  # monotonic time before which the loop runs no store call itself
         self._worker_conns: dict[str, _Conn] = {}
         self._replies: collections.OrderedDict[str, list[str]] = collections.OrderedDict()
         self._closing = False
@@ -328,6 +365,7 @@ class Server:
     async def start(self) -> None:
         """Bind and start accepting connections."""
         self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
         self._store.start()
         self._server = await asyncio.start_server(
             self._serve, self.config.host, self.config.port, ssl=self.config.ssl, limit=_READ_SIZE
@@ -363,6 +401,7 @@ class Server:
         for parked in self._parked:
             self._answer(parked.conn, parked.request.id, [])
         self._parked.clear()
+        self._batch_to_thread()
         self._store.stop()
         await asyncio.get_running_loop().run_in_executor(None, self._store.join)
         for conn in list(self._conns):
@@ -554,7 +593,46 @@ class Server:
                 parked = _Parked(conn, req, args, time.monotonic() + wait)
                 self._parked.append(parked)
                 return self._run_parked(parked)
-        self._store.submit(_Job(op, args, self._done_cb(conn, req, op)))
+        self._submit(_Job(op, args, self._done_cb(conn, req, op)))
+
+    # -- running store calls -------------------------------------------------------------------
+
+    def _submit(self, job: _Job) -> None:
+        # A store call handed to the store thread costs two thread hand-offs, which dominate a
+        # short call when the server is idle. So small calls received in one loop iteration are
+        # run by the loop itself as one turn (same-op enqueues/completions still share a
+        # transaction) when the store thread is idle with nothing queued; otherwise they queue
+        # behind it in order, and group commit under load is unchanged.
+        assert job.op is not None and self._loop is not None
+        small = job.op.name in INLINE_OPS and all(
+            len(v) <= INLINE_MAX_ITEMS for v in job.args.values() if isinstance(v, list)
+        )
+        if small and len(self._batch) < INLINE_TURN_MAX and time.monotonic() >= self._inline_after:
+            if not self._batch:
+                self._loop.call_soon(self._run_batch)
+            self._batch.append(job)
+            return
+        self._batch_to_thread()
+        self._store.submit(job)
+
+    def _batch_to_thread(self) -> None:
+        batch, self._batch = self._batch, []
+        for job in batch:
+            self._store.submit(job)
+
+    def _run_batch(self) -> None:
+        batch, self._batch = self._batch, []
+        if not batch:
+            return
+        started = time.monotonic()
+        kinds = self._store.run_here(batch)
+        if time.monotonic() - started > INLINE_SLOW:
+            self._inline_after = time.monotonic() + INLINE_PAUSE
+        if kinds is None:
+            for job in batch:
+                self._store.submit(job)
+        elif kinds:
+            self._wrote(kinds)
 
     def _control(self, conn: _Conn, req: Request) -> None:
         command, workers = req.args.get("command"), req.args.get("workers")
@@ -575,7 +653,10 @@ class Server:
         assert loop is not None
 
         def done(result: Any, exc: BaseException | None) -> None:
-            loop.call_soon_threadsafe(self._finish, conn, req, op, result, exc)
+            if threading.get_ident() == self._loop_thread:
+                self._finish(conn, req, op, result, exc)  # a call the loop ran itself
+            else:
+                loop.call_soon_threadsafe(self._finish, conn, req, op, result, exc)
 
         return done
 

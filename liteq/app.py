@@ -16,7 +16,7 @@ from .bootstrap import RuntimeSpec, describe, find_owner, importable_tasks, runt
 from .canvas import Signature
 from .exceptions import ConfigurationError, ResultExpired
 from .inputs import check_duration, seconds
-from .options import TaskOptions
+from .options import DECLARED, TaskOptions, options_doc
 from .producer import Producer
 from .registry import Registry, checked_include, task_name
 from .result import GroupResult, Result
@@ -194,48 +194,22 @@ class LiteQ:
     def task(self, fn: Callable[P, R], /) -> Task[P, R]: ...
 
     @overload
-    def task(
-        self,
-        *,
-        name: str | None = ...,
-        queue: str | None = ...,
-        priority: int | None = ...,
-        retries: int | None = ...,
-        retry_backoff: float | bool | None = ...,
-        retry_backoff_max: float | None = ...,
-        retry_jitter: bool | None = ...,
-        timeout: float | timedelta | None = ...,
-        soft_timeout: float | timedelta | None = ...,
-        expires: float | timedelta | None = ...,
-        result_ttl: float | timedelta | None = ...,
-        ignore_result: bool | None = ...,
-        max_attempts: int | None = ...,
-        unique: bool | Callable[..., Any] | None = ...,
-        lock: str | bool | None = ...,
-        rate_limit: str | float | None = ...,
-    ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+    def task(self, *, name: str | None = ..., **options: Any) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
-    def task(  # type: ignore[misc]  # options are spelled out in the overload, taken as **options here
+    def task(  # type: ignore[misc]  # mypy reads **options of the overloads as a separate parameter
         self,
         fn: Callable[..., Any] | None = None,
         /,
         *,
         name: str | None = None,
-        queue: str | None = None,
         **options: Any,
     ) -> Any:
         """Register a function as a task: ``@app.task`` or ``@app.task(name=..., retries=3, ...)``.
 
-        Options: ``queue``, ``priority`` (higher runs first), ``retries`` (re-runs after an
-        exception), ``retry_backoff`` (first delay, doubling), ``retry_backoff_max``,
-        ``retry_jitter``, ``timeout`` (hard limit; the pool kills the run), ``soft_timeout``
-        (raises ``SoftTimeLimit`` inside), ``expires`` (seconds after enqueue it may still start),
-        ``result_ttl``, ``ignore_result``, ``max_attempts`` (cap on runs of any kind, including
-        ones whose worker died; default ``retries + 3``), ``unique`` (True, or a function of the
-        arguments giving a key: while a copy waits, ``delay()`` returns it), ``lock`` (True, or a key
-        template formatted with the arguments: one run at a time across all pools), ``rate_limit``
-        (``"100/m"``: starts across all pools; early tasks wait as scheduled). The name defaults to
-        ``module.qualname``; two tasks with one name raise :class:`ConfigurationError`.
+        The name defaults to ``module.qualname``; two tasks with one name raise
+        :class:`ConfigurationError`, and so does an unknown option. The options
+        (:data:`liteq.options.DECLARED`):
+
         """
 
         def register(f: Callable[..., Any]) -> Task[Any, Any]:
@@ -243,7 +217,9 @@ class LiteQ:
                 raise ConfigurationError(f"@app.task needs a function, not {f!r}")
             if isinstance(f, Task):  # a task of another app: register its function here
                 f = f.fn
-            opts = TaskOptions.build(self.default_queue if queue is None else queue, **options)
+            declared = dict(options)
+            queue = declared.pop("queue", None)
+            opts = TaskOptions.build(self.default_queue if queue is None else queue, **declared)
             return self.registry.register(f, name or task_name(f), opts)
 
         if fn is not None:
@@ -461,3 +437,6 @@ def _rebuild_app(spec: RuntimeSpec) -> LiteQ:
                 app.task(name=name, **options)(fn)
     _rebuilt[spec.key()] = app
     return app
+
+
+LiteQ.task.__doc__ = (LiteQ.task.__doc__ or "") + options_doc(DECLARED.values())

@@ -24,6 +24,7 @@ from typing import Any, Protocol, TypeAlias
 from .exceptions import ConfigurationError
 from .inputs import seconds
 from .message import new_id
+from .options import check_call_options
 from .producer import Producer, Sendable
 from .result import GroupResult, Result
 from .storage.base import NewTask
@@ -59,7 +60,10 @@ class Signature:
         return chain(self, other)
 
     def set(self, **options: Any) -> Signature:
-        """A copy with call options (``queue=``, ``priority=``, ``countdown=``...) added."""
+        """A copy with call options (those of :meth:`Task.apply_async <liteq.Task.apply_async>`:
+        ``queue=``, ``priority=``, ``countdown=``...) added; an unknown one raises
+        :class:`~liteq.ConfigurationError`."""
+        check_call_options(options)
         return replace(self, options={**self.options, **options})
 
     def _host(self) -> TaskHost:

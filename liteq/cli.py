@@ -296,7 +296,7 @@ def _connected(app: LiteQ, url: str) -> LiteQ:
     """The same tasks, served from a cluster store."""
     remote = LiteQ(url, include=app.include)
     for name, task in app.tasks.items():
-        remote.task(name=name, **dataclasses.asdict(task.options))(task.fn)
+        remote.task(name=name, **task.options.as_dict())(task.fn)
     return remote
 
 

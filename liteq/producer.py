@@ -11,13 +11,12 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable, Iterable, Sequence
-from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from .exceptions import ConfigurationError
 from .inputs import now_plus, seconds, to_epoch
 from .message import encode_call, new_id
-from .options import TaskOptions
+from .options import PER_CALL, STORED, TaskOptions, check_call_options
 from .result import Result, ResultSource
 from .serializer import Serializer
 from .storage.base import NewTask, Storage
@@ -72,60 +71,53 @@ class Producer:
         kwargs: dict[str, Any],
         *,
         now: float,
-        countdown: float | timedelta | None = None,
-        eta: datetime | None = None,
-        expires: float | timedelta | datetime | None = None,
-        priority: int | None = None,
-        queue: str | None = None,
-        retries: int | None = None,
-        idempotency_key: str | None = None,
-        result_ttl: float | timedelta | None = None,
-        task_id: str | None = None,
         parent_id: str | None = None,
         meta: dict[str, Any] | None = None,
+        **call: Any,
     ) -> NewTask:
-        """The row of one call of ``task``, per-call options checked (raises :class:`ConfigurationError`)."""
+        """The row of one call of ``task`` with per-call options ``call`` (see :data:`~liteq.options.PER_CALL`);
+        each is checked (raises :class:`ConfigurationError`)."""
+        check_call_options(call)
         opts = task.options
         meta = dict(meta or {})
+        retries = call.get("retries")
         if retries is not None:
-            if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-                raise ConfigurationError(f"retries must be an integer >= 0, not {retries!r}")
-            meta["retries"] = retries
+            meta["retries"] = PER_CALL["retries"].check(retries, "retries")  # type: ignore[misc]
         run_at = None
+        eta, countdown = call.get("eta"), call.get("countdown")
         if eta is not None:
             if countdown is not None:
                 raise ConfigurationError("pass countdown or eta, not both")
             run_at = to_epoch(eta, "eta", now=now)
         elif countdown is not None:
             run_at = now + (seconds(countdown, "countdown") or 0.0)
-        if expires is None and opts.expires is not None:
+        expires = call.get("expires")
+        if expires is None:
             expires = opts.expires
-        if priority is not None and (isinstance(priority, bool) or not isinstance(priority, int)):
-            raise ConfigurationError(f"priority must be an integer, not {priority!r}")
-        if queue is not None and (not isinstance(queue, str) or not queue):
-            raise ConfigurationError(f"queue must be a non-empty string, not {queue!r}")
-        if idempotency_key is not None and not isinstance(idempotency_key, str):
-            raise ConfigurationError(f"idempotency_key must be a string, not {idempotency_key!r}")
-        ttl = seconds(result_ttl, "result_ttl") if result_ttl is not None else opts.result_ttl
+        stored = self._stored(opts)
+        for name, value in call.items():
+            option = STORED.get(name)
+            if option is not None and value is not None:
+                assert option.check is not None
+                stored[name] = option.check(value, name)
         payload = encode_call(self.serializer, args, kwargs, meta)
         return NewTask(
-            id=task_id or new_id(),
+            id=call.get("task_id") or new_id(),
             name=task.name,
-            queue=queue or opts.queue,
             payload=payload,
-            priority=opts.priority if priority is None else priority,
             run_at=run_at,
             expires_at=now_plus(expires, "expires", now),
             max_attempts=opts.attempts_for(retries),
-            idempotency_key=idempotency_key,
-            result_ttl=ttl,
             parent_id=parent_id,
             unique_key=unique_key(task, args, kwargs, payload) if opts.unique else None,
             lock_key=lock_key(task, args, kwargs) if opts.lock else None,
-            timeout=opts.timeout,
-            soft_timeout=opts.soft_timeout,
-            rate_limit=opts.rate_limit,
+            **stored,
         )
+
+    @staticmethod
+    def _stored(opts: TaskOptions) -> dict[str, Any]:
+        """The stored options' values a task gives its rows (a call may override them)."""
+        return {name: getattr(opts, name) if option.declared else None for name, option in STORED.items()}
 
     def enqueue(self, messages: list[NewTask], *, now: float) -> list[str]:
         """Store prepared rows in one transaction (running them at once in immediate mode); their ids."""
@@ -148,7 +140,7 @@ class Producer:
         now = time.time()
         messages = []
         tasks: dict[str, Sendable] = {}
-        shared_by_task: dict[str, tuple[Any, ...] | None] = {}
+        shared_by_task: dict[str, tuple[float | None, int, dict[str, Any]] | None] = {}
         serializer = self.serializer
         for call in calls:
             if isinstance(call, tuple):
@@ -166,20 +158,24 @@ class Producer:
                 o = task.options
                 simple = not o.unique and not o.lock
                 shared_by_task[name] = (
-                    (o.queue, o.priority, now_plus(o.expires, "expires", now), o.attempts_for(), o.result_ttl)
-                    if simple
-                    else None
+                    (now_plus(o.expires, "expires", now), o.attempts_for(), self._stored(o)) if simple else None
                 )
             shared = shared_by_task[name]
             if shared is None:
                 messages.append(self.build(task, tuple(args), dict(kwargs), now=now))
                 continue
-            queue, priority, expires_at, max_attempts, ttl = shared
+            expires_at, max_attempts, stored = shared
             payload = encode_call(serializer, tuple(args), dict(kwargs), {})
-            o = task.options
-            new = NewTask(new_id(now), name, queue, payload, priority, None, expires_at, max_attempts, None, ttl)
-            new.timeout, new.soft_timeout, new.rate_limit = o.timeout, o.soft_timeout, o.rate_limit
-            messages.append(new)
+            messages.append(
+                NewTask(
+                    id=new_id(now),
+                    name=name,
+                    payload=payload,
+                    expires_at=expires_at,
+                    max_attempts=max_attempts,
+                    **stored,
+                )
+            )
         ids = self.enqueue(messages, now=now)
         return [Result(self.owner, i) for i in ids]
 

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import functools
-import inspect
 import time
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta, timezone
@@ -15,7 +14,7 @@ from .canvas import Signature, TaskHost, group
 from .context import current
 from .exceptions import ConfigurationError
 from .inputs import now_plus, seconds, to_epoch
-from .options import DEFAULT_LOST_RETRIES, TaskOptions
+from .options import DEFAULT_LOST_RETRIES, PER_CALL, TaskOptions, options_doc
 from .producer import Sendable
 from .result import GroupResult, Result
 
@@ -76,40 +75,15 @@ class Task(Generic[P, R]):
         return self.app.producer.send(self, args, kwargs)
 
     def apply_async(
-        self,
-        args: tuple[Any, ...] | list[Any] = (),
-        kwargs: dict[str, Any] | None = None,
-        *,
-        countdown: float | timedelta | None = None,
-        eta: datetime | None = None,
-        expires: float | timedelta | datetime | None = None,
-        priority: int | None = None,
-        queue: str | None = None,
-        retries: int | None = None,
-        idempotency_key: str | None = None,
-        result_ttl: float | timedelta | None = None,
-        task_id: str | None = None,
+        self, args: tuple[Any, ...] | list[Any] = (), kwargs: dict[str, Any] | None = None, **options: Any
     ) -> Result:
-        """Queue a run with per-call options (each overrides the task's own).
+        """Queue a run with per-call options (each overrides the task's own); an unknown option raises
+        :class:`~liteq.ConfigurationError`. ``countdown`` or ``eta`` delay the start; ``expires`` makes
+        a task that has not started by then ``expired``; ``idempotency_key`` makes retried enqueues
+        create one task only. The options (:data:`liteq.options.PER_CALL`):
 
-        ``countdown`` (seconds) or ``eta`` (a timezone-aware datetime) delay the start; ``expires``
-        (seconds from now, or an aware datetime) makes a task that has not started by then
-        ``expired``; ``idempotency_key`` makes retried enqueues create one task only.
         """
-        return self.app.producer.send(
-            self,
-            tuple(args),
-            dict(kwargs or {}),
-            countdown=countdown,
-            eta=eta,
-            expires=expires,
-            priority=priority,
-            queue=queue,
-            retries=retries,
-            idempotency_key=idempotency_key,
-            result_ttl=result_ttl,
-            task_id=task_id,
-        )
+        return self.app.producer.send(self, tuple(args), dict(kwargs or {}), **options)
 
     async def adelay(self, *args: P.args, **kwargs: P.kwargs) -> Result:
         """:meth:`delay` from a coroutine: the store write runs off the event loop (see
@@ -190,11 +164,12 @@ class Task(Generic[P, R]):
         return Signature(self.name, args, kwargs, app=self.app, immutable=True)
 
 
-@functools.cache
+Task.apply_async.__doc__ = (Task.apply_async.__doc__ or "") + options_doc(PER_CALL.values())
+
+
 def _call_options() -> frozenset[str]:
     """The per-call option names of :meth:`Task.apply_async` (what ``aapply_async`` accepts)."""
-    params = inspect.signature(Task.apply_async).parameters.values()
-    return frozenset(p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY)
+    return frozenset(PER_CALL)
 
 
 def _task_by_name(app: TaskHost, name: str) -> Sendable:

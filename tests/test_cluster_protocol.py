@@ -278,3 +278,26 @@ def test_a_reply_followed_by_the_servers_closing_error_in_one_read_is_not_lost()
     with pytest.raises(ProtocolError) as info:
         client.receive_data(server.data_to_send())
     assert events_before(info.value) == [Response(1, ["id-1"])]
+
+
+def test_a_task_record_travels_without_its_default_fields_and_decodes_to_the_same_record() -> None:
+    from liteq.cluster import codec
+
+    plain = NewTask(id="a", name="t", queue="q", payload=b"M\xc0")
+    full = NewTask(
+        id="b", name="t", queue="q", payload=b"M\xc0", priority=3, run_at=5, max_attempts=2,
+        slot=("s", 1.0), depends_on=["a"], release_delay=0.0, timeout=1.5,
+    )  # fmt: skip
+    wire = codec.to_wire([plain, full])
+    # Unset fields are left out (smaller frames, less to decode per task); set ones travel
+    assert wire[0] == {"id": "a", "name": "t", "queue": "q", "payload": b"M\xc0"}
+    assert wire[1]["priority"] == 3 and "release_delay" not in wire[1]
+    # A value equal to a default but of another type is sent (False is not the default 0)
+    assert "priority" in codec.to_wire(NewTask(id="c", name="t", queue="q", payload=b"", priority=False))  # type: ignore[arg-type]
+    decoded = codec.from_wire(msgpack.unpackb(msgpack.packb(wire)), list[NewTask])
+    assert decoded == [plain, full] and decoded[1].slot == ("s", 1.0)
+    # Types are still checked on the fields taken as they come
+    with pytest.raises(codec.WireTypeError):
+        codec.from_wire([{**wire[0], "priority": "high"}], list[NewTask])
+    with pytest.raises(codec.WireTypeError):
+        codec.from_wire([{**wire[0], "name": 7}], list[NewTask])

@@ -20,7 +20,7 @@ from liteq.cluster import codec
 from liteq.cluster.client import AsyncClient, Client, parse_url
 from liteq.cluster.protocol import ClientConnection, Limits, decode_frames, encode_frame
 from liteq.cluster.remote import RemoteStorage
-from liteq.cluster.server import ServerConfig, StoreThread, _Job
+from liteq.cluster.server import INLINE_MAX_ITEMS, INLINE_SLOW, ServerConfig, StoreThread, _Job
 
 from liteq.exceptions import ConfigurationError, ProtocolError, StorageError, StoreUnavailable
 from liteq.storage.base import NewTask, Outcome
@@ -445,16 +445,24 @@ def test_the_asyncio_client_calls_and_hears_pushes(served: InProcessServer) -> N
 
 
 class SlowStorage(MemoryStorage):
-    """A memory store whose enqueue waits for ``release`` (a transaction in progress)."""
+    """A memory store whose enqueue notes the thread running it, then waits for ``release`` (a
+    transaction in progress) and ``delay`` seconds more (a lock, a slow disk)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, released: bool = False) -> None:
         super().__init__()
         self.entered = threading.Event()
         self.release = threading.Event()
+        if released:
+            self.release.set()
+        self.threads: list[str] = []
+        self.delay = 0.0
 
     def enqueue(self, tasks: Sequence[NewTask], *, now: float | None = None) -> list[str]:
+        self.threads.append(threading.current_thread().name)
         self.entered.set()
         assert self.release.wait(30)
+        if self.delay:
+            threading.Event().wait(self.delay)
         return super().enqueue(tasks, now=now)
 
 
@@ -463,12 +471,13 @@ def test_graceful_shutdown_finishes_the_transaction_in_progress() -> None:
     server = InProcessServer(storage)
     store = RemoteStorage(server.url, retry_window=0.0)
     try:
-        # Given an enqueue whose transaction is in progress in the store thread
+        # Given an enqueue whose transaction is in progress in the store thread (a batch too big
+        # for the event loop to run itself)
         outcome: list[Any] = []
 
         def enqueue() -> None:
             try:
-                outcome.append(store.enqueue([task()]))
+                outcome.append(store.enqueue([task() for _ in range(INLINE_MAX_ITEMS + 1)]))
             except Exception as exc:
                 outcome.append(exc)
 
@@ -482,9 +491,33 @@ def test_graceful_shutdown_finishes_the_transaction_in_progress() -> None:
         thread.join(20)
         server.stop()
         # Then the transaction was completed, not cut: the task is stored
-        assert storage.counts() == {"default": {"pending": 1}}
+        assert storage.counts() == {"default": {"pending": INLINE_MAX_ITEMS + 1}}
         assert outcome and isinstance(outcome[0], (list, StoreUnavailable))
     finally:
         storage.release.set()
+        store.close()
+        server.stop()
+
+
+def test_an_idle_server_runs_small_calls_on_its_loop_and_leaves_big_or_slow_ones_to_the_store_thread() -> None:
+    storage = SlowStorage(released=True)
+    server = InProcessServer(storage)
+    store = RemoteStorage(server.url, retry_window=0.0)
+    try:
+        # A small call while the store thread is idle: run by the loop (no thread hand-off)
+        store.enqueue([task()])
+        # A batch over the inline size: the store thread
+        store.enqueue([task() for _ in range(INLINE_MAX_ITEMS + 1)])
+        assert storage.threads == [server._thread.name, "liteq-store"]
+        # A small call that turned out slow makes the loop leave the next calls to the store thread
+        thread = server.server._store
+        wait_for(lambda: thread._finished == thread._submitted, 10, "the store thread to finish its turn")
+        storage.delay = INLINE_SLOW * 2
+        store.enqueue([task()])
+        storage.delay = 0.0
+        store.enqueue([task()])
+        assert storage.threads[2:] == [server._thread.name, "liteq-store"]
+        assert len(storage.list(limit=1000)) == INLINE_MAX_ITEMS + 4
+    finally:
         store.close()
         server.stop()
