@@ -6,7 +6,6 @@ import contextlib
 import dataclasses
 import os
 import sys
-import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
@@ -22,10 +21,10 @@ from .registry import Registry, checked_include, task_name
 from .result import GroupResult, Result
 from .runtime import Runtime
 from .schedule import Schedule
+from .scheduler import schedule_info
 from .serializer import DEFAULT_MAX_SIZE, Serializer, get_serializer
 from .signals import stopping_on_signals
 from .storage import Storage, open_storage
-from .storage.sqlite import DEFAULT_BLOB_THRESHOLD, DEFAULT_BUSY_TIMEOUT
 from .task import Task
 from .worker import DEFAULT_LEASE, Worker
 
@@ -80,10 +79,10 @@ class LiteQ:
         result_ttl: float | timedelta = DEFAULT_RESULT_TTL,
         default_queue: str = DEFAULT_QUEUE,
         immediate: bool = False,
-        busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+        busy_timeout: float | None = None,
         lease: float = DEFAULT_LEASE,
         max_payload_size: int = DEFAULT_MAX_SIZE,
-        blob_threshold: int = DEFAULT_BLOB_THRESHOLD,
+        blob_threshold: int | None = None,
         include: Iterable[str] = (),
         mode: int | None = None,
         token: str | None = None,
@@ -93,7 +92,6 @@ class LiteQ:
         if not isinstance(default_queue, str) or not default_queue:
             raise ConfigurationError(f"default_queue must be a non-empty string, not {default_queue!r}")
         lease = check_duration(lease, "lease", positive=True)
-        busy_timeout = check_duration(busy_timeout, "busy_timeout")
         if max_payload_size < 1:
             raise ConfigurationError(f"max_payload_size must be a positive number of bytes, not {max_payload_size!r}")
         include = checked_include(include)
@@ -105,8 +103,13 @@ class LiteQ:
         self.durability = durability
         if durability not in ("normal", "full"):
             raise ConfigurationError(f"durability must be 'normal' or 'full', not {durability!r}")
+        # Store options are passed only when given: the store has its own defaults (open_storage).
         remote_options: dict[str, Any] = {}
-        if mode is not None:  # a local store's permissions; only passed when given
+        if busy_timeout is not None:
+            remote_options["busy_timeout"] = check_duration(busy_timeout, "busy_timeout")
+        if blob_threshold is not None:
+            remote_options["blob_threshold"] = blob_threshold
+        if mode is not None:  # a local store's permissions
             remote_options["mode"] = mode
         if token is not None:
             # Only a cluster store (liteq://) takes a token; a local store refuses it below.
@@ -117,8 +120,6 @@ class LiteQ:
             store,
             result_ttl=ttl,
             durability=durability,
-            busy_timeout=busy_timeout,
-            blob_threshold=blob_threshold,
             **remote_options,
         )
         self._options: dict[str, Any] = {
@@ -126,10 +127,8 @@ class LiteQ:
             "durability": durability,
             "result_ttl": ttl,
             "default_queue": default_queue,
-            "busy_timeout": busy_timeout,
             "lease": self.lease,
             "max_payload_size": max_payload_size,
-            "blob_threshold": blob_threshold,
             **remote_options,
         }
         self.registry = Registry(self, default_queue=default_queue, include=include)
@@ -276,27 +275,7 @@ class LiteQ:
 
     def periodic_info(self, now: float | None = None) -> list[dict[str, Any]]:
         """Each schedule with its task, timing, pause state, last and next fire times (epoch)."""
-        now = time.time() if now is None else now
-        states = self.storage.schedule_states(list(self.schedules))
-        out = []
-        for name, s in sorted(self.schedules.items()):
-            st = states.get(name)
-            out.append(
-                {
-                    "name": name,
-                    "task": s.task_name,
-                    "cron": s.cron,
-                    "every": s.every,
-                    "tz": s.tz,
-                    "catch_up": s.catch_up,
-                    "paused": bool(st and st.paused),
-                    "last_slot": st.last_slot if st else None,
-                    "last_fired_at": st.last_fired_at if st else None,
-                    "last_task_id": st.last_task_id if st else None,
-                    "next_slot": s.next_after(now),
-                }
-            )
-        return out
+        return schedule_info(self.runtime, now)
 
     def include_modules(self, modules: Iterable[str]) -> None:
         """Add modules to ``include`` (what ``liteq worker APP --include MOD`` does)."""
@@ -330,7 +309,7 @@ class LiteQ:
         self, calls: Iterable[Signature | tuple[Task[Any, Any], tuple[Any, ...], dict[str, Any]]]
     ) -> list[Result]:
         """:meth:`enqueue_many` from a coroutine: one transaction, written off the event loop."""
-        return await aio.send_many(self, calls)
+        return await aio.send_many(self.producer.send_many, calls)
 
     def _run_now(self, ids: Sequence[str]) -> None:
         # Immediate mode: run the task here, retries included, ignoring countdowns (like Celery's

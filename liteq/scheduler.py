@@ -11,6 +11,7 @@ import logging
 import math
 import threading
 import time
+from typing import Any
 
 from .health import Health
 from .message import new_id
@@ -18,7 +19,7 @@ from .result import Result
 from .runtime import HasRuntime, Runtime, runtime_of
 from .schedule import CATCH_UP, MAX_CATCH_UP, ON_TIME_GRACE, Schedule, due_and_next, due_slots
 
-__all__ = ["CATCH_UP", "MAX_CATCH_UP", "ON_TIME_GRACE", "Schedule", "Scheduler", "due_slots"]
+__all__ = ["CATCH_UP", "MAX_CATCH_UP", "ON_TIME_GRACE", "Schedule", "Scheduler", "due_slots", "schedule_info"]
 
 logger = logging.getLogger("liteq.scheduler")
 
@@ -127,3 +128,29 @@ class Scheduler:
             due = self.next_due()
             wait = idle if due is None else min(max(due - time.time(), 0.0), idle)
             stop.wait(wait)
+
+
+def schedule_info(runtime: Runtime, now: float | None = None) -> list[dict[str, Any]]:
+    """Each schedule of ``runtime`` with its task, timing, pause state, last and next fire times (epoch)."""
+    now = time.time() if now is None else now
+    schedules = runtime.registry.schedules
+    states = runtime.storage.schedule_states(list(schedules))
+    out = []
+    for name, s in sorted(schedules.items()):
+        st = states.get(name)
+        out.append(
+            {
+                "name": name,
+                "task": s.task_name,
+                "cron": s.cron,
+                "every": s.every,
+                "tz": s.tz,
+                "catch_up": s.catch_up,
+                "paused": bool(st and st.paused),
+                "last_slot": st.last_slot if st else None,
+                "last_fired_at": st.last_fired_at if st else None,
+                "last_task_id": st.last_task_id if st else None,
+                "next_slot": s.next_after(now),
+            }
+        )
+    return out
