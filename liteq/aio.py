@@ -5,10 +5,11 @@ coroutine every store call goes to :func:`executor`, a small bounded thread pool
 process (SQLite stores keep one connection per thread, so its threads never share one). Two
 things keep the threads few and the loop free:
 
-- Sending: ``adelay``/``aapply_async`` calls made while a send is in flight are gathered by the
-  loop's :class:`_Sender` and written together in one ``enqueue_many`` transaction (group
-  commit); each caller gets its own :class:`~liteq.Result`, or its own error: a call that does not
-  encode is sent alone so it fails alone.
+- Sending: ``adelay``/``aapply_async`` calls made while a write is in flight are gathered by the
+  loop's :class:`_Sender`; the executor builds their rows (options checked, arguments
+  serialized: a call that does not encode fails alone) and stores them in one transaction (group
+  commit). The loop itself only queues the call and resolves its future, so a burst of calls
+  costs it little work per turn.
 - Waiting: no thread per waiter. One :class:`_Watch` per event loop and store keeps every awaited
   task id. It binds its own wake-up socket in the store's wake directory (see :mod:`liteq.wake`;
   a cluster store signals that directory on each server push) and watches it with
@@ -28,13 +29,13 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
-from .exceptions import LiteQError, StorageError
-from .storage.base import FINISHED_STATES, Storage, TaskRow
+from .exceptions import LiteQError
+from .storage.base import FINISHED_STATES, NewTask, Storage, TaskRow
 from .wake import DONE, Waker
 
-__all__ = ["MAX_THREADS", "executor", "run", "send", "send_many", "wait_finished"]
+__all__ = ["MAX_THREADS", "Enqueuer", "executor", "run", "send", "send_many", "wait_finished"]
 
 #: Threads of the shared executor: enough to overlap a send with a read, few enough that a burst
 #: of coroutines cannot open a connection each.
@@ -71,20 +72,38 @@ async def run(fn: Any, *args: Any) -> Any:
 # -- sending ---------------------------------------------------------------------------------------
 
 
-class _Sender:
-    """Gathers one loop's sends to one app and writes them in as few transactions as possible."""
+class Enqueuer(Protocol):
+    """What sending needs from a producer (:class:`liteq.producer.Producer`, which sits above)."""
 
-    def __init__(self, app: Any) -> None:
-        self.app = app
-        self.queue: list[tuple[Any, asyncio.Future[Any]]] = []
+    @property
+    def build(self) -> Callable[..., NewTask]:
+        """``build(task, args, kwargs, *, now, **options)``: the row of one call (options
+        checked, arguments serialized)."""
+        ...
+
+    def enqueue(self, messages: list[NewTask], *, now: float) -> list[str]:
+        """Store rows in one transaction (running them in immediate mode); their ids."""
+        ...
+
+
+#: One queued call: the task, its arguments and its per-call options.
+Call = tuple[Any, tuple[Any, ...], dict[str, Any], dict[str, Any]]
+
+
+class _Sender:
+    """Gathers one loop's calls for one producer and stores them in as few transactions as possible."""
+
+    def __init__(self, producer: Enqueuer) -> None:
+        self.producer = producer
+        self.queue: list[tuple[Call, asyncio.Future[str]]] = []
         self.busy = False
         # A reference to the running flush: the loop itself keeps only a weak one.
         self.flusher: asyncio.Task[None] | None = None
 
-    def add(self, sig: Any) -> asyncio.Future[Any]:
+    def add(self, call: Call) -> asyncio.Future[str]:
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future[Any] = loop.create_future()
-        self.queue.append((sig, fut))
+        fut: asyncio.Future[str] = loop.create_future()
+        self.queue.append((call, fut))
         if not self.busy:
             self.busy = True
             self.flusher = loop.create_task(self._flush())
@@ -94,11 +113,13 @@ class _Sender:
         try:
             while self.queue:
                 batch, self.queue = self.queue[:MAX_BATCH], self.queue[MAX_BATCH:]
-                live = [(sig, fut) for sig, fut in batch if not fut.done()]
-                if not live:
-                    continue
-                outcomes = await run(self._write, [sig for sig, _ in live])
-                for (_, fut), outcome in zip(live, outcomes, strict=True):
+                # A caller cancelled while waiting still has its row written: it may already be.
+                try:
+                    outcomes = await run(self._write, [call for call, _ in batch])
+                except Exception as exc:
+                    # The store refused the transaction: nothing was written, every caller hears why.
+                    outcomes = [exc] * len(batch)
+                for (_, fut), outcome in zip(batch, outcomes, strict=True):
                     if fut.done():
                         continue
                     if isinstance(outcome, BaseException):
@@ -108,52 +129,45 @@ class _Sender:
         finally:
             self.busy = False
 
-    def _write(self, sigs: list[Any]) -> list[Any]:
-        """In the executor: one transaction for the batch; one call each when a call does not encode."""
-        producer = self.app.producer
-        if producer.run_now is not None:
-            # Immediate mode runs each task in the sending thread: keep calls apart, in order.
-            return [self._one(sig) for sig in sigs]
-        try:
-            return list(producer.send_many(sigs))
-        except StorageError as exc:
-            # The store refused the transaction: nothing was written, every caller hears why.
-            return [exc] * len(sigs)
-        except Exception:
-            # One call did not encode (or had a bad option) and nothing was written: send each
-            # alone so that call fails alone.
-            return [self._one(sig) for sig in sigs]
-
-    @staticmethod
-    def _one(sig: Any) -> Any:
-        try:
-            return sig.apply_async()
-        except Exception as exc:
-            return exc
+    def _write(self, calls: list[Call]) -> list[str | Exception]:
+        """In the executor: build each row (a call that does not encode fails alone), then store
+        the others in one transaction."""
+        now = time.time()
+        outcomes: list[str | Exception] = []
+        messages: list[NewTask] = []
+        slots: list[int] = []
+        for task, args, kwargs, options in calls:
+            try:
+                messages.append(self.producer.build(task, args, kwargs, now=now, **options))
+            except Exception as exc:
+                outcomes.append(exc)
+                continue
+            slots.append(len(outcomes))
+            outcomes.append("")
+        if messages:
+            for slot, task_id in zip(slots, self.producer.enqueue(messages, now=now), strict=True):
+                outcomes[slot] = task_id
+        return outcomes
 
 
 _senders: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, _Sender]] = weakref.WeakKeyDictionary()
 
 
-async def send(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any], options: dict[str, Any]) -> Any:
-    """Queue ``task(*args, **kwargs)`` with call ``options`` from a coroutine; return its Result.
-
-    ``task`` is a :class:`~liteq.task.Task` (typed loosely: this module sits below task.py)."""
-    loop = asyncio.get_running_loop()
-    per_loop = _senders.setdefault(loop, {})
-    app = task.app
-    sender = per_loop.get(id(app))
-    if sender is None or sender.app is not app:
-        sender = per_loop[id(app)] = _Sender(app)
-    sig = task.s(*args, **kwargs)
-    if options:
-        sig = sig.set(**options)
-    return await sender.add(sig)
+async def send(
+    producer: Enqueuer, task: Any, args: tuple[Any, ...], kwargs: dict[str, Any], options: dict[str, Any]
+) -> str:
+    """Store one call of ``task`` from a coroutine: built and written in the executor, together
+    with the calls other coroutines of this loop make meanwhile; its id."""
+    per_loop = _senders.setdefault(asyncio.get_running_loop(), {})
+    sender = per_loop.get(id(producer))
+    if sender is None or sender.producer is not producer:
+        sender = per_loop[id(producer)] = _Sender(producer)
+    return await sender.add((task, args, kwargs, options))
 
 
-async def send_many(app: Any, calls: Iterable[Any]) -> list[Any]:
-    """``app.enqueue_many(calls)`` from a coroutine: one transaction, written in the executor."""
-    results: list[Any] = await run(app.producer.send_many, list(calls))
+async def send_many(send_many: Callable[[list[Any]], list[Any]], calls: Iterable[Any]) -> list[Any]:
+    """``send_many(calls)`` (a producer's) from a coroutine: one transaction, in the executor."""
+    results: list[Any] = await run(send_many, list(calls))
     return results
 
 
@@ -207,9 +221,14 @@ class _Watch:
         interval = 0.001
         try:
             # Bound before the first read: a task that finishes after the read still wakes us.
-            self.waker = await run(self._bind)
-            if self.waker is not None:
-                self.loop.add_reader(self.waker.fileno(), self._readable)
+            waker = await run(self._bind)
+            if waker is not None:
+                try:
+                    self.loop.add_reader(waker.fileno(), self._readable)
+                except NotImplementedError:
+                    waker.close()  # a loop without add_reader (Windows' proactor): re-read on the interval
+                else:
+                    self.waker = waker
             while True:
                 self._prune()
                 if not self.waiting:

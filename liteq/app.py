@@ -309,7 +309,7 @@ class LiteQ:
         self, calls: Iterable[Signature | tuple[Task[Any, Any], tuple[Any, ...], dict[str, Any]]]
     ) -> list[Result]:
         """:meth:`enqueue_many` from a coroutine: one transaction, written off the event loop."""
-        return await aio.send_many(self, calls)
+        return await aio.send_many(self.producer.send_many, calls)
 
     def _run_now(self, ids: Sequence[str]) -> None:
         # Immediate mode: run the task here, retries included, ignoring countdowns (like Celery's

@@ -10,7 +10,7 @@ heartbeat, scheduled task). It:
   memory does not grow with the backlog;
 - hands each child up to ``child_depth`` tasks (the next one waits in the pipe, so a child never
   idles on a round trip); the head of a child's queue is the running task. By default a child
-  whose tasks run in a blink gets up to ``SHORT_TASK_DEPTH`` while a backlog lasts, several in
+  whose tasks run in a blink gets up to ``liteq.dispatch.SHORT_TASK_DEPTH`` while a backlog lasts, several in
   one pipe message, so the pipe is not the bottleneck of a drain;
 - writes the outcomes that arrive together in one transaction, guarded by lease tokens;
 - extends the leases it holds every ``lease / 3`` seconds and records a heartbeat;
@@ -42,6 +42,7 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Any
 
+from .asyncrun import DEFAULT_ASYNC_CONCURRENCY
 from .child import ChildOptions, child_main
 from .children import (
     Checkpointer,
@@ -52,12 +53,14 @@ from .children import (
     lost_outcome,
     readable,
 )
+from .coroutine_feed import CoroutineFeed
+from .dispatch import DEFAULT_CHILD_DEPTH, Dispatch
 from .events import EventWait
 from .exceptions import ConfigurationError, LiteQError
 from .health import PoolState
-from .liveness import CANCEL_GRACE, Watchdog
+from .liveness import Watchdog
 from .message import ErrorInfo, new_id
-from .pool_protocol import KillReason, Kind, StopLevel, outcome_from, send, task_fields
+from .pool_protocol import KillReason, Kind, StopLevel, outcome_from, send
 from .reclaim import recover_local_leases
 from .runtime import HasRuntime, Runtime, runtime_of
 from .scheduler import Scheduler
@@ -72,16 +75,6 @@ logger = logging.getLogger("liteq.pool")
 
 #: Seconds between heartbeats recorded in the store (``liteq status`` shows live workers).
 HEARTBEAT_INTERVAL = 5.0
-#: An idle pool looks at the store at least this often even without a wake-up (the fallback).
-IDLE_POLL_INTERVAL = 1.0
-#: Prefetch grows up to this many tasks per child while claims keep coming back full.
-MAX_PREFETCH_PER_CHILD = 32
-#: Tasks handed to one child at once unless the user says otherwise.
-DEFAULT_CHILD_DEPTH = 2
-#: A task that ran shorter than this many seconds (as seen by the supervisor) is short: while a
-#: backlog lasts, its child gets up to SHORT_TASK_DEPTH tasks at once.
-SHORT_TASK = 0.002
-SHORT_TASK_DEPTH = 16
 #: Seconds running tasks get to finish after a stop request.
 DEFAULT_SHUTDOWN_TIMEOUT = 30.0
 #: Seconds to wait for children to start before giving up.
@@ -98,8 +91,8 @@ class WorkerPool:
     - ``queues``: queues to serve (default: every queue the app's tasks use).
     - ``start_method``: ``fork``, ``forkserver`` or ``spawn`` (default per platform, see module doc).
     - ``prefetch``: tasks claimed ahead beyond what the children hold (default: ``concurrency``).
-    - ``child_depth``: tasks handed to one child at once (default 2, and up to ``SHORT_TASK_DEPTH``
-      for a child whose last task took under ``SHORT_TASK`` while claims come back full; 1 with hard
+    - ``child_depth``: tasks handed to one child at once (default 2, and up to ``liteq.dispatch.SHORT_TASK_DEPTH``
+      for a child whose last task took under ``liteq.dispatch.SHORT_TASK`` while claims come back full; 1 with hard
       time limits in play keeps the next task from waiting behind a slow one).
     - ``shutdown_timeout``: seconds running tasks get to finish on a graceful stop.
     - ``max_tasks_per_child`` / ``max_memory_per_child`` (bytes): recycle children.
@@ -110,6 +103,9 @@ class WorkerPool:
       before it is killed and its task handled as a hard timeout (default: the lease; see
       :mod:`liteq.liveness`).
     - ``scheduler``: fire the app's periodic tasks from this pool (default True; safe in every pool).
+    - ``async_concurrency``: ``async def`` tasks one child runs at once on its event loop (default
+      100; a sync task still takes the whole child). Children are fed by their free coroutine
+      room (see :mod:`liteq.coroutine_feed`).
     - ``clock``: the wall clock the pool passes to the store (default ``time.time``; injected by
       tests of clock steps, see :mod:`liteq.upkeep`).
     """
@@ -133,6 +129,7 @@ class WorkerPool:
         scheduler: bool = True,
         liveness_timeout: float | None = None,
         clock: Callable[[], float] = time.time,
+        async_concurrency: int = DEFAULT_ASYNC_CONCURRENCY,
     ) -> None:
         runtime = runtime_of(app)
         if not runtime.storage.shared_between_processes:
@@ -157,6 +154,8 @@ class WorkerPool:
         ):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ConfigurationError(f"{name} must be a positive integer or None, not {value!r}")
+        if isinstance(async_concurrency, bool) or not isinstance(async_concurrency, int) or async_concurrency < 1:
+            raise ConfigurationError(f"async_concurrency must be an integer >= 1, not {async_concurrency!r}")
         if child_depth is not None and child_depth < 1:
             raise ConfigurationError(f"child_depth must be >= 1, not {child_depth!r}")
         if shutdown_timeout < 0:
@@ -165,6 +164,8 @@ class WorkerPool:
         self.runtime = runtime
         self.storage = runtime.storage
         self.concurrency = concurrency
+        self.async_concurrency = async_concurrency
+        self.feed = CoroutineFeed(runtime.registry)
         self.queues = list(queues) if queues else runtime.registry.queues()
         self.start_method = method
         self.ctx = multiprocessing.get_context(method)
@@ -172,10 +173,7 @@ class WorkerPool:
             # Children fork from a server that has already imported liteq: fast, thread-free starts.
             self.ctx.set_forkserver_preload(["liteq", "liteq.child", "liteq.worker"])
         self.prefetch = concurrency if prefetch is None else max(0, prefetch)
-        self._prefetch = self.prefetch
         self.child_depth = child_depth or DEFAULT_CHILD_DEPTH
-        # Deeper queues only for short tasks, and only if the user left the depth to us.
-        self._short_depth = SHORT_TASK_DEPTH if child_depth is None else self.child_depth
         self.lease = float(lease if lease is not None else getattr(app, "lease", DEFAULT_LEASE))
         self.shutdown_timeout = float(shutdown_timeout)
         self.max_tasks_per_child = max_tasks_per_child
@@ -184,10 +182,11 @@ class WorkerPool:
         if liveness_timeout is not None and not liveness_timeout > 0:
             raise ConfigurationError(f"liveness_timeout must be > 0 seconds, not {liveness_timeout!r}")
         # A child silent for a whole lease would have lost its lease as a worker of its own.
-        self.watchdog = Watchdog(runtime, float(liveness_timeout) if liveness_timeout is not None else self.lease)
+        self.watchdog = Watchdog(
+            runtime, float(liveness_timeout) if liveness_timeout is not None else self.lease, self.feed
+        )
         self.reload = reload
         self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{new_id()[-8:]}"
-        self._limits = runtime.registry.rate_limits()
         self.scheduler = Scheduler(runtime) if scheduler and runtime.registry.schedules else None
         self.upkeep = Upkeep(
             self.id,
@@ -200,14 +199,24 @@ class WorkerPool:
         )
         self.health = self.upkeep.health
         self.children: list[Child] = []
-        self.buffer: collections.deque[ClaimedTask] = collections.deque()
-        self._cancelled: set[str] = set()  # held, unstarted tasks whose cancel was requested
+        self.dispatch = Dispatch(
+            self.id,
+            self.storage,
+            self.upkeep,
+            self.watchdog,
+            self.children,
+            concurrency=concurrency,
+            queues=self.queues,
+            lease=self.lease,
+            limits=runtime.registry.rate_limits(),
+            prefetch=self.prefetch,
+            child_depth=child_depth,
+            max_tasks_per_child=max_tasks_per_child,
+            stopping=lambda: bool(self._stop_level),
+        )
         self._stop_level = StopLevel.RUNNING
         self._stop_deadline = 0.0
         self._draining = False  # an operator's drain: claim nothing more, stop once idle
-        self._maybe_work = True
-        self._next_scheduled: float | None = None
-        self._last_claim = 0.0
         self._reload_pending = False
         self._events = EventWait()
         self._checkpoints = Checkpointer(self.storage, inline=self.start_method == "fork")
@@ -298,7 +307,9 @@ class WorkerPool:
     def _spawn(self, index: int) -> Child:
         parent_conn, child_conn = self.ctx.Pipe(duplex=True)
         level = logging.getLogger().getEffectiveLevel()
-        options = ChildOptions(os.getpid(), self._logs.queue, level, self.max_memory_per_child is not None)
+        options = ChildOptions(
+            os.getpid(), self._logs.queue, level, self.max_memory_per_child is not None, self.async_concurrency
+        )
         process = self.ctx.Process(  # type: ignore[attr-defined]
             target=child_main, args=(self.runtime, child_conn, options), name=f"liteq-child-{index}", daemon=True
         )
@@ -379,8 +390,8 @@ class WorkerPool:
         """One supervisor iteration: handle messages and deaths, write outcomes, claim, assign,
         extend leases, wait for the next event. Returns False once the pool has stopped."""
         mono = time.monotonic()
-        if not self._stop_level and self.health.ok and self.buffer:
-            self._assign()  # children run their next tasks while the outcomes are written
+        if not self._stop_level and self.health.ok and self.dispatch.buffer:
+            self.dispatch.assign()  # children run their next tasks while the outcomes are written
         self.upkeep.flush_if_ok()  # a producer is waiting for these
         self._obey(self.storage.pending_commands())
         if self._stop_level:
@@ -390,14 +401,14 @@ class WorkerPool:
             # Degraded, nothing new starts: a buffered task's lease cannot be extended now, and
             # running it after the lease ran out could run it twice.
             self.upkeep.confirm_leases(mono)
-            self._assign()
+            self.dispatch.assign()
             if not self._draining:
-                self._claim(mono)
-            self._assign()
+                self.dispatch.claim(mono)
+            self.dispatch.assign()
         self._timers(mono)
         if self.upkeep.more_work:
             self.upkeep.more_work = False
-            self._maybe_work = True
+            self.dispatch.maybe_work = True
         self._poll(self._timeout(time.monotonic()))
         return True
 
@@ -414,7 +425,7 @@ class WorkerPool:
                 self.drain()
             elif command == "stop":
                 self.stop()
-        if self._draining and not self._stop_level and not self.buffer and not self.busy():
+        if self._draining and not self._stop_level and not self.dispatch.buffer and not self.busy():
             self.stop()
 
     def _poll(self, timeout: float) -> None:
@@ -422,7 +433,7 @@ class WorkerPool:
         dead: list[Child] = []
         for kind, c in self._events.wait(timeout, self.children):
             if kind == "waker":
-                self._maybe_work = True
+                self.dispatch.maybe_work = True
             elif kind == "conn":
                 self._receive(c)
             elif c not in dead:
@@ -451,17 +462,21 @@ class WorkerPool:
         elif kind == Kind.PROGRESS:
             self.upkeep.progress[message[1]] = (message[2], message[3])
         elif kind == Kind.RETURNED:
-            self._returned(c, message[1])
+            self.dispatch.returned(c, message[1])
         elif kind == Kind.READY:
             c.ready = True
             c.pid = message[1]
+            c.async_limit = message[2]
 
     def _done(self, c: Child, outcome: Outcome, rss: int) -> None:
         head = c.head
-        if head is None or head.id != outcome.id:
+        if head is not None and head.id == outcome.id:
+            c.queue.popleft()
+        elif not self.feed.finished(c, outcome.id):  # coroutine tasks end in any order
             logger.error("child %s reported task %s it was not running", c.pid, outcome.id)
             return
-        c.queue.popleft()
+        c.since.pop(outcome.id, None)
+        c.cancels.pop(outcome.id, None)
         if c.cancel_id == outcome.id:
             # It stopped within the grace after being asked to: record the cancel, whatever it raised.
             c.cancel_id = ""
@@ -483,43 +498,19 @@ class WorkerPool:
             return  # one child at a time; the others are checked again after their next task
         logger.info("recycling child %s: it %s", c.pid, why)
         c.retiring = True
-        self._requeue_unstarted(c)
-
-    def _requeue_unstarted(self, c: Child, only: set[str] | None = None) -> None:
-        """Ask a live child for the tasks queued in its pipe behind the running one (or those of
-        them in ``only``).
-
-        They stay in ``c.queue`` until the child answers: each comes back (``returned``) or has
-        started by then (its ``done`` follows). Taking them back without asking would let the
-        child run a task that another worker also runs.
-        """
-        ids = [t.id for t in list(c.queue)[1:] if t.id not in c.revoking and (only is None or t.id in only)]
-        if not ids:
-            return
-        c.revoking.update(ids)
-        send(c.conn, Kind.REVOKE, ids)  # if the child is gone, _buried takes its queue back
-
-    def _returned(self, c: Child, ids: list[str]) -> None:
-        back = set(ids)
-        kept: collections.deque[ClaimedTask] = collections.deque()
-        for t in c.queue:
-            if t.id in back:
-                self.buffer.appendleft(t)
-            else:
-                kept.append(t)
-        c.queue = kept
-        c.revoking.difference_update(ids)
+        self.dispatch.requeue_unstarted(c)
 
     def _buried(self, c: Child) -> None:
         """A child process exited: record its running task's fate and start a replacement."""
         c.process.join(1)  # the sentinel can fire a moment before waitpid reports the exit code
         code = c.process.exitcode
         head = c.head
-        if head is not None:
-            c.queue.popleft()
-            self.upkeep.outcomes.append(lost_outcome(c, head, code, self.watchdog.time_limit(head)))
+        # Every task it was running is lost (one sync task, or its coroutines); the rest never started.
+        for task in self.feed.running(c):
+            c.queue.remove(task)
+            self.upkeep.outcomes.append(lost_outcome(c, task, code, self.watchdog.time_limit(task)))
         while c.queue:
-            self.buffer.appendleft(c.queue.pop())
+            self.dispatch.buffer.appendleft(c.queue.pop())
         self._events.unwatch(c)
         c.conn.close()
         if c in self.children:
@@ -533,83 +524,6 @@ class WorkerPool:
 
     # -- claiming and assigning ---------------------------------------------------------------------
 
-    def _capacity(self) -> int:
-        return sum(
-            max(0, self._depth_for(c) - len(c.queue))
-            for c in self.children
-            if c.ready and not c.retiring and not c.kill_reason
-        )
-
-    def _claim(self, mono: float) -> None:
-        room = self._capacity()
-        want = room + self._prefetch - len(self.buffer)
-        if want <= 0:
-            return
-        if room <= len(self.buffer) and len(self.buffer) > self._prefetch // 2:
-            return  # enough in hand: refill in batches when half is used, not one task at a time
-        due = self._next_scheduled is not None and self.upkeep.clock() >= self._next_scheduled
-        if not (self._maybe_work or due or mono - self._last_claim >= IDLE_POLL_INTERVAL):
-            return
-        self._last_claim = mono
-        claimed: list[ClaimedTask] = []
-        with self.health.guard("claim") as guard:
-            claimed = self.storage.claim(
-                self.id, self.queues, limit=want, lease=self.lease, now=self.upkeep.clock(), limits=self._limits or None
-            )
-        if guard.failed:
-            self._maybe_work = True  # look again as soon as the store is back
-            return
-        self._maybe_work = False
-        self.buffer.extend(claimed)
-        if len(claimed) == want:
-            self._maybe_work = True  # probably more where these came from
-            self._next_scheduled = None
-            # A backlog: claim bigger batches (fewer transactions per task), up to a bound.
-            self._prefetch = min(max(self._prefetch * 2, 1), MAX_PREFETCH_PER_CHILD * self.concurrency)
-        else:
-            self._prefetch = self.prefetch
-            with self.health.guard("claim"):
-                self._next_scheduled = self.storage.next_run_at(self.queues)
-
-    def _assign(self) -> None:
-        self._drop_cancelled()
-        if not self.buffer:
-            return
-        # Level by level: every idle child gets a task before any child gets a second one.
-        depth = {id(c): self._depth_for(c) for c in self.children if c.ready and not c.retiring and not c.kill_reason}
-        handed: dict[int, tuple[Child, list[ClaimedTask]]] = {}
-        for level in range(1, self._short_depth + 1):
-            for c in self.children:
-                if not self.buffer:
-                    break
-                if len(c.queue) >= min(level, depth.get(id(c), 0)):
-                    continue
-                task = self.buffer.popleft()
-                if not c.queue:
-                    c.started = c.answered = time.monotonic()
-                c.queue.append(task)
-                handed.setdefault(id(c), (c, []))[1].append(task)
-                depth[id(c)] = self._depth_for(c)  # a task with a hard limit ahead caps the queue
-        # One message per child, whatever it was handed.
-        for c, tasks in handed.values():
-            if not send(c.conn, Kind.RUN, [task_fields(t) for t in tasks]):
-                for t in reversed(tasks):
-                    c.queue.remove(t)
-                    self.buffer.appendleft(t)
-
-    def _depth_for(self, c: Child) -> int:
-        if c.cancel_id:
-            return 0
-        if self.max_tasks_per_child and c.done + len(c.queue) >= self.max_tasks_per_child:
-            return 0  # it retires after the tasks it has
-        # A task behind one with a hard limit would wait out that limit: queue only one then.
-        head = c.head
-        if head is not None and self.watchdog.time_limit(head) is not None:
-            return 1
-        if c.last_run < SHORT_TASK and self._prefetch > self.prefetch:
-            return self._short_depth  # a backlog of short tasks: batch them
-        return self.child_depth
-
     # -- timers ---------------------------------------------------------------------------------------
 
     def _timers(self, mono: float) -> None:
@@ -620,7 +534,7 @@ class WorkerPool:
             self._reload_pending = False
             for c in self.children:
                 c.retiring = True
-                self._requeue_unstarted(c)
+                self.dispatch.requeue_unstarted(c)
         for c in self.children:
             if self.max_tasks_per_child and c.done >= self.max_tasks_per_child and not c.retiring:
                 self._retire(c, f"ran {c.done} tasks")  # postponed while another child retired
@@ -630,9 +544,26 @@ class WorkerPool:
 
     # -- what the upkeep asks (liteq.upkeep.Holder) ----------------------------------------------------
 
+    @property
+    def buffer(self) -> collections.deque[ClaimedTask]:
+        """Claimed tasks no child holds yet."""
+        return self.dispatch.buffer
+
     def held(self) -> list[ClaimedTask]:
         """Every task this pool holds a lease on: buffered, queued in a child, running."""
-        return [*self.buffer, *(t for c in self.children for t in c.queue)]
+        return self.dispatch.held()
+
+    def drop_lost(self, ids: set[str]) -> int:
+        """Forget buffered (unstarted) tasks whose lease passed to another pool; return how many."""
+        return self.dispatch.drop_lost(ids)
+
+    def probe(self) -> None:
+        """Claim what there is room for (a degraded pool's last retry step); a read when full."""
+        self.dispatch.probe()
+
+    def check_cancels(self) -> None:
+        """Stop running tasks whose cancel was requested, and drop such tasks not started yet."""
+        self.dispatch.check_cancels()
 
     def _enforce_limits(self, mono: float) -> None:
         for c, reason in self.watchdog.verdicts(self.children, mono):
@@ -640,77 +571,9 @@ class WorkerPool:
         for c in self.watchdog.to_ping(self.children, mono):
             send(c.conn, Kind.PING)  # a dead child: its sentinel says so
 
-    def drop_lost(self, ids: set[str]) -> int:
-        """Forget buffered (unstarted) tasks whose lease passed to another pool; return how many."""
-        kept = collections.deque(t for t in self.buffer if t.id not in ids)
-        dropped = len(self.buffer) - len(kept)
-        self.buffer = kept
-        return dropped
-
     def busy(self) -> bool:
         """True while any child holds a task."""
         return any(c.queue for c in self.children)
-
-    def probe(self) -> None:
-        """Claim what there is room for (a degraded pool's last retry step); a read when full."""
-        room = self._capacity() + self._prefetch - len(self.buffer)
-        if room > 0 and not self._stop_level:
-            self.buffer.extend(
-                self.storage.claim(
-                    self.id, self.queues, limit=room, lease=self.lease, now=self.upkeep.clock(),
-                    limits=self._limits or None,
-                )
-            )  # fmt: skip
-        else:
-            self.storage.next_run_at(self.queues)
-
-    def check_cancels(self) -> None:
-        """Stop running tasks whose cancel was requested, and drop such tasks not started yet."""
-        running = {c.head.id: c for c in self.children if c.head is not None and not c.kill_reason and not c.cancel_id}
-        # Tasks held but not started (in the buffer, or queued in a child's pipe) are checked too:
-        # a cancel that arrives after the claim must stop them from starting at all.
-        held = self.held()
-        self._cancelled &= {t.id for t in held}  # forget those that ended meanwhile
-        heads = {c.head.id for c in self.children if c.head is not None}
-        waiting = [t.id for t in held if t.id not in heads and t.id not in self._cancelled]
-        if not running and not waiting:
-            return
-        for row in self.storage.get([*running, *waiting]):
-            if row is None or not row.cancel_requested:
-                continue
-            if row.id not in running:
-                self._cancelled.add(row.id)
-                continue
-            c = running[row.id]
-            # Ask first (TaskCancelled is raised inside the task, which may clean up), kill after a grace.
-            logger.warning("task %s cancelled while running: stopping it in child %s", row.id, c.pid)
-            c.cancel_id, c.cancel_deadline = row.id, time.monotonic() + CANCEL_GRACE
-            self._requeue_unstarted(c)
-            try:
-                os.kill(c.process.pid, signal.SIGUSR1)
-            except (ProcessLookupError, TypeError):
-                pass
-        if self._cancelled:
-            for c in self.children:
-                self._requeue_unstarted(c, only=self._cancelled)  # back to the buffer, then dropped
-            self._drop_cancelled()
-
-    def _drop_cancelled(self) -> None:
-        """Record unstarted tasks whose cancel was requested as cancelled instead of running them."""
-        if not self._cancelled or not self.buffer:
-            return
-        kept: collections.deque[ClaimedTask] = collections.deque()
-        for t in self.buffer:
-            if t.id in self._cancelled:
-                self._cancelled.discard(t.id)
-                info = ErrorInfo("liteq.exceptions.TaskCancelled", "cancelled before it started")
-                self.upkeep.outcomes.append(
-                    Outcome(t.id, t.lease_token, CANCELLED, error=info.encode(), reason="cancelled")
-                )
-                logger.info("task %s cancelled before it started: not running it", t.id)
-            else:
-                kept.append(t)
-        self.buffer = kept
 
     def _kill(self, c: Child, reason: KillReason) -> None:
         # Its queued tasks come back when the child is buried; killed, it cannot start them.
@@ -722,17 +585,14 @@ class WorkerPool:
 
     def _timeout(self, mono: float) -> float:
         deadlines = self.upkeep.deadlines(mono) + self.watchdog.deadlines(self.children)
-        healthy = self.health.ok
         if self._stop_level:
             deadlines.append(self._stop_deadline)
-            if healthy and (self.upkeep.outcomes or self.buffer):
+            if self.health.ok and (self.upkeep.outcomes or self.dispatch.buffer):
                 return 0.0
-        elif healthy and self._capacity() > 0:
-            if self._maybe_work and not self.buffer:
-                return 0.0
-            deadlines.append(self._last_claim + IDLE_POLL_INTERVAL)
-            if self._next_scheduled is not None:
-                deadlines.append(mono + max(self._next_scheduled - self.upkeep.clock(), 0.0))
+        else:
+            claim_at = self.dispatch.claim_deadline(mono)
+            if claim_at is not None:
+                deadlines.append(claim_at)
         if self.upkeep.urgent(mono):
             return 0.0
         return max(min(deadlines) - mono, 0.0)
@@ -746,9 +606,9 @@ class WorkerPool:
             logger.info("worker %s stopping: waiting up to %ss for running tasks", self.id, self.shutdown_timeout)
         # Unstarted tasks go back at once, uncounted, so another pool can take them.
         for c in self.children:
-            self._requeue_unstarted(c)
-        if self.buffer and self.upkeep.release(list(self.buffer)):
-            self.buffer.clear()
+            self.dispatch.requeue_unstarted(c)
+        if self.dispatch.buffer and self.upkeep.release(list(self.dispatch.buffer)):
+            self.dispatch.buffer.clear()
         force = self._stop_level >= StopLevel.NOW or mono >= self._stop_deadline
         for c in list(self.children):
             if c.head is None and not c.kill_reason:
@@ -764,7 +624,7 @@ class WorkerPool:
             level = self._stop_level
             # Ride out store errors for up to shutdown_timeout more, or until a second stop request.
             if self.upkeep.final_writes(self.shutdown_timeout, gave_up=lambda: self._stop_level > level):
-                self.buffer.clear()
+                self.dispatch.buffer.clear()
         finally:
             self._kill_all()
             self._teardown()

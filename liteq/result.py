@@ -210,12 +210,12 @@ class Result:
     async def aget(self, timeout: float | None = None, *, propagate: bool = True) -> Any:
         """:meth:`get` from a coroutine (also ``await result``): waits without blocking the event
         loop, woken by the same notification as :meth:`get` (see :mod:`liteq.aio`)."""
-        return self._outcome(await self.await_row(timeout), propagate)
+        return self._outcome(await self._await_row(timeout), propagate)
 
     def __await__(self) -> Generator[Any, None, Any]:
         return self.aget().__await__()
 
-    async def await_row(self, timeout: float | None = None) -> TaskRow:
+    async def _await_row(self, timeout: float | None = None) -> TaskRow:
         """:meth:`wait` from a coroutine: the finished task's row. Raises :class:`ResultTimeout`."""
         done = await aio.wait_finished(self.app.storage, [self.id], timeout)
         if not done:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import time
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta, timezone
@@ -14,7 +15,7 @@ from .canvas import Signature, TaskHost, group
 from .context import current
 from .exceptions import ConfigurationError
 from .inputs import now_plus, seconds, to_epoch
-from .options import DEFAULT_LOST_RETRIES, PER_CALL, TaskOptions, options_doc
+from .options import DEFAULT_LOST_RETRIES, PER_CALL, TaskOptions, check_call_options, options_doc
 from .producer import Sendable
 from .result import GroupResult, Result
 
@@ -56,6 +57,8 @@ class Task(Generic[P, R]):
         self.fn = fn
         self.name = name
         self.options = options
+        #: True for an ``async def`` task: a pool child runs it on its event loop, many at once.
+        self.is_async = inspect.iscoroutinefunction(fn)
         # Name and docs of the function, but not its __dict__: a Task wrapping another app's Task
         # must keep its own app and name.
         functools.update_wrapper(self, fn, updated=())
@@ -88,21 +91,17 @@ class Task(Generic[P, R]):
     async def adelay(self, *args: P.args, **kwargs: P.kwargs) -> Result:
         """:meth:`delay` from a coroutine: the store write runs off the event loop (see
         :mod:`liteq.aio`); concurrent calls share one transaction."""
-        result: Result = await aio.send(self, args, kwargs, {})
-        return result
+        producer = self.app.producer
+        return Result(producer.owner, await aio.send(producer, self, args, kwargs, {}))
 
     async def aapply_async(
         self, args: tuple[Any, ...] | list[Any] = (), kwargs: dict[str, Any] | None = None, **options: Any
     ) -> Result:
         """:meth:`apply_async` from a coroutine; ``options`` are :meth:`apply_async`'s (``countdown``,
         ``eta``, ``priority``, ``queue``...). Never blocks the event loop."""
-        unknown = sorted(set(options) - _call_options())
-        if unknown:
-            raise ConfigurationError(
-                f"aapply_async() got unknown option(s) {unknown}; it takes {sorted(_call_options())}"
-            )
-        result: Result = await aio.send(self, tuple(args), dict(kwargs or {}), options)
-        return result
+        check_call_options(options)  # here, not in the executor: a misspelt option fails at once
+        producer = self.app.producer
+        return Result(producer.owner, await aio.send(producer, self, tuple(args), dict(kwargs or {}), options))
 
     def repeat(
         self,
@@ -165,11 +164,6 @@ class Task(Generic[P, R]):
 
 
 Task.apply_async.__doc__ = (Task.apply_async.__doc__ or "") + options_doc(PER_CALL.values())
-
-
-def _call_options() -> frozenset[str]:
-    """The per-call option names of :meth:`Task.apply_async` (what ``aapply_async`` accepts)."""
-    return frozenset(PER_CALL)
 
 
 def _task_by_name(app: TaskHost, name: str) -> Sendable:

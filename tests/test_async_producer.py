@@ -8,6 +8,7 @@ records the longest gap between its wake-ups while the producer works.
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import threading
 import time
@@ -18,6 +19,7 @@ from typing import Any, TypeVar
 import pytest
 
 from liteq import GroupResult, LiteQ, chain, chord, group
+from liteq.aio import MAX_THREADS
 from liteq.exceptions import ConfigurationError, ResultTimeout, StoreCorrupt, TaskFailed
 from tests import canvas_tasks, pool_tasks, tasks
 from tests.cluster_support import TOKEN, ServerProcess, served
@@ -86,16 +88,27 @@ def app(tmp_path: Path) -> Iterator[LiteQ]:
 def test_a_thousand_concurrent_awaits_in_one_loop_with_a_pool_running(app: LiteQ) -> None:
     add = app.get_task("tests.tasks.add")
 
+    threads_before = threading.active_count()
+    most_threads = [0]
+
+    async def count_threads() -> None:
+        while True:
+            most_threads[0] = max(most_threads[0], threading.active_count())
+            await asyncio.sleep(0.005)
+
     async def main() -> tuple[list[Any], float, int]:
+        counter = asyncio.ensure_future(count_threads())
         async with Heartbeat() as beat:
             # Given 1,000 tasks enqueued concurrently from one loop
             results = await asyncio.gather(*(add.adelay(i, i) for i in range(1000)))
             # When 1,000 coroutines await their results at once while the pool drains them
             values = await asyncio.wait_for(asyncio.gather(*(r.aget(timeout=90) for r in results)), 100)
+        counter.cancel()
         return values, beat.longest, beat.beats
 
     # (The pool starts and stops outside the loop: its start and graceful stop block by design.)
     with app.workers(concurrency=2):
+        threads_before = threading.active_count()
         values, longest, beats = run(main)
     # Then every value is right, in order
     assert values == [2 * i for i in range(1000)]
@@ -103,6 +116,8 @@ def test_a_thousand_concurrent_awaits_in_one_loop_with_a_pool_running(app: LiteQ
     # store call (the bound is loose: the machine is shared).
     assert beats > 10
     assert longest < 0.5, f"the event loop stalled for {longest:.3f}s"
+    # And no thread per waiter: at most the shared executor's few threads were added
+    assert most_threads[0] - threads_before <= MAX_THREADS, (threads_before, most_threads[0])
 
 
 def test_adelay_from_a_running_loop_does_not_block_it_while_the_store_is_locked(app: LiteQ) -> None:
@@ -177,6 +192,37 @@ def test_aget_timeout_raises_result_timeout(app: LiteQ) -> None:
     assert 0.2 <= elapsed < 5
 
 
+def test_a_cancelled_awaiter_is_forgotten_and_the_watcher_unbinds_when_nobody_waits(app: LiteQ) -> None:
+    add = app.get_task("tests.tasks.add")
+    wake_dir = app.storage.wake_dir
+    assert wake_dir is not None
+
+    def our_sockets() -> list[str]:
+        return [n for n in os.listdir(wake_dir) if n.startswith(f"{os.getpid()}-")] if os.path.isdir(wake_dir) else []
+
+    async def main() -> None:
+        result = await add.adelay(1, 2)
+        # Given a coroutine awaiting a result, with the watcher's wake-up socket bound
+        waiting = asyncio.ensure_future(result.aget())
+        deadline = time.monotonic() + 10
+        while not our_sockets():
+            assert time.monotonic() < deadline, "the watcher never bound its wake-up socket"
+            await asyncio.sleep(0.005)
+        # When it is cancelled (a client went away)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        # Then the watcher forgets it and unbinds its socket: no wake-ups are sent to an idle loop
+        while our_sockets():
+            assert time.monotonic() < deadline, "the watcher kept its socket with nobody waiting"
+            await asyncio.sleep(0.005)
+        # And a later await still works
+        await asyncio.to_thread(app.run_until_empty)
+        assert await result == 3
+
+    run(main)
+
+
 def test_failures_raise_task_failed_or_come_back_with_propagate_false(app: LiteQ) -> None:
     fail = app.get_task("tests.tasks.fail")
 
@@ -232,7 +278,7 @@ def test_aenqueue_many_writes_one_batch_and_a_bad_call_fails_alone(app: LiteQ) -
         assert all(not isinstance(o, BaseException) for o in outcomes[:10])
         assert isinstance(outcomes[10], Exception) and not isinstance(outcomes[10], StoreCorrupt)
         # A misspelt option is a clear, typed error naming the options there are
-        with pytest.raises(ConfigurationError, match=r"unknown option.*countdwn"):
+        with pytest.raises(ConfigurationError, match=r"unknown call option 'countdwn'"):
             await add.aapply_async((1, 2), countdwn=5)
         await asyncio.to_thread(app.run_until_empty)
         assert await asyncio.gather(*outcomes[:10]) == list(range(10))

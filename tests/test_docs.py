@@ -97,6 +97,7 @@ def test_the_guide_has_its_pages() -> None:
         "migrating.md",
         "troubleshooting.md",
         "dashboard.md",
+        "asyncio.md",
     }
     assert expected <= names, f"missing pages: {sorted(expected - names)}"
 

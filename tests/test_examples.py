@@ -7,13 +7,17 @@ directory; a script that outlives its timeout is killed with its whole process g
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import shutil
+import signal
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -164,3 +168,64 @@ def test_cluster(tmp_path: Path) -> None:
     result = run_example("cluster/cluster_demo.py", tmp_path)
     check(result, "server listening on liteq://127.0.0.1:", "checksums computed by", "cluster demo done")
     assert (tmp_path / "data" / "store").is_dir()
+
+
+def test_async_api(tmp_path: Path) -> None:
+    # The demo: uvicorn + Starlette, a job's progress streamed back as SSE, then a failing job
+    result = run_example("async_api/async_api.py", tmp_path)
+    check(result, "serving on http://127.0.0.1:", "POST /jobs?steps=8 -> 202", "then done: {'result': 140}")
+    check(result, "then failed: 99 steps is too many")
+
+
+def test_async_api_serves_and_streams_progress(tmp_path: Path) -> None:
+    # Given the async API serving on 127.0.0.1, a free port
+    env = {**os.environ, "LITEQ_EXAMPLE_DIR": str(tmp_path / "data")}
+    env.pop("PYTHONPATH", None)
+    proc = subprocess.Popen(
+        [sys.executable, str(EXAMPLES / "async_api" / "async_api.py"), "--serve", "--port", "0"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], 60)
+        line = proc.stdout.readline() if ready else ""
+        assert line.startswith("serving on http://127.0.0.1:"), f"no address printed: {line!r}"
+        base = line.split()[-1]
+        # When a request queues a job
+        request = urllib.request.Request(base + "/jobs?steps=5", method="POST")
+        with urllib.request.urlopen(request, timeout=30) as response:
+            assert response.status == 202
+            job = json.loads(response.read())
+        # Then its event stream carries progress while it runs and its value at the end
+        events: list[tuple[str, Any]] = []
+        with urllib.request.urlopen(base + job["events"], timeout=60) as response:
+            assert response.headers["content-type"].startswith("text/event-stream")
+            name = ""
+            for raw in response:
+                text = raw.decode().rstrip("\n")
+                if text.startswith("event: "):
+                    name = text[len("event: ") :]
+                elif text.startswith("data: "):
+                    events.append((name, json.loads(text[len("data: ") :])))
+        assert events[-1] == ("done", {"result": 30})
+        fractions = [data["fraction"] for name, data in events if name == "progress"]
+        assert fractions and fractions == sorted(fractions) and all(0 < f <= 1 for f in fractions)
+    finally:
+        # Stop the server (it stops its own pool), as a service manager would: SIGTERM
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)  # the session we started: server and pool
+            proc.wait(timeout=30)
+        err = proc.stderr.read() if proc.stderr is not None else ""
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+    assert proc.returncode == 0, f"exit code {proc.returncode}; stderr:\n{err}"
