@@ -43,7 +43,8 @@ def _resolve(module: str, is_package: bool, node: ast.ImportFrom | ast.Import) -
     if isinstance(node, ast.Import):
         return [alias.name for alias in node.names]
     if node.level:
-        base = module.split(".") if is_package else module.split(".")[:-1]
+        # A package's own module is spelled ``pkg.__init__`` here: its level-1 base is ``pkg``.
+        base = module.split(".")[:-1]
         base = base[: len(base) - (node.level - 1)]
         prefix = ".".join(base + ([node.module] if node.module else []))
     else:
