@@ -11,7 +11,12 @@ Producer rows (this module's ``producer_*`` functions):
   made all at once (``asyncio.gather``), beside gathering as many no-op coroutines (what asyncio
   alone costs for a burst that size: every first step runs in one turn of the loop).
 
-Worker rows (``async def`` tasks in the pool) are added beside these by their own functions.
+Worker rows (``worker_*``: ``async def`` tasks in the pool):
+
+- naps: 100 tasks that each ``await asyncio.sleep(0.1)``, queued, then drained by one child:
+  wall time from the pool ready to every outcome stored (target: <= 0.3 s);
+- drain: 10,000 queued no-op ``async def`` tasks drained on ``app.workers(2)``, tasks/s beside
+  10,000 sync no-op tasks drained the same way (the W2 workload) in alternating rounds.
 """
 
 from __future__ import annotations
@@ -106,7 +111,9 @@ def producer_round_trip(ctx: Context) -> list[Figure]:
             a50.append(percentile(lat, 50))
             a99.append(percentile(lat, 99))
             s50.append(percentile(sync_round(n), 50))
-            ctx.log(f"async round trip {round_ + 1}: p50 {a50[-1]:.0f} us (sync {s50[-1]:.0f} us), p99 {a99[-1]:.0f} us")
+            ctx.log(
+                f"async round trip {round_ + 1}: p50 {a50[-1]:.0f} us (sync {s50[-1]:.0f} us), p99 {a99[-1]:.0f} us"
+            )
     finally:
         stop(worker)
         app.close()
@@ -208,6 +215,77 @@ def producer_loop_stall(ctx: Context) -> list[Figure]:
     ]
 
 
+# -- worker rows: async def tasks in the pool -----------------------------------------------------------
+
+N_NAPS = 100
+NAP = 0.1
+NAP_TARGET_S = 0.3
+N_DRAIN = 10_000
+
+
+def _succeeded(app: LiteQ) -> int:
+    return sum(by_state.get("succeeded", 0) for by_state in app.storage.counts().values())
+
+
+def _drain(ctx: Context, label: str, fn: Any, args: list[tuple[Any, ...]], concurrency: int) -> tuple[float, float]:
+    """Queue ``fn(*a)`` for each ``a``, start ``app.workers(concurrency)``, and time from the pool
+    being ready to every outcome stored; returns (seconds, tasks/s)."""
+    path = ctx.fresh(label)
+    app = LiteQ(path)
+    task = app.task(fn)
+    app.enqueue_many([task.s(*a) for a in args])
+    with app.workers(concurrency=concurrency) as pool:
+        started = time.perf_counter()
+        while pool.tasks_done < len(args):  # a counter of the supervisor thread
+            time.sleep(0.002)
+        while _succeeded(app) < len(args):  # and every outcome committed
+            time.sleep(0.001)
+        took = time.perf_counter() - started
+    app.close()
+    remove(path)
+    return took, len(args) / took
+
+
+def worker_naps(ctx: Context) -> list[Figure]:
+    """100 tasks that each ``await asyncio.sleep(0.1)`` on one child: wall time (target <= 0.3 s)."""
+    walls = [_drain(ctx, "async-naps", bench_tasks.anap, [(NAP,)] * N_NAPS, 1)[0] for _ in range(ctx.repeats)]
+    group = f"asyncio worker: {N_NAPS} x await asyncio.sleep({NAP}) on one child"
+    return [
+        Figure(
+            group,
+            "wall, from the pool ready to every outcome stored",
+            median(walls),
+            "s",
+            reference=f"one after another: {N_NAPS * NAP:.0f} s",
+            target=f"<= {NAP_TARGET_S} s",
+            ok=median(walls) <= NAP_TARGET_S,
+            runs=walls,
+        )
+    ]
+
+
+def worker_drain(ctx: Context) -> list[Figure]:
+    """10,000 queued no-op ``async def`` tasks drained on ``app.workers(2)``, beside the same
+    number of sync no-op tasks (the W2 drain) measured the same way in alternating rounds."""
+    n = ctx.n(N_DRAIN)
+    coroutine: list[float] = []
+    sync: list[float] = []
+    for _ in range(ctx.repeats):
+        coroutine.append(_drain(ctx, "async-drain", bench_tasks.anoop, [(i,) for i in range(n)], 2)[1])
+        sync.append(_drain(ctx, "sync-drain", bench_tasks.noop, [(i,) for i in range(n)], 2)[1])
+    group = f"asyncio worker: drain {n:,} queued no-op tasks on app.workers(2)"
+    return [
+        Figure(
+            group,
+            "async def no-op tasks, from the pool ready to every outcome stored",
+            median(coroutine),
+            "tasks/s",
+            reference=f"sync no-op tasks (W2), same measure: {median(sync):,.0f} tasks/s",
+            runs=coroutine,
+        )
+    ]
+
+
 def run(ctx: Context) -> list[Figure]:
     """Every asyncio benchmark: the producer's rows, then the worker's."""
-    return [*producer_round_trip(ctx), *producer_loop_stall(ctx)]
+    return [*producer_round_trip(ctx), *producer_loop_stall(ctx), *worker_naps(ctx), *worker_drain(ctx)]

@@ -28,6 +28,19 @@ def noop(i: int) -> int:
     return i
 
 
+async def anoop(i: int) -> int:
+    """The no-op ``async def`` task (the asyncio worker benchmark)."""
+    return i
+
+
+async def anap(seconds: float) -> float:
+    """``await asyncio.sleep(seconds)`` (the asyncio worker benchmark: coroutines share a child)."""
+    import asyncio
+
+    await asyncio.sleep(seconds)
+    return seconds
+
+
 def burn(n: int) -> int:
     """Pure-Python CPU work: ``n`` loop iterations (the benchmark calibrates ``n`` to ~10 ms)."""
     x = 0

@@ -16,8 +16,10 @@ import time
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
+from .asyncrun import DEFAULT_ASYNC_CONCURRENCY, AsyncRunner, is_async_task
 from .context import _current
 from .pool_protocol import Kind, decode, encode, outcome_fields, task_from
+from .storage.base import ClaimedTask
 
 if TYPE_CHECKING:
     from .runtime import Runtime
@@ -45,9 +47,15 @@ class ChildOptions:
     """What a child needs besides the app: the supervisor's pid and how to log."""
 
     def __init__(
-        self, supervisor_pid: int, log_queue: Any = None, log_level: int = logging.WARNING, measure_memory: bool = False
+        self,
+        supervisor_pid: int,
+        log_queue: Any = None,
+        log_level: int = logging.WARNING,
+        measure_memory: bool = False,
+        async_concurrency: int = DEFAULT_ASYNC_CONCURRENCY,
     ) -> None:
         self.supervisor_pid = supervisor_pid
+        self.async_concurrency = async_concurrency
         self.log_queue = log_queue
         self.log_level = log_level
         self.measure_memory = measure_memory
@@ -128,9 +136,10 @@ class _Inbox:
     follows).
     """
 
-    def __init__(self, conn: Connection, send: Any) -> None:
+    def __init__(self, conn: Connection, send: Any, cancel: Any = None) -> None:
         self.conn = conn
         self.send = send
+        self.cancel = cancel
         self.tasks: collections.deque[Any] = collections.deque()
         self.closed = False
         self.cond = threading.Condition()
@@ -144,6 +153,10 @@ class _Inbox:
             kind = message[0]
             if kind == Kind.PING:  # liveness: answered by this thread, whatever the task does
                 self.send(Kind.PONG)
+                continue
+            if kind == Kind.CANCEL:  # a running coroutine task: raised inside it on the loop
+                if self.cancel is not None:
+                    self.cancel(message[1])
                 continue
             with self.cond:
                 if kind == Kind.RUN:
@@ -172,7 +185,7 @@ def child_main(runtime: Runtime, conn: Connection, options: ChildOptions) -> Non
 
     The messages in and out are those of :mod:`liteq.pool_protocol`.
     """
-    from .worker import execute
+    from .worker import coroutine_call, execute
 
     # Ctrl-C reaches the whole process group; only the supervisor decides how to stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -190,17 +203,31 @@ def child_main(runtime: Runtime, conn: Connection, options: ChildOptions) -> Non
         with send_lock:
             conn.send_bytes(data)
 
-    inbox = _Inbox(conn, send)
+    def report_for(c: ClaimedTask) -> Any:
+        def report(progress: Any) -> None:
+            send(Kind.PROGRESS, c.id, c.lease_token, progress.encode())
+
+        return report
+
+    def send_outcome(outcome: Any) -> None:
+        send(Kind.DONE, outcome_fields(outcome), _rss() if options.measure_memory else 0)
+
+    # async def tasks run on an event loop in a thread of its own, up to async_concurrency at once;
+    # a sync task waits until none is in flight, then has the child to itself (see liteq.asyncrun).
+    runner = AsyncRunner(
+        options.async_concurrency, lambda c, report: coroutine_call(runtime, c, report), send_outcome, report_for
+    )
+    inbox = _Inbox(conn, send, runner.cancel)
     reader = threading.Thread(target=inbox.read, name="liteq-child-inbox", daemon=True)
-    send(Kind.READY, os.getpid())
+    send(Kind.READY, os.getpid(), runner.limit)
     reader.start()
     while True:
         claimed = inbox.next()
         if claimed is None:
+            runner.wait_idle()
             return
-
-        def report(progress: Any, c: Any = claimed) -> None:
-            send(Kind.PROGRESS, c.id, c.lease_token, progress.encode())
-
-        outcome = execute(runtime, claimed, report=report)
-        send(Kind.DONE, outcome_fields(outcome), _rss() if options.measure_memory else 0)
+        if is_async_task(runtime.registry, claimed.name):
+            runner.submit(claimed)
+            continue
+        runner.wait_idle()
+        send_outcome(execute(runtime, claimed, report=report_for(claimed)))

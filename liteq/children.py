@@ -48,13 +48,16 @@ class Child:
 
     __slots__ = (
         "answered",
+        "async_limit",
         "cancel_deadline",
         "cancel_id",
+        "cancels",
         "conn",
         "done",
         "frames",
         "index",
         "kill_reason",
+        "kill_task",
         "last_run",
         "pid",
         "pinged",
@@ -63,6 +66,7 @@ class Child:
         "ready",
         "retiring",
         "revoking",
+        "since",
         "started",
     )
 
@@ -84,6 +88,11 @@ class Child:
         self.cancel_deadline = 0.0
         self.answered = 0.0  # monotonic time of the last message from the child (liveness)
         self.pinged = 0.0  # monotonic time of the last liveness ping sent
+        # Coroutine tasks (liteq.coroutine_feed): the child runs up to async_limit of them at once.
+        self.async_limit = 1  # told by the child's READY
+        self.since: dict[str, float] = {}  # running coroutine task id -> monotonic start
+        self.cancels: dict[str, float] = {}  # running coroutine task asked to stop -> kill deadline
+        self.kill_task = ""  # the coroutine the child was killed for (those beside it are retried)
 
     @property
     def head(self) -> ClaimedTask | None:
@@ -93,14 +102,17 @@ class Child:
 def lost_outcome(c: Child, task: ClaimedTask, code: int | None, limit: float | None) -> Outcome:
     """What to record for ``task`` whose child ``c`` exited with ``code`` while running it:
     timed out, cancelled, or lost (retried while attempts remain; at once if the pool killed it
-    to stop)."""
-    if c.kill_reason is KillReason.TIMEOUT:
+    to stop, or for another coroutine task's limit)."""
+    kill_reason = c.kill_reason
+    if c.kill_task and c.kill_task != task.id and kill_reason:
+        kill_reason = KillReason.STOP  # beside the coroutine it was killed for: not its fault
+    if kill_reason is KillReason.TIMEOUT:
         info = ErrorInfo(
             "liteq.exceptions.TaskTimedOut",
             f"task ran past its hard timeout of {limit}s; its worker process was killed",
         )
         return Outcome(task.id, task.lease_token, FAILED, error=info.encode(), reason="timeout")
-    if c.kill_reason is KillReason.UNRESPONSIVE:
+    if kill_reason is KillReason.UNRESPONSIVE:
         info = ErrorInfo(
             "liteq.exceptions.TaskTimedOut",
             f"worker process {c.pid} stopped answering the supervisor's liveness pings (stopped, or stuck in "
@@ -109,7 +121,7 @@ def lost_outcome(c: Child, task: ClaimedTask, code: int | None, limit: float | N
         if task.attempt < task.max_attempts:
             return Outcome(task.id, task.lease_token, PENDING, error=info.encode(), reason="unresponsive", run_at=0.0)
         return Outcome(task.id, task.lease_token, FAILED, error=info.encode(), reason="unresponsive")
-    if c.kill_reason is KillReason.CANCELLED:
+    if kill_reason is KillReason.CANCELLED:
         info = ErrorInfo("liteq.exceptions.TaskCancelled", "cancelled while running; its worker process was killed")
         return Outcome(task.id, task.lease_token, CANCELLED, error=info.encode(), reason="cancelled")
     info = ErrorInfo(
@@ -117,7 +129,7 @@ def lost_outcome(c: Child, task: ClaimedTask, code: int | None, limit: float | N
         f"worker process {c.pid} {exit_text(code)} while running the task (attempt {task.attempt} of "
         f"{task.max_attempts})",
     )
-    if c.kill_reason is KillReason.STOP or task.attempt < task.max_attempts:
+    if kill_reason is KillReason.STOP or task.attempt < task.max_attempts:
         return Outcome(task.id, task.lease_token, PENDING, error=info.encode(), reason="worker lost", run_at=0.0)
     return Outcome(task.id, task.lease_token, FAILED, error=info.encode(), reason="worker lost")
 

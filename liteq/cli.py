@@ -226,6 +226,13 @@ def cli() -> None:
 )
 @click.option("--prefetch", type=click.IntRange(min=0), default=None, help="Tasks claimed ahead [concurrency].")
 @click.option(
+    "--async-concurrency",
+    type=click.IntRange(min=1),
+    default=100,
+    show_default=True,
+    help="async def tasks one child runs at once on its event loop.",
+)
+@click.option(
     "--include",
     "include",
     multiple=True,
@@ -258,6 +265,7 @@ def worker(
     max_memory_per_child: str | None,
     start_method: str | None,
     prefetch: int | None,
+    async_concurrency: int,
     include: tuple[str, ...],
     shutdown_timeout: float,
     worker_id: str | None,
@@ -287,6 +295,7 @@ def worker(
         max_memory_per_child=parse_size(max_memory_per_child),
         start_method=start_method,
         prefetch=prefetch,
+        async_concurrency=async_concurrency,
         shutdown_timeout=shutdown_timeout,
         worker_id=worker_id,
     )

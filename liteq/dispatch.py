@@ -126,8 +126,11 @@ class Dispatch:
         c.revoking.difference_update(ids)
 
     def capacity(self) -> int:
+        # A child holding only coroutine tasks has room for its free coroutine room.
+        feed = self.watchdog.feed
+        coroutines = feed.any_async()
         return sum(
-            max(0, self.depth_for(c) - len(c.queue))
+            max(0, feed.depth(c, self.depth_for(c), coroutines, feed.syncs(c)) - len(c.queue))
             for c in self.children
             if c.ready and not c.retiring and not c.kill_reason
         )
@@ -169,17 +172,23 @@ class Dispatch:
             return
         # Level by level: every idle child gets a task before any child gets a second one.
         depth = {id(c): self.depth_for(c) for c in self.children if c.ready and not c.retiring and not c.kill_reason}
+        # Coroutine tasks join a child that runs only coroutines, up to its room (coroutine_feed).
+        feed = self.watchdog.feed
+        syncs = {id(c): feed.syncs(c) for c in self.children}
+        levels = max([self.short_depth, *(c.async_limit for c in self.children)])
         handed: dict[int, tuple[Child, list[ClaimedTask]]] = {}
-        for level in range(1, self.short_depth + 1):
+        for level in range(1, levels + 1):
             for c in self.children:
                 if not self.buffer:
                     break
-                if len(c.queue) >= min(level, depth.get(id(c), 0)):
+                coroutine = feed.is_async(self.buffer[0].name)
+                if len(c.queue) >= min(level, feed.depth(c, depth.get(id(c), 0), coroutine, syncs[id(c)])):
                     continue
                 task = self.buffer.popleft()
                 if not c.queue:
                     c.started = c.answered = time.monotonic()
                 c.queue.append(task)
+                syncs[id(c)] += not coroutine
                 handed.setdefault(id(c), (c, []))[1].append(task)
                 depth[id(c)] = self.depth_for(c)  # a task with a hard limit ahead caps the queue
         # One message per child, whatever it was handed.
@@ -224,12 +233,19 @@ class Dispatch:
 
     def check_cancels(self) -> None:
         """Stop running tasks whose cancel was requested, and drop such tasks not started yet."""
-        running = {c.head.id: c for c in self.children if c.head is not None and not c.kill_reason and not c.cancel_id}
+        feed = self.watchdog.feed
+        running = {
+            t.id: c
+            for c in self.children
+            if not c.kill_reason and not c.cancel_id
+            for t in feed.running(c)
+            if t.id not in c.cancels
+        }
         # Tasks held but not started (in the buffer, or queued in a child's pipe) are checked too:
         # a cancel that arrives after the claim must stop them from starting at all.
         held = self.held()
         self.cancelled &= {t.id for t in held}  # forget those that ended meanwhile
-        heads = {c.head.id for c in self.children if c.head is not None}
+        heads = {t.id for c in self.children for t in feed.running(c)}
         waiting = [t.id for t in held if t.id not in heads and t.id not in self.cancelled]
         if not running and not waiting:
             return
@@ -240,6 +256,13 @@ class Dispatch:
                 self.cancelled.add(row.id)
                 continue
             c = running[row.id]
+            if feed.is_async(row.name):
+                # A coroutine: TaskCancelled is raised inside it on the child's loop; the child is
+                # killed (its other coroutines retried) only if it does not stop within the grace.
+                logger.warning("task %s cancelled while running: stopping it in child %s", row.id, c.pid)
+                c.cancels[row.id] = time.monotonic() + CANCEL_GRACE
+                send(c.conn, Kind.CANCEL, row.id)
+                continue
             # Ask first (TaskCancelled is raised inside the task, which may clean up), kill after a grace.
             logger.warning("task %s cancelled while running: stopping it in child %s", row.id, c.pid)
             c.cancel_id, c.cancel_deadline = row.id, time.monotonic() + CANCEL_GRACE

@@ -23,6 +23,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from .children import Child
+from .coroutine_feed import CoroutineFeed
 from .pool_protocol import KillReason
 from .storage.base import ClaimedTask
 
@@ -42,8 +43,9 @@ PING_FRACTION = 0.25
 class Watchdog:
     """The kill decisions of one pool (see the module doc)."""
 
-    def __init__(self, runtime: Runtime, liveness_timeout: float) -> None:
+    def __init__(self, runtime: Runtime, liveness_timeout: float, feed: CoroutineFeed | None = None) -> None:
         self.runtime = runtime
+        self.feed = feed if feed is not None else CoroutineFeed(runtime.registry)
         self.liveness_timeout = liveness_timeout
         self.ping_interval = liveness_timeout * PING_FRACTION
         self._checked = 0.0  # monotonic time of the last verdicts
@@ -72,7 +74,13 @@ class Watchdog:
             head = c.head
             assert head is not None
             limit = self.time_limit(head)
-            if c.cancel_id and c.cancel_id == head.id and mono >= c.cancel_deadline:
+            coroutines = self.feed.is_async(head.name)
+            culprit = self.feed.verdict(c, mono, self.time_limit, CANCEL_GRACE) if coroutines else KillReason.NONE
+            if culprit:
+                out.append((c, culprit))
+            elif coroutines:
+                pass  # their limits are enforced inside the child first (liteq.coroutine_feed)
+            elif c.cancel_id and c.cancel_id == head.id and mono >= c.cancel_deadline:
                 logger.warning(
                     "cancelled task %s did not stop within %ss: killing child %s", head.id, CANCEL_GRACE, c.pid
                 )
@@ -80,7 +88,7 @@ class Watchdog:
             elif limit is not None and mono - c.started >= limit:
                 logger.error("task %s %s ran past its %ss timeout: killing child %s", head.name, head.id, limit, c.pid)
                 out.append((c, KillReason.TIMEOUT))
-            elif c.ready and mono - c.answered >= self.liveness_timeout:
+            if (not out or out[-1][0] is not c) and c.ready and mono - c.answered >= self.liveness_timeout:
                 logger.error(
                     "child %s running task %s stopped answering for %ss: killing it",
                     c.pid,
@@ -106,7 +114,9 @@ class Watchdog:
             head = c.head
             assert head is not None
             limit = self.time_limit(head)
-            if limit is not None:
+            if self.feed.is_async(head.name):
+                out += self.feed.deadlines(c, self.time_limit, CANCEL_GRACE)
+            elif limit is not None:
                 out.append(c.started + limit)
             if c.cancel_id:
                 out.append(c.cancel_deadline)

@@ -42,6 +42,7 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Any
 
+from .asyncrun import DEFAULT_ASYNC_CONCURRENCY
 from .child import ChildOptions, child_main
 from .children import (
     Checkpointer,
@@ -52,6 +53,7 @@ from .children import (
     lost_outcome,
     readable,
 )
+from .coroutine_feed import CoroutineFeed
 from .dispatch import DEFAULT_CHILD_DEPTH, Dispatch
 from .events import EventWait
 from .exceptions import ConfigurationError, LiteQError
@@ -101,6 +103,9 @@ class WorkerPool:
       before it is killed and its task handled as a hard timeout (default: the lease; see
       :mod:`liteq.liveness`).
     - ``scheduler``: fire the app's periodic tasks from this pool (default True; safe in every pool).
+    - ``async_concurrency``: ``async def`` tasks one child runs at once on its event loop (default
+      100; a sync task still takes the whole child). Children are fed by their free coroutine
+      room (see :mod:`liteq.coroutine_feed`).
     - ``clock``: the wall clock the pool passes to the store (default ``time.time``; injected by
       tests of clock steps, see :mod:`liteq.upkeep`).
     """
@@ -124,6 +129,7 @@ class WorkerPool:
         scheduler: bool = True,
         liveness_timeout: float | None = None,
         clock: Callable[[], float] = time.time,
+        async_concurrency: int = DEFAULT_ASYNC_CONCURRENCY,
     ) -> None:
         runtime = runtime_of(app)
         if not runtime.storage.shared_between_processes:
@@ -148,6 +154,8 @@ class WorkerPool:
         ):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ConfigurationError(f"{name} must be a positive integer or None, not {value!r}")
+        if isinstance(async_concurrency, bool) or not isinstance(async_concurrency, int) or async_concurrency < 1:
+            raise ConfigurationError(f"async_concurrency must be an integer >= 1, not {async_concurrency!r}")
         if child_depth is not None and child_depth < 1:
             raise ConfigurationError(f"child_depth must be >= 1, not {child_depth!r}")
         if shutdown_timeout < 0:
@@ -156,6 +164,8 @@ class WorkerPool:
         self.runtime = runtime
         self.storage = runtime.storage
         self.concurrency = concurrency
+        self.async_concurrency = async_concurrency
+        self.feed = CoroutineFeed(runtime.registry)
         self.queues = list(queues) if queues else runtime.registry.queues()
         self.start_method = method
         self.ctx = multiprocessing.get_context(method)
@@ -172,7 +182,9 @@ class WorkerPool:
         if liveness_timeout is not None and not liveness_timeout > 0:
             raise ConfigurationError(f"liveness_timeout must be > 0 seconds, not {liveness_timeout!r}")
         # A child silent for a whole lease would have lost its lease as a worker of its own.
-        self.watchdog = Watchdog(runtime, float(liveness_timeout) if liveness_timeout is not None else self.lease)
+        self.watchdog = Watchdog(
+            runtime, float(liveness_timeout) if liveness_timeout is not None else self.lease, self.feed
+        )
         self.reload = reload
         self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{new_id()[-8:]}"
         self.scheduler = Scheduler(runtime) if scheduler and runtime.registry.schedules else None
@@ -295,7 +307,9 @@ class WorkerPool:
     def _spawn(self, index: int) -> Child:
         parent_conn, child_conn = self.ctx.Pipe(duplex=True)
         level = logging.getLogger().getEffectiveLevel()
-        options = ChildOptions(os.getpid(), self._logs.queue, level, self.max_memory_per_child is not None)
+        options = ChildOptions(
+            os.getpid(), self._logs.queue, level, self.max_memory_per_child is not None, self.async_concurrency
+        )
         process = self.ctx.Process(  # type: ignore[attr-defined]
             target=child_main, args=(self.runtime, child_conn, options), name=f"liteq-child-{index}", daemon=True
         )
@@ -452,13 +466,17 @@ class WorkerPool:
         elif kind == Kind.READY:
             c.ready = True
             c.pid = message[1]
+            c.async_limit = message[2]
 
     def _done(self, c: Child, outcome: Outcome, rss: int) -> None:
         head = c.head
-        if head is None or head.id != outcome.id:
+        if head is not None and head.id == outcome.id:
+            c.queue.popleft()
+        elif not self.feed.finished(c, outcome.id):  # coroutine tasks end in any order
             logger.error("child %s reported task %s it was not running", c.pid, outcome.id)
             return
-        c.queue.popleft()
+        c.since.pop(outcome.id, None)
+        c.cancels.pop(outcome.id, None)
         if c.cancel_id == outcome.id:
             # It stopped within the grace after being asked to: record the cancel, whatever it raised.
             c.cancel_id = ""
@@ -487,9 +505,10 @@ class WorkerPool:
         c.process.join(1)  # the sentinel can fire a moment before waitpid reports the exit code
         code = c.process.exitcode
         head = c.head
-        if head is not None:
-            c.queue.popleft()
-            self.upkeep.outcomes.append(lost_outcome(c, head, code, self.watchdog.time_limit(head)))
+        # Every task it was running is lost (one sync task, or its coroutines); the rest never started.
+        for task in self.feed.running(c):
+            c.queue.remove(task)
+            self.upkeep.outcomes.append(lost_outcome(c, task, code, self.watchdog.time_limit(task)))
         while c.queue:
             self.dispatch.buffer.appendleft(c.queue.pop())
         self._events.unwatch(c)

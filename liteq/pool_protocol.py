@@ -12,11 +12,13 @@ Supervisor to child:
   supervisor hands a child more than one at once);
 - ``REVOKE, [id, ...]``: give back these queued tasks if not started (answered by ``RETURNED``);
 - ``PING``: liveness check (answered by ``PONG`` from the child's reader thread);
+- ``CANCEL, id``: raise ``TaskCancelled`` inside this running coroutine task (a sync task is
+  cancelled with SIGUSR1 instead: only a signal interrupts it);
 - ``STOP``: finish what is queued, then exit.
 
 Child to supervisor:
 
-- ``READY, pid``; ``PROGRESS, id, lease token, bytes``; ``DONE, outcome fields, rss``;
+- ``READY, pid, async room`` (how many ``async def`` tasks the child runs at once on its loop); ``PROGRESS, id, lease token, bytes``; ``DONE, outcome fields, rss``;
   ``RETURNED, [id, ...]`` (each revoked id is either here, or started and its ``DONE`` follows:
   this atomic answer is what lets a supervisor take tasks back without running one twice);
   ``PONG``.
@@ -59,6 +61,7 @@ class Kind(enum.IntEnum):
     REVOKE = 2
     PING = 3
     STOP = 4
+    CANCEL = 5
     READY = 10
     PROGRESS = 11
     DONE = 12

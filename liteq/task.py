@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import time
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta, timezone
@@ -56,6 +57,8 @@ class Task(Generic[P, R]):
         self.fn = fn
         self.name = name
         self.options = options
+        #: True for an ``async def`` task: a pool child runs it on its event loop, many at once.
+        self.is_async = inspect.iscoroutinefunction(fn)
         # Name and docs of the function, but not its __dict__: a Task wrapping another app's Task
         # must keep its own app and name.
         functools.update_wrapper(self, fn, updated=())

@@ -15,9 +15,11 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
+from .asyncrun import CoroutineCall, run_blocking
 from .context import TaskContext, _enter, _leave
 from .exceptions import (
     ConfigurationError,
@@ -33,8 +35,18 @@ from .message import ErrorInfo, Progress, decode_call, new_id
 from .retries import Retry, backoff_delay
 from .runtime import HasRuntime, Runtime, runtime_of
 from .storage.base import FAILED, SCHEDULED, SUCCEEDED, ClaimedTask, Outcome, WorkerInfo
+from .task import Task
 
-__all__ = ["DEFAULT_LEASE", "Worker", "execute"]
+__all__ = [
+    "DEFAULT_LEASE",
+    "Prepared",
+    "Worker",
+    "coroutine_call",
+    "execute",
+    "prepare",
+    "settle_error",
+    "settle_value",
+]
 
 logger = logging.getLogger("liteq.worker")
 
@@ -131,7 +143,73 @@ def execute(
 ) -> Outcome:
     """Run one claimed task in this thread and return the outcome to record. Never raises for the
     task's sake: unknown names, undecodable payloads, exceptions and unserializable results all
-    become outcomes with a reason."""
+    become outcomes with a reason.
+
+    An ``async def`` task runs to its end on an event loop of its own here (see
+    :func:`liteq.asyncrun.run_blocking`); pool children run many of them on one loop instead.
+    """
+    prepared = prepare(runtime, claimed, report=report, now=now)
+    if isinstance(prepared, Outcome):
+        return prepared
+    if prepared.task.is_async:
+        return run_blocking(claimed, _coroutine(runtime, claimed, prepared, now))
+    _Deferred.cancel = False
+    token = _enter(prepared.ctx)
+    try:
+        with _SoftLimit(prepared.soft_timeout):
+            value = _call_task(claimed.id, prepared.task.fn, prepared.call.args, prepared.call.kwargs)
+    except (KeyboardInterrupt, SystemExit) as exc:
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        return settle_error(claimed, prepared, exc, now())
+    except Exception as exc:
+        return settle_error(claimed, prepared, exc, now())
+    finally:
+        _leave(token)
+    return settle_value(runtime, claimed, prepared, value)
+
+
+def coroutine_call(
+    runtime: Runtime, claimed: ClaimedTask, report: Callable[[Progress], None] | None = None
+) -> Outcome | CoroutineCall:
+    """An ``async def`` task ready for an event loop (:mod:`liteq.asyncrun`), or its outcome when
+    it cannot start (unknown, undecodable, input missing)."""
+    prepared = prepare(runtime, claimed, report=report)
+    if isinstance(prepared, Outcome):
+        return prepared
+    return _coroutine(runtime, claimed, prepared, time.time)
+
+
+def _coroutine(runtime: Runtime, claimed: ClaimedTask, prepared: Prepared, now: Callable[[], float]) -> CoroutineCall:
+    hard = claimed.timeout if claimed.timeout is not None else prepared.task.options.timeout
+    return CoroutineCall(
+        prepared.task.fn, tuple(prepared.call.args), dict(prepared.call.kwargs), prepared.ctx,
+        prepared.soft_timeout, hard,
+        on_error=lambda exc: settle_error(claimed, prepared, exc, now()),
+        on_value=lambda value: settle_value(runtime, claimed, prepared, value),
+    )  # fmt: skip
+
+
+@dataclass
+class Prepared:
+    """A claimed task ready to call: its registered task, decoded call, context and soft limit."""
+
+    task: Task[Any, Any]
+    call: Any
+    ctx: TaskContext
+    soft_timeout: float | None
+
+
+def prepare(
+    runtime: Runtime,
+    claimed: ClaimedTask,
+    *,
+    report: Callable[[Progress], None] | None = None,
+    now: Callable[[], float] = time.time,
+) -> Prepared | Outcome:
+    """Everything before the call: find the task, decode the call, fetch canvas inputs, build the
+    context. Returns the outcome instead when the task cannot be called (unknown, undecodable,
+    input missing)."""
     try:
         task = runtime.registry.get(claimed.name)
     except UnknownTask as exc:
@@ -160,26 +238,25 @@ def execute(
     retries = call.meta.get("retries", opts.retries)
     retries_left = max(0, min(retries - claimed.attempt + 1, claimed.max_attempts - claimed.attempt))
     ctx = TaskContext(claimed.id, claimed.name, claimed.queue, claimed.attempt, retries_left, report, runtime)
-    _Deferred.cancel = False
-    token = _enter(ctx)
-    try:
-        with _SoftLimit(claimed.soft_timeout if claimed.soft_timeout is not None else opts.soft_timeout):
-            value = _call_task(claimed.id, task.fn, call.args, call.kwargs)
-    except Retry as exc:
-        return _retry(claimed, opts, exc.exc or exc, ctx, exc, now())
-    except SoftTimeLimit as exc:
-        return _retry(claimed, opts, exc, ctx, None, now(), reason="soft timeout")
-    except ConfigurationError as exc:  # bad input (e.g. Retry(countdown=nan)): retrying cannot fix it
+    soft = claimed.soft_timeout if claimed.soft_timeout is not None else opts.soft_timeout
+    return Prepared(task, call, ctx, soft)
+
+
+def settle_error(claimed: ClaimedTask, prepared: Prepared, exc: BaseException, now: float) -> Outcome:
+    """The outcome of a call that raised ``exc``: a retry while the budget allows, else failed."""
+    opts, ctx = prepared.task.options, prepared.ctx
+    if isinstance(exc, Retry):
+        return _retry(claimed, opts, exc.exc or exc, ctx, exc, now)
+    if isinstance(exc, SoftTimeLimit):
+        return _retry(claimed, opts, exc, ctx, None, now, reason="soft timeout")
+    if isinstance(exc, ConfigurationError):  # bad input (e.g. Retry(countdown=nan)): retrying cannot fix it
         return _fail(claimed, ErrorInfo.from_exception(exc), "invalid input")
-    except (KeyboardInterrupt, SystemExit) as exc:
-        if isinstance(exc, KeyboardInterrupt):
-            raise
-        return _retry(claimed, opts, exc, ctx, None, now())
-    except Exception as exc:
-        return _retry(claimed, opts, exc, ctx, None, now())
-    finally:
-        _leave(token)
-    if opts.ignore_result:
+    return _retry(claimed, opts, exc, ctx, None, now)
+
+
+def settle_value(runtime: Runtime, claimed: ClaimedTask, prepared: Prepared, value: Any) -> Outcome:
+    """The outcome of a call that returned ``value``: succeeded with the encoded result."""
+    if prepared.task.options.ignore_result:
         return Outcome(claimed.id, claimed.lease_token, SUCCEEDED)
     try:
         data = runtime.serializer.dumps(value, what=f"result of {claimed.name}")

@@ -43,7 +43,8 @@ def _resolve(module: str, is_package: bool, node: ast.ImportFrom | ast.Import) -
     if isinstance(node, ast.Import):
         return [alias.name for alias in node.names]
     if node.level:
-        base = module.split(".") if is_package else module.split(".")[:-1]
+        # A package's own module is spelled ``pkg.__init__`` here: its level-1 base is ``pkg``.
+        base = module.split(".")[:-1]
         base = base[: len(base) - (node.level - 1)]
         prefix = ".".join(base + ([node.module] if node.module else []))
     else:
@@ -166,3 +167,25 @@ def test_the_cycle_finder_finds_a_circle() -> None:
     cycle = _cycle(graph)
     # Then the circle is reported
     assert cycle is not None and set(cycle) == {"a", "b", "c"}
+
+
+def _private_uses_of_an_app(path: Path) -> list[str]:
+    """``app._name`` / ``x.app._name`` attribute reads (dunders aside) in one file."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if not isinstance(node, ast.Attribute) or not node.attr.startswith("_") or node.attr.startswith("__"):
+            continue
+        owner = node.value
+        name = owner.id if isinstance(owner, ast.Name) else owner.attr if isinstance(owner, ast.Attribute) else ""
+        if name in ("app", "the_app"):
+            found.append(f"{path.name}:{node.lineno} {name}.{node.attr}")
+    return found
+
+
+def test_nothing_outside_the_app_reaches_into_it() -> None:
+    # Given every module but app.py
+    paths = [p for name, p in _modules().items() if name != "liteq.app"]
+    # When their reads of an app's private attributes are listed
+    found = [use for p in paths for use in _private_uses_of_an_app(p)]
+    # Then there are none: tasks, canvas and the scheduler go through the producer and registry
+    assert found == []

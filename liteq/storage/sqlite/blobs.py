@@ -79,6 +79,7 @@ class Blobs:
         os.chmod(index, self.db.file_mode)
 
     def put(self, key: str, value: bytes) -> None:
+        """Store ``value`` under ``key`` (before the transaction of the row that refers to it)."""
         try:
             self.cache.set(key, value)
         except (sqlite3.Error, OSError) as exc:
@@ -93,6 +94,7 @@ class Blobs:
         return float("inf") if self.db.durability == "full" else self.size_threshold
 
     def get(self, key: str) -> bytes | None:
+        """The value under ``key``, or None; errors of a damaged cache propagate (see :meth:`read`)."""
         value = self.cache.get(key)
         return bytes(value) if value is not None else None
 
@@ -108,6 +110,7 @@ class Blobs:
         return value, None
 
     def drop(self, keys: Iterable[str | None]) -> None:
+        """Delete these blobs (None entries skipped); a failure leaves an orphan for :meth:`collect`."""
         for key in keys:
             if key:
                 try:

@@ -28,7 +28,7 @@ def duplicate_of(conn: sqlite3.Connection, t: NewTask, now: float, unique: dict[
             (t.unique_key,),
         ).fetchone()
         if found is not None:
-            return str(found[0])
+            return str(found["id"])
         unique[t.unique_key] = t.id
     if t.slot is not None:
         schedule, slot = t.slot
@@ -39,7 +39,7 @@ def duplicate_of(conn: sqlite3.Connection, t: NewTask, now: float, unique: dict[
             row = conn.execute(
                 "SELECT task_id FROM periodic_slots WHERE schedule = ? AND slot = ?", (schedule, slot)
             ).fetchone()
-            return str(row[0])
+            return str(row["task_id"])
         conn.execute("INSERT OR IGNORE INTO schedules (name, last_slot) VALUES (?, ?)", (schedule, slot))
         conn.execute(
             "UPDATE schedules SET last_slot = max(COALESCE(last_slot, ?), ?), last_fired_at = ?, last_task_id = ? "

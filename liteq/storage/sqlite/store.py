@@ -128,7 +128,7 @@ class SqliteStorage(Storage):
                 RuntimeWarning,
                 stacklevel=2,
             )
-        if self.db.read("PRAGMA user_version")[0][0] != SCHEMA_VERSION:
+        if self.db.read("PRAGMA user_version")[0]["user_version"] != SCHEMA_VERSION:
             self.db.write(lambda conn: migrate(conn, self.db_path))
 
     def __repr__(self) -> str:
@@ -194,7 +194,7 @@ class SqliteStorage(Storage):
 
     def integrity_check(self) -> builtins.list[str]:
         """Run ``PRAGMA integrity_check``; returns ``["ok"]`` for a healthy store."""
-        return [row[0] for row in self.db.read("PRAGMA integrity_check")]
+        return [row["integrity_check"] for row in self.db.read("PRAGMA integrity_check")]
 
     # -- the queue -----------------------------------------------------------------------------------
 
