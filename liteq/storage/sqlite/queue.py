@@ -28,6 +28,7 @@ from ..base import (
     checked_outcomes,
     is_cascaded,
 )
+from ..policy import open_dependencies, retry_blocked
 from .blobs import Blobs
 from .canvas import cascade, link
 from .connection import Database
@@ -562,10 +563,10 @@ class Queue:
                     if id_ in cascaded
                     else []
                 )
-                if any(d not in chosen and st in ("failed", "cancelled", "expired") for d, st in deps):
+                if retry_blocked(deps, chosen):
                     out.append(False)
                     continue
-                waiting = sum(1 for d, st in deps if d in chosen or st != "succeeded")
+                waiting = len(open_dependencies(deps, chosen))
                 (ref,) = conn.execute("SELECT result_ref FROM tasks WHERE id = ?", (id_,)).fetchone()
                 row = conn.execute(
                     "UPDATE tasks SET state = CASE WHEN :waiting > 0 THEN 'scheduled' ELSE 'pending' END, "
