@@ -153,6 +153,8 @@ def to_wire(value: Any) -> Any:
                 continue
             out[name] = item if type(item) in _PLAIN else to_wire(item)
         return out
+    if isinstance(value, enum.Enum):
+        return to_wire(value.value)  # a task state travels as its plain value
     if isinstance(value, (bool, int, float, str, bytes)):
         return value
     if isinstance(value, Mapping):

@@ -44,6 +44,9 @@ MAX_THREADS = 4
 MAX_BATCH = 1000
 # Re-read interval where no wake-up can arrive: doubles from 1 ms up to this (as ``Result.get``).
 MAX_POLL_INTERVAL = 0.05
+#: Seconds the watcher keeps its wake-up socket after the last waiter left (sequential awaits
+#: reuse it).
+LINGER = 1.0
 
 _executor: concurrent.futures.ThreadPoolExecutor | None = None
 _executor_pid = 0
@@ -232,7 +235,9 @@ class _Watch:
             while True:
                 self._prune()
                 if not self.waiting:
-                    return
+                    if not await self._linger():
+                        return
+                    interval = 0.001
                 self.woken.clear()
                 ids = list(self.waiting)
                 try:
@@ -250,13 +255,29 @@ class _Watch:
                             if not fut.done():
                                 fut.set_result(row)
                 if not self.waiting:
-                    return
+                    continue
                 try:
                     await asyncio.wait_for(self.woken.wait(), interval)
                 except asyncio.TimeoutError:
                     interval = min(interval * 2, MAX_POLL_INTERVAL)
         finally:
             self._unlisten()
+
+    async def _linger(self) -> bool:
+        """With nobody waiting, keep the socket bound a moment for the next await (binding costs a
+        directory change every sender notices); True when a new waiter came meanwhile."""
+        deadline = self.loop.time() + LINGER
+        while not self.waiting:
+            left = deadline - self.loop.time()
+            if left <= 0:
+                return False
+            self.woken.clear()
+            try:
+                await asyncio.wait_for(self.woken.wait(), left)
+            except asyncio.TimeoutError:
+                return False
+            self._prune()
+        return True
 
     def _prune(self) -> None:
         """Forget waiters that timed out or were cancelled."""

@@ -292,12 +292,21 @@ def test_an_immediate_app_runs_the_task_before_adelay_returns(tmp_path: Path) ->
     add = app.task(tasks.add)
     try:
 
+        async def twice(x: int) -> int:
+            await asyncio.sleep(0.001)
+            return 2 * x
+
+        atwice = app.task(twice, name="tests.test_async_producer.twice")
+
         async def main() -> Any:
             result = await add.adelay(20, 22)
             assert result.ready()
-            return await result
+            # An async def task too: run off this loop (in the sending thread, on a loop of its own)
+            doubled = await atwice.adelay(21)
+            assert doubled.ready()
+            return await result, await doubled
 
-        assert run(main) == 42
+        assert run(main) == (42, 42)
     finally:
         app.close()
 

@@ -1,6 +1,6 @@
 """A Starlette app that queues a job on a request and streams its progress back (Server-Sent Events).
 
-- ``POST /jobs?steps=N`` queues ``crunch(N)`` with ``await crunch.adelay(N)`` and answers 202 with
+- ``POST /jobs?steps=N`` queues ``crunch(N)`` (an ``async def`` task) with ``await crunch.adelay(N)`` and answers 202 with
   the task id at once;
 - ``GET /jobs/{id}/events`` streams ``progress`` events while the job runs and one ``done`` (or
   ``failed``) event at the end. The end arrives the moment the task finishes: ``await
@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -35,13 +34,14 @@ PROGRESS_EVERY = 0.1
 
 
 @queue.task
-def crunch(steps: int) -> int:
-    """A job that takes a while and says how far it got after each step."""
+async def crunch(steps: int) -> int:
+    """A job that takes a while and says how far it got after each step. An ``async def`` task:
+    a worker child runs many of these at once on its own event loop."""
     if steps > 50:
         raise ValueError(f"{steps} steps is too many for this demo (50 at most)")
     total = 0
     for i in range(steps):
-        time.sleep(0.05)  # the real work
+        await asyncio.sleep(0.05)  # the real work: an API call, a download...
         total += i * i
         current().progress((i + 1) / steps, f"step {i + 1} of {steps}")
     return total

@@ -29,6 +29,7 @@ import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from enum import Enum
 from typing import TypedDict
 
 from ..exceptions import ConfigurationError
@@ -47,6 +48,7 @@ __all__ = [
     "StatsRow",
     "Storage",
     "TaskRow",
+    "TaskState",
     "WorkerInfo",
     "check_lease",
     "check_new_tasks",
@@ -55,13 +57,34 @@ __all__ = [
     "state_text",
 ]
 
-PENDING = "pending"
-SCHEDULED = "scheduled"
-RUNNING = "running"
-SUCCEEDED = "succeeded"
-FAILED = "failed"
-CANCELLED = "cancelled"
-EXPIRED = "expired"
+
+class TaskState(str, Enum):
+    """The state of a stored task. A ``str`` so that it equals, stores and encodes as its value."""
+
+    PENDING = "pending"
+    SCHEDULED = "scheduled"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+
+    # Formatting gives the plain value, as the module constants always did (an f-string in a log line,
+    # a CLI table or a SQL parameter must read "pending", not "TaskState.PENDING").
+    def __str__(self) -> str:
+        return str(self.value)
+
+    def __format__(self, format_spec: str) -> str:
+        return format(str(self.value), format_spec)
+
+
+PENDING = TaskState.PENDING
+SCHEDULED = TaskState.SCHEDULED
+RUNNING = TaskState.RUNNING
+SUCCEEDED = TaskState.SUCCEEDED
+FAILED = TaskState.FAILED
+CANCELLED = TaskState.CANCELLED
+EXPIRED = TaskState.EXPIRED
 
 #: The reason of a task failed because a task it depends on (canvas) did not succeed, before its id.
 CASCADE_REASON = "dependency failed: "
@@ -73,7 +96,8 @@ def is_cascaded(reason: str | None) -> bool:
 
 
 #: Every state a task can be in, in life-cycle order.
-STATES: tuple[str, ...] = (PENDING, SCHEDULED, RUNNING, SUCCEEDED, FAILED, CANCELLED, EXPIRED)
+#: Plain strings, not the members: option parsers such as ``click.Choice`` match Enum choices by name.
+STATES: tuple[str, ...] = tuple(state.value for state in TaskState)
 #: States a task leaves by itself.
 ACTIVE_STATES: frozenset[str] = frozenset({PENDING, SCHEDULED, RUNNING})
 #: How long every store keeps its per-minute statistics (:meth:`Storage.stats`), in seconds.

@@ -7,7 +7,8 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 
-from ..base import CASCADE_REASON, NewTask
+from ..base import NewTask
+from ..policy import cascade_reason
 from .connection import Database
 from .schema import FINISH, marks
 
@@ -30,7 +31,7 @@ def link(conn: sqlite3.Connection, tasks: Sequence[NewTask], now: float, result_
                 "UPDATE tasks SET state = 'failed', reason = :reason, error = (SELECT error FROM tasks WHERE id = :dep), "
                 + FINISH
                 + " WHERE id = :id",
-                {"reason": CASCADE_REASON + bad, "dep": bad, "id": t.id, "now": now, "ttl": None,
+                {"reason": cascade_reason(bad, None), "dep": bad, "id": t.id, "now": now, "ttl": None,
                  "default_ttl": result_ttl},
             )  # fmt: skip
             cascade(conn, t.id, "failed", now, result_ttl)  # dependents linked earlier in this batch
@@ -68,7 +69,7 @@ def cascade(conn: sqlite3.Connection, task_id: str, state: str, now: float, resu
             ready,
         )
         return bool(ready)
-    params = {"reason": CASCADE_REASON + task_id, "root": task_id, "now": now, "ttl": None,
+    params = {"reason": cascade_reason(task_id, None), "root": task_id, "now": now, "ttl": None,
               "default_ttl": result_ttl}  # fmt: skip
     frontier = [task_id]
     while frontier:

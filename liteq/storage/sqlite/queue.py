@@ -28,6 +28,7 @@ from ..base import (
     checked_outcomes,
     is_cascaded,
 )
+from ..policy import open_dependencies, retry_blocked
 from .blobs import Blobs
 from .canvas import cascade, link
 from .connection import Database
@@ -35,6 +36,61 @@ from .controls import duplicate_of, hold_back
 from .schema import CLAIM_COLUMNS, CLEAR_LEASE, FINISH, UNLOCKED, chunks, marks
 
 __all__ = ["Queue"]
+
+#: Outcomes per set-based finishing statement: eight parameters each, under SQLite's lowest limit.
+FINISH_CHUNK = 100
+#: One finished outcome as the set-based statement binds it:
+#: ``(id, lease_token, state, result, result_ref, error, reason, result_ttl)``.
+FinishRow = tuple[str, str, str, "bytes | None", "str | None", "bytes | None", "str | None", "float | None"]
+_FINISH_ONE = (
+    "UPDATE tasks SET state = :state, result = :result, result_ref = :ref, error = :error, reason = :reason, "
+    + FINISH
+    + " WHERE id = :id AND lease_token = :token AND state = 'running' RETURNING attempts, lock_key, dependents"
+)
+_finish_many_sql: dict[int, str] = {}
+
+
+def _finish_many(n: int) -> str:
+    """The statement finishing ``n`` outcomes at once: the outcomes are a ``VALUES`` list joined to
+    their rows by id, and a row takes part only while its lease token still matches (the fence)."""
+    sql = _finish_many_sql.get(n)
+    if sql is None:
+        sql = _finish_many_sql[n] = (
+            "UPDATE tasks SET state = v.column3, result = v.column4, result_ref = v.column5, error = v.column6, "
+            "reason = v.column7, finished_at = ?1, result_expires_at = ?1 + COALESCE(v.column8, tasks.result_ttl, ?2), "
+            + CLEAR_LEASE
+            + " FROM (VALUES "
+            + ",".join(["(?,?,?,?,?,?,?,?)"] * n)
+            + ") AS v WHERE tasks.id = v.column1 AND tasks.lease_token = v.column2 AND tasks.state = 'running' "
+            "RETURNING tasks.id, tasks.attempts, tasks.lock_key, tasks.dependents"
+        )
+    return sql
+
+
+def finish_batch(
+    conn: sqlite3.Connection, outcomes: Sequence[FinishRow], now: float, default_ttl: float
+) -> dict[str, sqlite3.Row]:
+    """Finish many leased tasks in a few statements; the ids must be distinct. Returns the rows
+    that were accepted (``attempts, lock_key, dependents`` by id); a task missing from it had lost
+    its lease (a stale token, or no longer running) and was left as it was."""
+    accepted: dict[str, sqlite3.Row] = {}
+    for chunk in chunks(outcomes, FINISH_CHUNK):
+        params: list[Any] = [now, default_ttl]
+        for row in chunk:
+            params += row
+        for r in conn.execute(_finish_many(len(chunk)), params):
+            accepted[r["id"]] = r
+    return accepted
+
+
+def finish_one(conn: sqlite3.Connection, o: Outcome, ref: str | None, now: float, default_ttl: float) -> Any:
+    """Finish one leased task; the row (``attempts, lock_key, dependents``) or None when its lease
+    was lost."""
+    return conn.execute(
+        _FINISH_ONE,
+        {"id": o.id, "token": o.lease_token, "state": o.state, "result": None if ref else o.result, "ref": ref,
+         "error": o.error, "reason": o.reason, "now": now, "ttl": o.result_ttl, "default_ttl": default_ttl},
+    ).fetchone()  # fmt: skip
 
 
 class Queue:
@@ -310,40 +366,33 @@ class Queue:
                 ref = f"r:{o.id}:{o.lease_token}"
                 self.blobs.put(ref, o.result)
             refs.append(ref)
-        finish_sql = (
-            "UPDATE tasks SET state = :state, result = :result, result_ref = :ref, error = :error, "
-            "reason = :reason, "
-            + FINISH
-            + " WHERE id = :id AND lease_token = :token AND state = 'running' RETURNING attempts, lock_key, dependents"
-        )
         retry_sql = (
             "UPDATE tasks SET state = CASE WHEN :run_at <= :now THEN 'pending' ELSE 'scheduled' END, "
             "run_at = :run_at, error = :error, reason = :reason, " + CLEAR_LEASE + " "
             "WHERE id = :id AND lease_token = :token AND state = 'running' RETURNING attempts, lock_key, 0 AS dependents"
         )
+        finishing = [
+            (o.id, o.lease_token, o.state, None if ref else o.result, ref, o.error, o.reason, o.result_ttl)
+            for o, ref in zip(outcomes, refs, strict=True)
+            if o.state not in (SCHEDULED, PENDING)
+        ]
+        # The same task twice in one batch: only the first outcome may apply, which a set-based
+        # statement cannot promise, so such a batch finishes its tasks one statement each.
+        one_by_one = len({o.id for o in outcomes}) < len(outcomes)
 
         def run(conn: sqlite3.Connection) -> list[bool]:
+            finished = {} if one_by_one else finish_batch(conn, finishing, now, self.result_ttl)
             applied = []
             for o, ref in zip(outcomes, refs, strict=True):
-                params = {
-                    "id": o.id,
-                    "token": o.lease_token,
-                    "error": o.error,
-                    "reason": o.reason,
-                    "now": now,
-                }
+                row: Any
                 if o.state in (SCHEDULED, PENDING):
-                    params["run_at"] = now if o.run_at is None else o.run_at
+                    params = {"id": o.id, "token": o.lease_token, "error": o.error, "reason": o.reason, "now": now,
+                              "run_at": now if o.run_at is None else o.run_at}  # fmt: skip
                     row = conn.execute(retry_sql, params).fetchone()
+                elif one_by_one:
+                    row = finish_one(conn, o, ref, now, self.result_ttl)
                 else:
-                    params.update(
-                        state=o.state,
-                        result=None if ref else o.result,
-                        ref=ref,
-                        ttl=o.result_ttl,
-                        default_ttl=self.result_ttl,
-                    )
-                    row = conn.execute(finish_sql, params).fetchone()
+                    row = finished.get(o.id)
                 if row is not None and o.error is not None:
                     conn.execute(
                         "INSERT INTO task_errors (task_id, attempt, at, error) VALUES (?,?,?,?)",
@@ -514,10 +563,10 @@ class Queue:
                     if id_ in cascaded
                     else []
                 )
-                if any(d not in chosen and st in ("failed", "cancelled", "expired") for d, st in deps):
+                if retry_blocked(deps, chosen):
                     out.append(False)
                     continue
-                waiting = sum(1 for d, st in deps if d in chosen or st != "succeeded")
+                waiting = len(open_dependencies(deps, chosen))
                 (ref,) = conn.execute("SELECT result_ref FROM tasks WHERE id = ?", (id_,)).fetchone()
                 row = conn.execute(
                     "UPDATE tasks SET state = CASE WHEN :waiting > 0 THEN 'scheduled' ELSE 'pending' END, "
