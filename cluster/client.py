@@ -14,6 +14,7 @@ import contextlib
 import itertools
 import os
 import random
+import select
 import socket
 import ssl
 import threading
@@ -136,19 +137,31 @@ class _Base:
 
 
 class _Waiter:
+    # ``done`` set with ``response`` still None means "the reader baton is free: try to take it".
     __slots__ = ("done", "response")
 
     def __init__(self) -> None:
         self.done = threading.Event()
         self.response: Response | BaseException | None = None
 
+    def is_answered(self) -> bool:
+        """Whether the reply (or the error that stands for it) has been delivered."""
+        return self.response is not None
+
 
 class Client(_Base):
     """A blocking, thread-safe client: many threads may call at once over one connection.
 
-    ``on_push(kind, data)`` is called from the reader thread for every push, and with
-    ``("connected", {})`` after each successful handshake (so a listener can subscribe again) and
+    ``on_push(kind, data)`` is called from the thread that reads the connection for every push, and
+    with ``("connected", {})`` after each successful handshake (so a listener can subscribe again) and
     ``("disconnected", {})`` when the connection drops.
+
+    Who reads: until :meth:`want_pushes` is called, a caller reads the connection itself while it
+    waits for its reply (holding the "reader baton", dispatching any other thread's replies and any
+    push it meets), so a call costs one round trip and no thread hand-off. Once pushes are wanted
+    (a listener, a waiting result), a reader thread holds the baton for the connection's life and
+    hands every reply over, so pushes arrive while no call is in flight. TLS connections always use
+    the reader thread (buffered TLS records are invisible to ``select``).
     """
 
     def __init__(
@@ -176,6 +189,8 @@ class Client(_Base):
         self._next_attempt = 0.0
         self._last_error = ""
         self._generation = 0
+        self._baton = threading.Lock()
+        self._push_mode = endpoint.tls
         _CLIENTS.add(self)
 
     def __repr__(self) -> str:
@@ -207,9 +222,8 @@ class Client(_Base):
         self._next_attempt = 0.0
         self._sock = sock
         self._generation += 1
-        threading.Thread(
-            target=self._read_loop, args=(sock, self._proto, self._generation), name="liteq-client", daemon=True
-        ).start()
+        if self._push_mode:
+            self._start_reader()
         if self.on_push is not None:
             self.on_push("connected", {})
 
@@ -255,21 +269,100 @@ class Client(_Base):
         self._proto = proto
         return sock
 
-    def _read_loop(self, sock: socket.socket, proto: ClientConnection | None, generation: int) -> None:
-        assert proto is not None
+    def want_pushes(self) -> None:
+        """Read the connection from a thread of its own from now on, so pushes are delivered while no
+        call is in flight (idempotent; kept across reconnections)."""
+        with self._lock:
+            if self._push_mode:
+                return
+            self._push_mode = True
+            if self._sock is not None:
+                self._start_reader()
+
+    def _start_reader(self) -> None:
+        # Called with the lock held.
+        threading.Thread(
+            target=self._read_loop, args=(self._sock, self._proto, self._generation), name="liteq-client", daemon=True
+        ).start()
+
+    def _read_loop(self, sock: socket.socket | None, proto: ClientConnection | None, generation: int) -> None:
+        assert sock is not None and proto is not None
+        error: BaseException | None = None
+        with self._baton:  # a caller reading its own reply finishes first; then this thread keeps it
+            try:
+                while generation == self._generation:
+                    data = sock.recv(262144)
+                    if not data:
+                        break
+                    self._dispatch(proto.receive_data(data))
+            except ProtocolError as exc:
+                self._dispatch(events_before(exc))
+                error = exc
+            except OSError:
+                pass
+            self._lost(generation, error)
+        self._pass_baton()
+
+    def _read_own_reply(
+        self, waiter: _Waiter, sock: socket.socket, proto: ClientConnection, generation: int, deadline: float
+    ) -> None:
+        # Called holding the baton: read until this call's reply (or the deadline) and dispatch all.
         error: BaseException | None = None
         try:
-            while True:
+            while waiter.response is None and generation == self._generation:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                readable, _, _ = select.select([sock], [], [], left)
+                if not readable:
+                    continue
                 data = sock.recv(262144)
                 if not data:
                     break
                 self._dispatch(proto.receive_data(data))
+            return
         except ProtocolError as exc:
             self._dispatch(events_before(exc))
             error = exc
-        except OSError:
+        except (OSError, ValueError):  # ValueError: the socket was closed under us
             pass
         self._lost(generation, error)
+
+    def _notice_idle_close(self) -> None:
+        # With no reader thread, a connection the server closed while we were idle (its closing
+        # error, or EOF) is noticed here, before sending, so the call goes out on a new connection.
+        if not self._baton.acquire(blocking=False):
+            return
+        try:
+            with self._lock:
+                sock, proto, generation = self._sock, self._proto, self._generation
+            if sock is None or proto is None:
+                return
+            error: BaseException | None = None
+            try:
+                if not select.select([sock], [], [], 0)[0]:
+                    return
+                data = sock.recv(262144)
+                if data:
+                    self._dispatch(proto.receive_data(data))
+                    return
+            except ProtocolError as exc:
+                self._dispatch(events_before(exc))
+                error = exc
+            except (OSError, ValueError):
+                pass
+            self._lost(generation, error)
+        finally:
+            self._baton.release()
+            self._pass_baton()
+
+    def _pass_baton(self) -> None:
+        # After releasing the baton: wake every caller still waiting, so one of them reads next.
+        with self._lock:
+            waiting = list(self._pending.values())
+        for waiter in waiting:
+            if waiter.response is None:
+                waiter.done.set()
 
     def _dispatch(self, events: list[Any]) -> None:
         for event in events:
@@ -301,6 +394,7 @@ class Client(_Base):
         # A forked child inherits the socket but not the reader thread, and would number its
         # requests from the parent's counter on the parent's stream: it opens a connection of its own.
         self._lock = threading.RLock()
+        self._baton = threading.Lock()
         sock, self._sock, self._proto = self._sock, None, None
         self._pending = {}
         self._generation += 1
@@ -358,6 +452,8 @@ class Client(_Base):
         self, op: str, args: Mapping[str, Any], extra: Mapping[str, Any] | None, timeout: float | None
     ) -> tuple[Any, dict[str, Any]]:
         waiter = _Waiter()
+        if not self._push_mode and self._sock is not None:
+            self._notice_idle_close()
         with self._lock:
             if self._sock is None:
                 self._connect()
@@ -366,7 +462,7 @@ class Client(_Base):
             self._pending[request_id] = waiter
             self._proto.request(request_id, op, args, extra)
             data = self._proto.data_to_send()
-            sock, generation = self._sock, self._generation
+            sock, proto, generation = self._sock, self._proto, self._generation
             try:
                 sock.sendall(data)
             except OSError as exc:
@@ -377,7 +473,7 @@ class Client(_Base):
         if lost is not None:
             self._lost(generation, None)
             raise self._unavailable(f"sending failed: {lost}")
-        if not waiter.done.wait(self.request_timeout if timeout is None else timeout):
+        if not self._await(waiter, sock, proto, generation, self.request_timeout if timeout is None else timeout):
             # No answer in time: the connection's state is unknown, so start over on a new one.
             with self._lock:
                 self._pending.pop(request_id, None)
@@ -392,6 +488,32 @@ class Client(_Base):
         if response.error is not None:
             raise_error(response.error, op)
         return response.value, response.extra
+
+    def _await(
+        self, waiter: _Waiter, sock: socket.socket, proto: ClientConnection, generation: int, timeout: float
+    ) -> bool:
+        """Wait for ``waiter``'s reply, reading it ourselves whenever the baton is free; False on timeout."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if waiter.is_answered():
+                return True
+            if self._baton.acquire(blocking=False):
+                try:
+                    self._read_own_reply(waiter, sock, proto, generation, deadline)
+                finally:
+                    self._baton.release()
+                    self._pass_baton()
+                if waiter.is_answered():
+                    return True
+                if time.monotonic() >= deadline:
+                    return False
+                continue
+            left = deadline - time.monotonic()
+            if left <= 0 or not waiter.done.wait(left):
+                return waiter.is_answered()
+            if not waiter.is_answered():
+                # The baton was passed to us: clear the poke, then look again before taking it.
+                waiter.done.clear()
 
 
 _CLIENTS: weakref.WeakSet[Client] = weakref.WeakSet()

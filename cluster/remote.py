@@ -210,6 +210,7 @@ class RemoteStorage(Storage):
 
     def _subscribe(self) -> None:
         try:
+            self.client.want_pushes()
             self.client.call("listen", {}, safe=True)
         except Exception:
             self.notify()
@@ -218,6 +219,7 @@ class RemoteStorage(Storage):
         """Ask the server to push a notice after each write (idempotent)."""
         if not self._listening:
             self._listening = True
+            self.client.want_pushes()
             self.client.call("listen", {}, safe=True)
 
     def wait(self, version: int, timeout: float) -> int:

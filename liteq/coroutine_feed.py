@@ -44,6 +44,7 @@ class CoroutineFeed:
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
         self._names: dict[str, bool] = {}
+        self._any: tuple[int, bool] = (-1, False)  # (tasks registered, any async among them)
 
     def is_async(self, name: str) -> bool:
         """True for an ``async def`` task (cached per name)."""
@@ -54,7 +55,10 @@ class CoroutineFeed:
 
     def any_async(self) -> bool:
         """True when the app registers an ``async def`` task (claims are then sized by coroutine room)."""
-        return any(getattr(t, "is_async", False) for t in self.registry.tasks.values())
+        tasks = self.registry.tasks
+        if self._any[0] != len(tasks):  # tasks are only ever added (registered, or adopted by name)
+            self._any = (len(tasks), any(getattr(t, "is_async", False) for t in tasks.values()))
+        return self._any[1]
 
     def running(self, c: Child) -> list[ClaimedTask]:
         """The tasks child ``c`` runs now (see the module doc)."""

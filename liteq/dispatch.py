@@ -175,7 +175,8 @@ class Dispatch:
         # Coroutine tasks join a child that runs only coroutines, up to its room (coroutine_feed).
         feed = self.watchdog.feed
         syncs = {id(c): feed.syncs(c) for c in self.children}
-        levels = max([self.short_depth, *(c.async_limit for c in self.children)])
+        coroutines = feed.any_async()
+        levels = max([self.short_depth, *(c.async_limit for c in self.children if coroutines)])
         handed: dict[int, tuple[Child, list[ClaimedTask]]] = {}
         for level in range(1, levels + 1):
             for c in self.children:

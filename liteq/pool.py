@@ -79,6 +79,10 @@ HEARTBEAT_INTERVAL = 5.0
 DEFAULT_SHUTDOWN_TIMEOUT = 30.0
 #: Seconds to wait for children to start before giving up.
 STARTUP_TIMEOUT = 60.0
+#: How many times one child slot may be killed by a signal before it reports ready, while the pool
+#: starts, before start-up gives up: a child killed from outside (an OOM killer, an operator) is
+#: replaced, but one that dies at start every time must not be restarted forever.
+STARTUP_RESPAWNS = 3
 
 
 class WorkerPool:
@@ -218,6 +222,8 @@ class WorkerPool:
         self._stop_deadline = 0.0
         self._draining = False  # an operator's drain: claim nothing more, stop once idle
         self._reload_pending = False
+        self._starting = False
+        self._startup_deaths: dict[int, int] = {}  # child index -> signal deaths before ready
         self._events = EventWait()
         self._checkpoints = Checkpointer(self.storage, inline=self.start_method == "fork")
         self._logs = ChildLogs(self.ctx, forked=self.start_method == "fork")
@@ -255,7 +261,13 @@ class WorkerPool:
     # -- life cycle ----------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the children and return once every one is ready to run tasks."""
+        """Start the children and return once every one is ready to run tasks.
+
+        A child that exits with a status before it reports ready failed to import or rebuild the
+        app: start-up stops with that error. A child killed by a signal then is replaced, up to
+        :data:`STARTUP_RESPAWNS` times per child.
+        """
+        self._starting = True
         waker_dir = self.storage.wake_dir
         if waker_dir:
             waker = Waker(waker_dir)
@@ -276,13 +288,11 @@ class WorkerPool:
             if left <= 0:
                 self._abort(f"children did not start within {STARTUP_TIMEOUT}s")
             self._poll(min(left, 0.5))
-            for c in self.children:
-                if not c.ready and not c.process.is_alive():
-                    code = c.process.exitcode
-                    self._abort(
-                        f"worker child exited with code {code} while starting; run the app module in a plain "
-                        "python process to see its import error"
-                    )
+            for c in list(self.children):
+                if not c.process.is_alive():  # died after the wait returned: as _poll would have
+                    self._receive(c)
+                    self._buried(c)
+        self._starting = False
         if self.reload:
             self._start_reloader()
         self._checkpoints.start()
@@ -518,9 +528,31 @@ class WorkerPool:
             if self._stop_level:
                 self.children.pop(i)
             else:
+                failure = self._died_starting(c, code) if self._starting and not c.ready else None
+                if failure:
+                    self.children.pop(i)  # gone and closed: nothing left to kill
+                    self._abort(failure)
                 if head is not None and not c.kill_reason:
                     logger.error("child %s died (%s) running task %s %s", c.pid, exit_text(code), head.name, head.id)
                 self.children[i] = self._spawn(c.index)
+
+    def _died_starting(self, c: Child, code: int | None) -> str | None:
+        """Child ``c`` exited before it was ready while the pool starts: why start-up fails, or None
+        when it is to be replaced."""
+        if code is not None and code >= 0:
+            # A child exits with a status of its own before ready only when it cannot import or rebuild the app.
+            return (
+                f"worker child exited with code {code} while starting; run the app module in a plain "
+                "python process to see its import error"
+            )
+        deaths = self._startup_deaths[c.index] = self._startup_deaths.get(c.index, 0) + 1
+        if deaths > STARTUP_RESPAWNS:
+            return (
+                f"worker child {c.index} {exit_text(code)} while starting, {deaths} times; "
+                "see what kills it (memory limits, the system log)"
+            )
+        logger.warning("child %s %s while starting; starting another", c.index, exit_text(code))
+        return None
 
     # -- claiming and assigning ---------------------------------------------------------------------
 

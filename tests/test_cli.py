@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -209,3 +211,35 @@ def test_every_command_has_help(capsys: pytest.CaptureFixture[str]) -> None:
 )
 def test_parse_size(text: str, size: int) -> None:
     assert parse_size(text) == size
+
+
+def test_worker_start_up_loads_neither_the_dashboard_nor_the_cluster_package() -> None:
+    # Given a fresh interpreter that asks for `liteq worker --help` (a worker's start-up, minus the pool)
+    probe = (
+        "import contextlib, io, sys\n"
+        "from liteq.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    code = main(['worker', '--help'])\n"
+        "print(code, ' '.join(sorted(m for m in sys.modules if m.startswith('liteq'))))\n"
+    )
+    # When it runs
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
+    code, loaded = done.stdout.split(" ", 1)
+    modules = set(loaded.split())
+    # Then only the worker's command module was imported: no dashboard, cluster, or other command
+    assert code == str(EXIT_OK)
+    assert "liteq.cli.worker" in modules
+    assert not {m for m in modules if m.startswith(("liteq.dashboard", "liteq.cluster"))}, sorted(modules)
+    assert not modules & {"liteq.cli.status", "liteq.cli.tasks", "liteq.cli.cluster", "liteq.cli.dashboard"}
+
+
+def test_help_lists_every_command_from_its_module(capsys: pytest.CaptureFixture[str]) -> None:
+    # Given the top-level help, which loads each command's module to read its summary
+    code, out, _ = run(capsys, "--help")
+    # Then every command is listed, the cluster and dashboard ones too
+    assert code == EXIT_OK
+    listed = {line.split()[0] for line in out.split("Commands:", 1)[1].splitlines() if line.strip()}
+    assert listed == {
+        "cancel", "control", "dashboard", "enqueue", "periodic", "purge", "retry",
+        "scheduler", "serve", "show", "status", "tasks", "worker",
+    }  # fmt: skip

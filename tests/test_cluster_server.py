@@ -235,6 +235,78 @@ def test_a_failing_batch_in_a_group_fails_only_its_own_request() -> None:
     assert storage.counts() == {"default": {"pending": 3}}
 
 
+# -- who reads the connection ---------------------------------------------------------------------------
+
+
+def _reader_threads() -> int:
+    return sum(1 for t in threading.enumerate() if t.name == "liteq-client" and t.is_alive())
+
+
+def test_a_caller_reads_its_own_reply_until_pushes_are_wanted(served: InProcessServer) -> None:
+    pushes: list[str] = []
+    client = Client(parse_url(served.url), on_push=lambda kind, data: pushes.append(kind))
+    before = _reader_threads()
+    try:
+        # Given a client nobody listens on: each call reads its own reply, no reader thread starts
+        for _ in range(5):
+            client.call("ping", {})
+        assert client.connected and _reader_threads() == before
+        # When several threads call at once over the one connection, each still gets its own reply
+        # (whoever holds the reader baton hands the others theirs)
+        errors: list[BaseException] = []
+        enqueue = codec.operation("enqueue")
+        assert enqueue is not None
+
+        def caller(k: int) -> None:
+            try:
+                for _ in range(30):
+                    ids, _ = client.call("enqueue", enqueue.encode_args({"tasks": [task(queue=f"q{k}")]}))
+                    assert len(ids) == 1
+            except BaseException as exc:  # reported by the assertion below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=caller, args=(k,)) for k in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert not errors
+        counts, _ = client.call("counts", {})
+        assert {q: c["pending"] for q, c in counts.items()} == {f"q{k}": 30 for k in range(6)}
+        assert _reader_threads() == before
+        # When pushes are wanted, a reader thread takes over and pushes arrive with no call in flight
+        client.want_pushes()
+        client.call("listen", {})
+        assert _reader_threads() == before + 1
+        with RemoteStorage(served.url) as producer:
+            producer.enqueue([task()])
+        wait_for(lambda: "changed" in pushes, 10, "a push with no call in flight")
+    finally:
+        client.close()
+    wait_for(lambda: _reader_threads() == before, 10, "the reader thread to stop")
+
+
+def test_a_client_without_a_reader_notices_a_connection_closed_while_idle(served: InProcessServer) -> None:
+    client = Client(parse_url(served.url), retry_window=0.0)
+    try:
+        client.call("ping", {})
+        # Given the server dropped this idle connection (nobody was reading it)
+        for conn in list(served.server._conns):
+            served.run(_close_conn(conn))
+        wait_for(lambda: not served.server._conns, 10, "the server to drop the connection")
+        # Then a write (not safe to repeat) still goes out, on a new connection
+        enqueue = codec.operation("enqueue")
+        assert enqueue is not None
+        ids, _ = client.call("enqueue", enqueue.encode_args({"tasks": [task()]}))
+        assert len(ids) == 1
+    finally:
+        client.close()
+
+
+async def _close_conn(conn: Any) -> None:
+    conn.writer.close()
+
+
 # -- enqueue retries ------------------------------------------------------------------------------------
 
 
