@@ -1,0 +1,39 @@
+"""The nemesis ends what it started: a fault whose end needs a restart ends after the run too."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.soak.nemesis import Nemesis, _Open
+from tests.soak.oracle import Fault, read_faults
+
+
+class _Cast:
+    """A cast with one killed server that listens again once watched past its restart time."""
+
+    def __init__(self, restart_at: float) -> None:
+        self.restart_at = restart_at
+        self.listening = False
+
+    def watch(self, now: float) -> None:
+        if now >= self.restart_at:
+            self.listening = True
+
+
+@pytest.mark.timeout(30)
+def test_a_server_killed_just_before_the_end_is_restarted_by_end_all(tmp_path: Path) -> None:
+    # The nemesis killed the server with a restart due after its run ended (CI seed 73098 failed this way:
+    # end_all waited for a server that only the run loop's watch would have restarted).
+    cast = _Cast(restart_at=time.time() + 0.2)
+    nemesis: Any = Nemesis.__new__(Nemesis)
+    nemesis.cast = cast
+    nemesis.oracle_dir = str(tmp_path)
+    fault = Fault("kill-server", "server.3", time.time(), time.time(), [])
+    nemesis.open = [_Open(fault, cast.restart_at, lambda: time.time() if cast.listening else None)]
+    nemesis.end_all()
+    assert nemesis.open == []
+    assert [f.kind for f in read_faults(str(tmp_path))] == ["kill-server"]
