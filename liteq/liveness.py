@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 from .children import Child
 from .coroutine_feed import CoroutineFeed
 from .pool_protocol import KillReason
-from .storage.base import ClaimedTask
+from .storage.records import ClaimedTask
 
 if TYPE_CHECKING:
     from .runtime import Runtime

@@ -64,7 +64,8 @@ from .pool_protocol import KillReason, Kind, StopLevel, outcome_from, send
 from .reclaim import recover_local_leases
 from .runtime import HasRuntime, Runtime, runtime_of
 from .scheduler import Scheduler
-from .storage.base import CANCELLED, ClaimedTask, Outcome, WorkerInfo
+from .storage.records import ClaimedTask, Outcome, WorkerInfo
+from .storage.states import CANCELLED
 from .upkeep import Upkeep
 from .wake import Waker
 from .worker import DEFAULT_LEASE
