@@ -19,7 +19,7 @@ T = TypeVar("T")
 
 DB_FILENAME = "liteq.sqlite3"
 BLOB_DIRNAME = "blobs"
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 DEFAULT_BUSY_TIMEOUT = 5.0
 WAL_AUTOCHECKPOINT_PAGES = 10_000
 DEFAULT_BLOB_THRESHOLD = 64 * 1024
@@ -225,6 +225,38 @@ WHEN NEW.state IN {_FINISHED} AND (OLD.state IS NOT NEW.state OR OLD.queue IS NO
 END;
 """
 
+# Version 8: the history triggers no longer run for every claim. A trigger ``AFTER UPDATE OF state``
+# runs (as a sub-program, even when its WHEN is false) for every row of every statement that sets
+# ``state``, claims included, which never touch a finished state. They now watch the columns that
+# the moves they count always set: a task enters a finished state only together with its
+# ``finished_at``, and leaves one only by a manual retry, which gives it a new ``run_at``. So
+# claiming fires no trigger, and finishing only the two that count the finish.
+_SCHEMA_V8 = f"""
+DROP TRIGGER task_counts_leave;
+DROP TRIGGER task_counts_enter;
+DROP TRIGGER task_stats_finish;
+CREATE TRIGGER task_counts_leave AFTER UPDATE OF run_at, queue ON tasks
+WHEN OLD.state IN {_FINISHED} AND (OLD.state IS NOT NEW.state OR OLD.queue IS NOT NEW.queue) BEGIN
+    UPDATE task_counts SET n = n - 1 WHERE queue = OLD.queue AND state = OLD.state;
+END;
+CREATE TRIGGER task_counts_enter AFTER UPDATE OF finished_at, queue ON tasks
+WHEN NEW.state IN {_FINISHED} AND (OLD.state IS NOT NEW.state OR OLD.queue IS NOT NEW.queue) BEGIN
+    INSERT INTO task_counts (queue, state, n) VALUES (NEW.queue, NEW.state, 1)
+        ON CONFLICT (queue, state) DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER task_stats_finish AFTER UPDATE OF finished_at ON tasks
+WHEN NEW.state IN {_FINISHED} AND OLD.state IS NOT NEW.state BEGIN
+    INSERT INTO task_stats (minute, queue, name, state, n, latency_sum, latency_max)
+    SELECT CAST(at / 60 AS INTEGER), NEW.queue, NEW.name, NEW.state, 1, latency, latency
+    FROM (SELECT at, max(at - NEW.enqueued_at, 0.0) AS latency
+          FROM (SELECT COALESCE(NEW.finished_at, (julianday('now') - 2440587.5) * 86400.0) AS at))
+    WHERE true
+    ON CONFLICT (minute, queue, name, state) DO UPDATE SET
+        n = n + 1, latency_sum = latency_sum + excluded.latency_sum,
+        latency_max = max(latency_max, excluded.latency_max);
+END;
+"""
+
 #: ``queue, state, n`` for every state: the active states counted from their partial indexes
 #: (``tasks_pending``, ``tasks_scheduled``, ``tasks_running``), the finished ones read from
 #: ``task_counts``; one statement, so one snapshot.
@@ -243,6 +275,7 @@ MIGRATIONS: dict[int, str] = {
     4: _SCHEMA_V5,
     5: _SCHEMA_V6,
     6: _SCHEMA_V7,
+    7: _SCHEMA_V8,
 }
 #: How long fired periodic slots are remembered (a slot older than this can no longer race).
 SLOT_MEMORY = 7 * 86400.0
