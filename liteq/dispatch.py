@@ -89,16 +89,27 @@ class Dispatch:
         self.next_scheduled: float | None = None
         self.last_claim = 0.0
 
-    def claim_deadline(self, mono: float) -> float | None:
-        """When the claim side wants the loop back (``mono`` itself: at once), or None."""
-        if not self.health.ok or self.capacity() <= 0:
-            return None
-        if self.maybe_work and not self.buffer:
-            return mono
-        out = self.last_claim + IDLE_POLL_INTERVAL
+    def next_claim(self, mono: float) -> float | None:
+        """When :meth:`claim` has something to do (``mono`` or earlier: now), or None: the one
+        decision both the claim and the pool's wait (its timer in the deadline heap) follow."""
+        return self._plan(mono)[1]
+
+    def _plan(self, mono: float) -> tuple[int, float | None]:
+        """How many tasks a claim would ask for, and when it is due (see :meth:`next_claim`)."""
+        if not self.health.ok:
+            return 0, None
+        room = self.capacity()
+        want = room + self.prefetch_now - len(self.buffer)
+        if want <= 0:
+            return 0, None
+        if room <= len(self.buffer) and len(self.buffer) > self.prefetch_now // 2:
+            return 0, None  # enough in hand: refill in batches when half is used, not one task at a time
+        if self.maybe_work:
+            return want, mono
+        at = self.last_claim + IDLE_POLL_INTERVAL
         if self.next_scheduled is not None:
-            out = min(out, mono + max(self.next_scheduled - self.upkeep.clock(), 0.0))
-        return out
+            at = min(at, mono + max(self.next_scheduled - self.upkeep.clock(), 0.0))
+        return want, at
 
     def requeue_unstarted(self, c: Child, only: set[str] | None = None) -> None:
         """Ask a live child for the tasks queued in its pipe behind the running one (or those of
@@ -137,14 +148,8 @@ class Dispatch:
         )
 
     def claim(self, mono: float) -> None:
-        room = self.capacity()
-        want = room + self.prefetch_now - len(self.buffer)
-        if want <= 0:
-            return
-        if room <= len(self.buffer) and len(self.buffer) > self.prefetch_now // 2:
-            return  # enough in hand: refill in batches when half is used, not one task at a time
-        due = self.next_scheduled is not None and self.upkeep.clock() >= self.next_scheduled
-        if not (self.maybe_work or due or mono - self.last_claim >= IDLE_POLL_INTERVAL):
+        want, at = self._plan(mono)
+        if at is None or at > mono:
             return
         self.last_claim = mono
         claimed: list[ClaimedTask] = []

@@ -3,8 +3,10 @@
 Not ``multiprocessing.Pool`` or ``ProcessPoolExecutor``: both hang or break when a child dies. The
 supervisor here is a single-threaded loop (:meth:`WorkerPool.run_once` is one iteration) that
 waits on every child's pipe and process sentinel, the store's wake-up socket and its own
-self-pipe, with a timeout set by the nearest deadline (hard time limit, lease extension,
-heartbeat, scheduled task). It:
+self-pipe, until the nearest of its timers: each of them (hard time limits and liveness pings
+per child, lease extension, heartbeat, reaping, periodic ticks, the next claim, the end of a
+graceful stop) is a named timer in one deadline heap (:mod:`liteq.deadlines`), kept by the part
+that decides it, and the wait ends at the top of the heap. It:
 
 - claims in small batches, keeping at most ``prefetch`` tasks beyond those the children hold, so
   memory does not grow with the backlog;
@@ -54,6 +56,7 @@ from .children import (
     readable,
 )
 from .coroutine_feed import CoroutineFeed
+from .deadlines import Deadlines
 from .dispatch import DEFAULT_CHILD_DEPTH, Dispatch
 from .events import EventWait
 from .exceptions import ConfigurationError, LiteQError
@@ -83,6 +86,9 @@ STARTUP_TIMEOUT = 60.0
 #: starts, before start-up gives up: a child killed from outside (an OOM killer, an operator) is
 #: replaced, but one that dies at start every time must not be restarted forever.
 STARTUP_RESPAWNS = 3
+#: The pool's own timers in its deadline heap: the next claim and the end of a graceful stop.
+CLAIM = "claim"
+STOP = "stop deadline"
 
 
 class WorkerPool:
@@ -192,6 +198,8 @@ class WorkerPool:
         self.reload = reload
         self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{new_id()[-8:]}"
         self.scheduler = Scheduler(runtime) if scheduler and runtime.registry.schedules else None
+        #: The loop's timers (see :mod:`liteq.deadlines`); the wait ends at the nearest one.
+        self.timers = Deadlines()
         self.upkeep = Upkeep(
             self.id,
             self.storage,
@@ -200,6 +208,7 @@ class WorkerPool:
             heartbeat_interval=heartbeat_interval,
             scheduler=self.scheduler,
             clock=clock,
+            deadlines=self.timers,
         )
         self.health = self.upkeep.health
         self.children: list[Child] = []
@@ -419,7 +428,11 @@ class WorkerPool:
         if self.upkeep.more_work:
             self.upkeep.more_work = False
             self.dispatch.maybe_work = True
-        self._poll(self._timeout(time.monotonic()))
+        now = time.monotonic()
+        claiming = not self._stop_level and not self._draining
+        self.timers.schedule(CLAIM, self.dispatch.next_claim(now) if claiming else None)
+        self.watchdog.arm(self.timers, self.children)
+        self._poll(self.timers.next_timeout(now, idle=self.heartbeat_interval))
         return True
 
     def drain(self) -> None:
@@ -629,26 +642,13 @@ class WorkerPool:
         except (ProcessLookupError, TypeError):
             pass
 
-    def _timeout(self, mono: float) -> float:
-        deadlines = self.upkeep.deadlines(mono) + self.watchdog.deadlines(self.children)
-        if self._stop_level:
-            deadlines.append(self._stop_deadline)
-            if self.health.ok and (self.upkeep.outcomes or self.dispatch.buffer):
-                return 0.0
-        else:
-            claim_at = self.dispatch.claim_deadline(mono)
-            if claim_at is not None:
-                deadlines.append(claim_at)
-        if self.upkeep.urgent(mono):
-            return 0.0
-        return max(min(deadlines) - mono, 0.0)
-
     # -- stopping ---------------------------------------------------------------------------------------
 
     def _stopping_step(self, mono: float) -> bool:
         """One iteration of a stop in progress; False once every child is gone."""
         if not self._stop_deadline:
             self._stop_deadline = mono + self.shutdown_timeout
+            self.timers.schedule(STOP, self._stop_deadline)
             logger.info("worker %s stopping: waiting up to %ss for running tasks", self.id, self.shutdown_timeout)
         # Unstarted tasks go back at once, uncounted, so another pool can take them.
         for c in self.children:
@@ -656,6 +656,8 @@ class WorkerPool:
         if self.dispatch.buffer and self.upkeep.release(list(self.dispatch.buffer)):
             self.dispatch.buffer.clear()
         force = self._stop_level >= StopLevel.NOW or mono >= self._stop_deadline
+        if force:
+            self.timers.cancel(STOP)  # the kills are sent; the children's exits wake the loop
         for c in list(self.children):
             if c.head is None and not c.kill_reason:
                 c.kill_reason = KillReason.STOP
