@@ -141,7 +141,8 @@ class Dispatch:
         feed = self.watchdog.feed
         coroutines = feed.any_async()
         return sum(
-            max(0, feed.depth(c, self.depth_for(c), coroutines, feed.syncs(c)) - len(c.queue))
+            # (sync tasks held count only where a coroutine could join them)
+            max(0, feed.depth(c, self.depth_for(c), coroutines, feed.syncs(c) if coroutines else 0) - len(c.queue))
             for c in self.children
             if c.ready and not c.retiring and not c.kill_reason
         )
@@ -176,18 +177,25 @@ class Dispatch:
         if not self.buffer:
             return
         # Level by level: every idle child gets a task before any child gets a second one.
-        depth = {id(c): self.depth_for(c) for c in self.children if c.ready and not c.retiring and not c.kill_reason}
+        open_ = [c for c in self.children if c.ready and not c.retiring and not c.kill_reason]
+        if not open_:
+            return
+        depth = {id(c): self.depth_for(c) for c in open_}
         # Coroutine tasks join a child that runs only coroutines, up to its room (coroutine_feed).
         feed = self.watchdog.feed
-        syncs = {id(c): feed.syncs(c) for c in self.children}
         coroutines = feed.any_async()
+        # (sync tasks held matter only where a coroutine could join them: feed.depth)
+        syncs = {id(c): feed.syncs(c) if coroutines else 0 for c in self.children}
         levels = max([self.short_depth, *(c.async_limit for c in self.children if coroutines)])
         handed: dict[int, tuple[Child, list[ClaimedTask]]] = {}
-        for level in range(1, levels + 1):
+        # Levels every open child already fills hand nothing: start above the shortest queue.
+        for level in range(1 + min(len(c.queue) for c in open_), levels + 1):
+            if not self.buffer:
+                break
             for c in self.children:
                 if not self.buffer:
                     break
-                coroutine = feed.is_async(self.buffer[0].name)
+                coroutine = coroutines and feed.is_async(self.buffer[0].name)
                 if len(c.queue) >= min(level, feed.depth(c, depth.get(id(c), 0), coroutine, syncs[id(c)])):
                     continue
                 task = self.buffer.popleft()

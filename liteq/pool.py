@@ -459,23 +459,35 @@ class WorkerPool:
             if kind == "waker":
                 self.dispatch.maybe_work = True
             elif kind == "conn":
-                self._receive(c)
+                self._receive(c, ready=True)
             elif c not in dead:
                 dead.append(c)
         for c in dead:
             self._receive(c)  # a child may have reported its last outcome before exiting
             self._buried(c)
 
-    def _receive(self, c: Child) -> None:
+    def _receive(self, c: Child, ready: bool = False) -> None:
+        """Handle the messages waiting from ``c``; ``ready`` when the wait just said its pipe is
+        readable (else it is checked first: a dead child's pipe may be held open by a process it
+        started, and a read would block)."""
         try:
             # Connection.poll() builds a selector per call; a zero-timeout select() on the one fd
-            # tells the same for a fraction of the cost (this runs once per finished task).
-            while readable(c.conn):
+            # tells the same for a fraction of the cost. Woken by the wait, the pipe is looked at
+            # again only for the rest of a message cut at the read size: anything newer wakes the
+            # next wait. A dead child's pipe is read to its end.
+            first = ready
+            while first or readable(c.conn):
+                first = False
                 messages = c.frames.read()
                 if messages:
                     c.answered = time.monotonic()  # any message proves the child runs (liveness)
                 for message in messages:
-                    self._handle(c, message)
+                    if message[0] == Kind.DONE:
+                        self._done(c, outcome_from(message[1]), message[2])
+                    else:
+                        self._handle(c, message)
+                if ready and not c.frames.buf:
+                    return
         except (EOFError, OSError):
             pass
 
@@ -499,8 +511,10 @@ class WorkerPool:
         elif not self.feed.finished(c, outcome.id):  # coroutine tasks end in any order
             logger.error("child %s reported task %s it was not running", c.pid, outcome.id)
             return
-        c.since.pop(outcome.id, None)
-        c.cancels.pop(outcome.id, None)
+        if c.since:
+            c.since.pop(outcome.id, None)
+        if c.cancels:
+            c.cancels.pop(outcome.id, None)
         if c.cancel_id == outcome.id:
             # It stopped within the grace after being asked to: record the cancel, whatever it raised.
             c.cancel_id = ""
