@@ -1254,27 +1254,41 @@ def test_sqlite_history_and_counts_survive_a_reopen_and_an_upgrade(storage: Stor
         assert upgraded.page(states=[PENDING])[0].state == PENDING
 
 
-def _old_store(path: Path, version: int, tasks: list[tuple[str, str, int]]) -> Path:
-    """A store at schema ``version`` holding ``tasks`` (name, state, priority), ids ``t0``, ``t1``...
-    in order, each enqueued a second after the one before and moved to its state by an update."""
+def _old_store(directory: Path, version: int) -> None:
+    """A store of schema ``version`` with two pending tasks, a running, a succeeded and a failed one,
+    moved there by plain updates as that version's triggers saw them."""
     import sqlite3
 
     from liteq.storage.sqlite.schema import MIGRATIONS, statements
 
-    path.mkdir()
-    conn = sqlite3.connect(path / "liteq.sqlite3", isolation_level=None)
-    for step in range(version):
-        for statement in statements(MIGRATIONS[step]):
+    directory.mkdir()
+    conn = sqlite3.connect(directory / "liteq.sqlite3", isolation_level=None)
+    for v in range(version):
+        for statement in statements(MIGRATIONS[v]):
             conn.execute(statement)
     conn.execute(f"PRAGMA user_version = {version}")
-    for i, (name, state, priority) in enumerate(tasks):
+    for i, state in enumerate([PENDING, PENDING, RUNNING, SUCCEEDED, FAILED]):
         conn.execute(
-            "INSERT INTO tasks (id, name, queue, priority, state, run_at, enqueued_at, payload) VALUES (?,?,?,?,?,?,?,?)",
-            (f"t{i}", name, "default", priority, PENDING, T0 + i, T0 + i, b"p"),
+            "INSERT INTO tasks (id, name, queue, state, run_at, enqueued_at, payload) VALUES (?,?,?,?,?,?,?)",
+            (f"t{i}", "tasks.add", "default", PENDING, T0, T0, b"p"),
         )
-        conn.execute("UPDATE tasks SET state = ? WHERE id = ?", (state, f"t{i}"))
+        finished = T0 + 1 if state in (SUCCEEDED, FAILED) else None
+        conn.execute("UPDATE tasks SET state = ?, finished_at = ? WHERE id = ?", (state, finished, f"t{i}"))
     conn.close()
-    return path
+
+
+def _move_on_and_recount(storage: Storage) -> None:
+    """Claim and finish a task, retry the failed one, purge the succeeded: the counts still match
+    the rows one by one."""
+    task = claim_one(storage, now=T0 + 2)
+    finish(storage, task, now=T0 + 3)
+    storage.retry(["t4"], now=T0 + 4)
+    storage.purge(states=[SUCCEEDED])
+    recount: dict[str, dict[str, int]] = {}
+    for r in storage.list(limit=1000):
+        recount.setdefault(r.queue, {}).setdefault(r.state, 0)
+        recount[r.queue][r.state] += 1
+    assert _nonzero(storage.counts()) == recount == {"default": {PENDING: 2, RUNNING: 1}}
 
 
 @pytest.mark.only_storage("sqlite")
@@ -1285,22 +1299,13 @@ def test_sqlite_counts_stay_exact_across_the_upgrade_that_moved_active_counts_to
 
     storage.close()
     # Given a version 6 store, whose triggers counted every state, with pending, running and finished tasks
-    spec = [("tasks.add", state, 0) for state in (PENDING, PENDING, RUNNING, SUCCEEDED, FAILED)]
-    old = _old_store(store_dir.parent / "v6", 6, spec)
+    _old_store(store_dir.parent / "v6", 6)
     # When it is opened by this liteq and its tasks move on
-    with SqliteStorage(str(old)) as upgraded:
+    with SqliteStorage(str(store_dir.parent / "v6")) as upgraded:
         expected = {"default": {PENDING: 2, RUNNING: 1, SUCCEEDED: 1, FAILED: 1}}
         assert _nonzero(upgraded.counts()) == expected
-        task = claim_one(upgraded, now=T0 + 1)
-        finish(upgraded, task, now=T0 + 2)
-        upgraded.retry(["t4"], now=T0 + 3)
-        upgraded.purge(states=[SUCCEEDED])
         # Then the counts still match the rows one by one
-        recount: dict[str, dict[str, int]] = {}
-        for r in upgraded.list(limit=1000):
-            recount.setdefault(r.queue, {}).setdefault(r.state, 0)
-            recount[r.queue][r.state] += 1
-        assert _nonzero(upgraded.counts()) == recount == {"default": {PENDING: 2, RUNNING: 1}}
+        _move_on_and_recount(upgraded)
 
 
 @pytest.mark.only_storage("sqlite")
@@ -1310,28 +1315,55 @@ def test_sqlite_upgrade_takes_pending_tasks_out_of_the_list_index(storage: Stora
     from liteq.storage.sqlite import SqliteStorage
 
     storage.close()
-    # Given a version 7 store, whose list index held every task, with pending, running and finished tasks
-    spec = [("x", PENDING, 0), ("y", PENDING, 3), ("x", RUNNING, 0), ("y", SUCCEEDED, 0), ("x", PENDING, 0)]
-    old = _old_store(store_dir.parent / "v7", 7, spec)
+    # Given a version 8 store, whose list index held every task, with pending, running and finished tasks
+    old = store_dir.parent / "v8"
+    _old_store(old, 8)
     # When it is opened by this liteq
     with SqliteStorage(str(old)) as upgraded:
         # Then the list index leaves pending tasks out, and every read finds them as before
         conn = sqlite3.connect(old / "liteq.sqlite3")
         (sql,) = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'tasks_by_name'").fetchone()
         indexed = conn.execute("SELECT count(*) FROM tasks INDEXED BY tasks_by_name WHERE state <> 'pending'")
-        assert "WHERE state <> 'pending'" in sql and indexed.fetchone()[0] == 2
+        assert "WHERE state <> 'pending'" in sql and indexed.fetchone()[0] == 3
         conn.close()
-        assert [r.id for r in upgraded.page(states=[PENDING])] == ["t4", "t1", "t0"]
-        assert [r.id for r in upgraded.page(name="x")] == ["t4", "t2", "t0"]
-        assert [r.id for r in upgraded.list(name="y")] == ["t1", "t3"]
+        assert [r.id for r in upgraded.page(states=[PENDING])] == ["t1", "t0"]
+        assert [r.id for r in upgraded.page(name="tasks.add")] == ["t4", "t3", "t2", "t1", "t0"]
+        assert [r.id for r in upgraded.list(name="tasks.add", states=[PENDING, FAILED])] == ["t0", "t1", "t4"]
         assert upgraded.oldest_pending()["default"].id == "t0"
         # And tasks moving on keep the pages right
         task = claim_one(upgraded, now=T0 + 10)
-        assert task.id == "t1"
+        assert task.id == "t0"
         finish(upgraded, task, FAILED, error=b"e", now=T0 + 11)
         assert [r.id for r in upgraded.page(states=[FAILED, PENDING])] == ["t4", "t1", "t0"]
-        assert _nonzero(upgraded.counts()) == {"default": {PENDING: 2, RUNNING: 1, SUCCEEDED: 1, FAILED: 1}}
+        assert _nonzero(upgraded.counts()) == {"default": {PENDING: 1, RUNNING: 1, SUCCEEDED: 1, FAILED: 2}}
 
+
+@pytest.mark.only_storage("sqlite")
+def test_sqlite_a_claim_runs_no_trigger_and_counts_stay_exact_across_the_version_8_upgrade(
+    storage: Storage, store_dir: Path
+) -> None:
+    from liteq.storage.sqlite import SqliteStorage
+
+    storage.close()
+    # Given a version 7 store, whose history triggers ran for every change of state, with pending,
+    # running and finished tasks
+    _old_store(store_dir.parent / "v7", 7)
+    # When this liteq opens it
+    with SqliteStorage(str(store_dir.parent / "v7")) as upgraded:
+        # Then a claim runs no trigger program (none watches what a claim sets)
+        plan = upgraded.db.read(
+            "EXPLAIN UPDATE tasks SET state = 'running', attempts = attempts + 1, lease_owner = 'w', "
+            "lease_token = 'x', lease_deadline = 1.0, started_at = 1.0 WHERE seq = 1"
+        )
+        assert "Program" not in {row["opcode"] for row in plan}
+        assert _nonzero(upgraded.counts()) == {"default": {PENDING: 2, RUNNING: 1, SUCCEEDED: 1, FAILED: 1}}
+        # And as its tasks move on, the counts still match the rows one by one
+        _move_on_and_recount(upgraded)
+        # And the finish among those moves entered the history once, beside the older ones
+        finishes: dict[str, int] = {}
+        for r in upgraded.stats(since=T0 - 3600):
+            finishes[r["state"]] = finishes.get(r["state"], 0) + r["count"]
+        assert finishes == {SUCCEEDED: 2, FAILED: 1}
 
 # -- canvas: cancel and manual retry of dependent tasks -------------------------------------------------
 

@@ -10,7 +10,7 @@ seeks, so its cost does not grow with the number of tasks:
   state come the newest ``limit`` rows before the cursor;
 - pending tasks are found through the claim's own index, ``tasks_pending`` (queue, priority, seq):
   its (queue, priority) ranges are enumerated the same way, each read newest first. So an
-  enqueue writes no list index entry (schema v8);
+  enqueue writes no list index entry (schema v9);
 - the runs are merged newest first.
 """
 
