@@ -317,6 +317,10 @@ class Dispatch:
                 kept.append(t)
         self.buffer = kept
 
+    def busy(self) -> bool:
+        """True while any child holds a task."""
+        return any(c.queue for c in self.children)
+
     def held(self) -> list[ClaimedTask]:
         """Every task this pool holds a lease on: buffered, queued in a child, running."""
         return [*self.buffer, *(t for c in self.children for t in c.queue)]

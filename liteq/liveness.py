@@ -19,6 +19,8 @@ so only real stalls are caught; a task with a shorter hard limit is caught by th
 from __future__ import annotations
 
 import logging
+import os
+import signal
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -31,7 +33,7 @@ from .storage.base import ClaimedTask
 if TYPE_CHECKING:
     from .runtime import Runtime
 
-__all__ = ["CANCEL_GRACE", "Watchdog"]
+__all__ = ["CANCEL_GRACE", "Watchdog", "kill"]
 
 logger = logging.getLogger("liteq.pool")
 
@@ -39,6 +41,16 @@ logger = logging.getLogger("liteq.pool")
 CANCEL_GRACE = 3.0
 #: Pings are sent after this fraction of the liveness timeout without a message from the child.
 PING_FRACTION = 0.25
+
+
+def kill(c: Child, reason: KillReason) -> None:
+    """SIGKILL child ``c``, recording why; its tasks are handled when its exit is seen."""
+    # Its queued tasks come back when the child is buried; killed, it cannot start them.
+    c.kill_reason = reason
+    try:
+        os.kill(c.process.pid, signal.SIGKILL)
+    except (ProcessLookupError, TypeError):
+        pass
 
 
 class Watchdog:

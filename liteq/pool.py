@@ -61,12 +61,14 @@ from .dispatch import DEFAULT_CHILD_DEPTH, Dispatch
 from .events import EventWait
 from .exceptions import ConfigurationError, LiteQError
 from .health import PoolState
-from .liveness import Watchdog
+from .liveness import Watchdog, kill
 from .message import ErrorInfo, new_id
-from .pool_protocol import KillReason, Kind, StopLevel, outcome_from, send
+from .pool_protocol import Kind, outcome_from, send
 from .reclaim import recover_local_leases
+from .recycling import Recycler
 from .runtime import HasRuntime, Runtime, runtime_of
 from .scheduler import Scheduler
+from .shutdown import Shutdown
 from .storage.base import CANCELLED, ClaimedTask, Outcome, WorkerInfo
 from .upkeep import Upkeep
 from .wake import Waker
@@ -86,9 +88,8 @@ STARTUP_TIMEOUT = 60.0
 #: starts, before start-up gives up: a child killed from outside (an OOM killer, an operator) is
 #: replaced, but one that dies at start every time must not be restarted forever.
 STARTUP_RESPAWNS = 3
-#: The pool's own timers in its deadline heap: the next claim and the end of a graceful stop.
+#: The next claim, as a timer in the pool's deadline heap.
 CLAIM = "claim"
-STOP = "stop deadline"
 
 
 class WorkerPool:
@@ -186,8 +187,6 @@ class WorkerPool:
         self.child_depth = child_depth or DEFAULT_CHILD_DEPTH
         self.lease = float(lease if lease is not None else getattr(app, "lease", DEFAULT_LEASE))
         self.shutdown_timeout = float(shutdown_timeout)
-        self.max_tasks_per_child = max_tasks_per_child
-        self.max_memory_per_child = max_memory_per_child
         self.heartbeat_interval = heartbeat_interval
         if liveness_timeout is not None and not liveness_timeout > 0:
             raise ConfigurationError(f"liveness_timeout must be > 0 seconds, not {liveness_timeout!r}")
@@ -203,7 +202,7 @@ class WorkerPool:
         self.upkeep = Upkeep(
             self.id,
             self.storage,
-            self,
+            None,  # the dispatch, built on the upkeep, is its holder (below)
             lease=self.lease,
             heartbeat_interval=heartbeat_interval,
             scheduler=self.scheduler,
@@ -225,23 +224,36 @@ class WorkerPool:
             prefetch=self.prefetch,
             child_depth=child_depth,
             max_tasks_per_child=max_tasks_per_child,
-            stopping=lambda: bool(self._stop_level),
+            stopping=lambda: bool(self.shutdown.level),
         )
-        self._stop_level = StopLevel.RUNNING
-        self._stop_deadline = 0.0
-        self._draining = False  # an operator's drain: claim nothing more, stop once idle
-        self._reload_pending = False
+        self.upkeep.holder = self.dispatch  # it knows what the pool holds
+        self.recycler = Recycler(
+            self.children,
+            self.dispatch,
+            max_tasks_per_child=max_tasks_per_child,
+            max_memory_per_child=max_memory_per_child,
+        )
         self._starting = False
         self._startup_deaths: dict[int, int] = {}  # child index -> signal deaths before ready
         self._events = EventWait()
         self._checkpoints = Checkpointer(self.storage, inline=self.start_method == "fork")
         self._logs = ChildLogs(self.ctx, forked=self.start_method == "fork")
-        self._observer: Any = None
+        self.shutdown = Shutdown(
+            self.id,
+            children=self.children,
+            dispatch=self.dispatch,
+            upkeep=self.upkeep,
+            deadlines=self.timers,
+            events=self._events,
+            storage=self.storage,
+            checkpoints=self._checkpoints,
+            logs=self._logs,
+            timeout=self.shutdown_timeout,
+        )
         self._thread: threading.Thread | None = None
         self._started = threading.Event()
         self._finished = threading.Event()
         self._error: BaseException | None = None
-        self._closed = False
 
     def __repr__(self) -> str:
         return f"<WorkerPool {self.id} concurrency={self.concurrency} {self.start_method}>"
@@ -303,7 +315,7 @@ class WorkerPool:
                     self._buried(c)
         self._starting = False
         if self.reload:
-            self._start_reloader()
+            self.shutdown.observer = self.recycler.watch_sources(self.runtime.origin, self._events)
         self._checkpoints.start()
         self.upkeep.start(time.monotonic())
         logger.info(
@@ -319,15 +331,19 @@ class WorkerPool:
         self.upkeep.pending_startup = None
 
     def _abort(self, message: str) -> None:
-        self._kill_all()
-        self._teardown()
+        self.shutdown.kill_all()
+        self.shutdown.teardown()
         raise LiteQError(message)
 
     def _spawn(self, index: int) -> Child:
         parent_conn, child_conn = self.ctx.Pipe(duplex=True)
         level = logging.getLogger().getEffectiveLevel()
         options = ChildOptions(
-            os.getpid(), self._logs.queue, level, self.max_memory_per_child is not None, self.async_concurrency
+            os.getpid(),
+            self._logs.queue,
+            level,
+            self.recycler.max_memory_per_child is not None,
+            self.async_concurrency,
         )
         process = self.ctx.Process(  # type: ignore[attr-defined]
             target=child_main, args=(self.runtime, child_conn, options), name=f"liteq-child-{index}", daemon=True
@@ -344,7 +360,7 @@ class WorkerPool:
             while self.run_once():
                 pass
         finally:
-            self._shutdown()
+            self.shutdown.finish()
 
     def start_background(self) -> None:
         """Start the pool and run its loop in a daemon thread; returns when the children are ready."""
@@ -376,10 +392,7 @@ class WorkerPool:
         """Ask the pool to stop: gracefully (running tasks finish, unstarted ones go back at once),
         or with ``now`` (kill children; interrupted tasks are retried later). Thread- and
         signal-safe; a second call escalates to ``now``."""
-        level = StopLevel.NOW if now or self._stop_level >= StopLevel.GRACEFUL else StopLevel.GRACEFUL
-        self._stop_level = max(self._stop_level, level)
-        self.upkeep.stopping = True
-        self._events.poke(b"s")
+        self.shutdown.request(now=now)
 
     def join(self, timeout: float | None = None) -> None:
         """Wait for a background pool to finish; re-raise the error that stopped it, if any."""
@@ -396,7 +409,7 @@ class WorkerPool:
             logger.warning(
                 "received %s: %s",
                 signal.Signals(signum).name,
-                "stopping now" if self._stop_level else "stopping gracefully",
+                "stopping now" if self.shutdown.level else "stopping gracefully",
             )
             self.stop()
 
@@ -409,19 +422,19 @@ class WorkerPool:
         """One supervisor iteration: handle messages and deaths, write outcomes, claim, assign,
         extend leases, wait for the next event. Returns False once the pool has stopped."""
         mono = time.monotonic()
-        if not self._stop_level and self.health.ok and self.dispatch.buffer:
+        if not self.shutdown.level and self.health.ok and self.dispatch.buffer:
             self.dispatch.assign()  # children run their next tasks while the outcomes are written
         self.upkeep.flush_if_ok()  # a producer is waiting for these
-        self._obey(self.storage.pending_commands())
-        if self._stop_level:
-            if not self._stopping_step(mono):
+        self.shutdown.obey(self.storage.pending_commands())
+        if self.shutdown.level:
+            if not self.shutdown.step(mono):
                 return False
         elif self.health.ok:
             # Degraded, nothing new starts: a buffered task's lease cannot be extended now, and
             # running it after the lease ran out could run it twice.
             self.upkeep.confirm_leases(mono)
             self.dispatch.assign()
-            if not self._draining:
+            if not self.shutdown.draining:
                 self.dispatch.claim(mono)
             self.dispatch.assign()
             self.dispatch.look_ahead()
@@ -430,7 +443,7 @@ class WorkerPool:
             self.upkeep.more_work = False
             self.dispatch.maybe_work = True
         now = time.monotonic()
-        claiming = not self._stop_level and not self._draining
+        claiming = not self.shutdown.level and not self.shutdown.draining
         self.timers.schedule(CLAIM, self.dispatch.next_claim(now) if claiming else None)
         self.watchdog.arm(self.timers, self.children)
         self._poll(self.timers.next_timeout(now, idle=self.heartbeat_interval))
@@ -438,19 +451,7 @@ class WorkerPool:
 
     def drain(self) -> None:
         """Claim nothing more; stop (exit 0) once every task in hand has finished."""
-        self._draining = True
-        self._events.poke(b"s")
-
-    def _obey(self, commands: list[str]) -> None:
-        # Commands an operator sent through the store (``liteq control``, cluster stores only).
-        for command in commands:
-            logger.warning("worker %s received %r from the store", self.id, command)
-            if command == "drain":
-                self.drain()
-            elif command == "stop":
-                self.stop()
-        if self._draining and not self._stop_level and not self.dispatch.buffer and not self.busy():
-            self.stop()
+        self.shutdown.drain()
 
     def _poll(self, timeout: float) -> None:
         """Wait up to ``timeout`` for any event, then handle every one that is ready."""
@@ -526,17 +527,7 @@ class WorkerPool:
         c.done += 1
         self.upkeep.tasks_done += 1
         self.upkeep.outcomes.append(outcome)
-        if self.max_tasks_per_child and c.done >= self.max_tasks_per_child:
-            self._retire(c, f"ran {c.done} tasks")
-        elif self.max_memory_per_child and rss > self.max_memory_per_child:
-            self._retire(c, f"uses {rss / 2**20:.0f} MiB")
-
-    def _retire(self, c: Child, why: str) -> None:
-        if c.retiring or any(o.retiring for o in self.children):
-            return  # one child at a time; the others are checked again after their next task
-        logger.info("recycling child %s: it %s", c.pid, why)
-        c.retiring = True
-        self.dispatch.requeue_unstarted(c)
+        self.recycler.finished(c, rss)
 
     def _buried(self, c: Child) -> None:
         """A child process exited: record its running task's fate and start a replacement."""
@@ -553,7 +544,7 @@ class WorkerPool:
         c.conn.close()
         if c in self.children:
             i = self.children.index(c)
-            if self._stop_level:
+            if self.shutdown.level:
                 self.children.pop(i)
             else:
                 failure = self._died_starting(c, code) if self._starting and not c.ready else None
@@ -582,137 +573,27 @@ class WorkerPool:
         logger.warning("child %s %s while starting; starting another", c.index, exit_text(code))
         return None
 
-    # -- claiming and assigning ---------------------------------------------------------------------
-
     # -- timers ---------------------------------------------------------------------------------------
 
     def _timers(self, mono: float) -> None:
+        """What is due each iteration besides claiming: kills and pings, an inline checkpoint, the
+        upkeep's periodic store calls, recycling."""
         self._enforce_limits(mono)
-        self._checkpoints.maybe_inline(mono, busy=self.busy())
+        self._checkpoints.maybe_inline(mono, busy=self.dispatch.busy())
         self.upkeep.timers(mono)
-        if self._reload_pending:
-            self._reload_pending = False
-            for c in self.children:
-                c.retiring = True
-                self.dispatch.requeue_unstarted(c)
-        for c in self.children:
-            if self.max_tasks_per_child and c.done >= self.max_tasks_per_child and not c.retiring:
-                self._retire(c, f"ran {c.done} tasks")  # postponed while another child retired
-            if c.retiring and not c.queue and not c.kill_reason:
-                c.kill_reason = KillReason.RETIRE
-                send(c.conn, Kind.STOP)
-
-    # -- what the upkeep asks (liteq.upkeep.Holder) ----------------------------------------------------
+        self.recycler.step()
 
     @property
     def buffer(self) -> collections.deque[ClaimedTask]:
         """Claimed tasks no child holds yet."""
         return self.dispatch.buffer
 
-    def held(self) -> list[ClaimedTask]:
-        """Every task this pool holds a lease on: buffered, queued in a child, running."""
-        return self.dispatch.held()
-
-    def drop_lost(self, ids: set[str]) -> int:
-        """Forget buffered (unstarted) tasks whose lease passed to another pool; return how many."""
-        return self.dispatch.drop_lost(ids)
-
-    def probe(self) -> None:
-        """Claim what there is room for (a degraded pool's last retry step); a read when full."""
-        self.dispatch.probe()
-
-    def check_cancels(self) -> None:
-        """Stop running tasks whose cancel was requested, and drop such tasks not started yet."""
-        self.dispatch.check_cancels()
-
     def _enforce_limits(self, mono: float) -> None:
         for c, reason in self.watchdog.verdicts(self.children, mono):
-            self._kill(c, reason)
+            kill(c, reason)
         for c in self.watchdog.to_ping(self.children, mono):
             send(c.conn, Kind.PING)  # a dead child: its sentinel says so
 
     def busy(self) -> bool:
         """True while any child holds a task."""
-        return any(c.queue for c in self.children)
-
-    def _kill(self, c: Child, reason: KillReason) -> None:
-        # Its queued tasks come back when the child is buried; killed, it cannot start them.
-        c.kill_reason = reason
-        try:
-            os.kill(c.process.pid, signal.SIGKILL)
-        except (ProcessLookupError, TypeError):
-            pass
-
-    # -- stopping ---------------------------------------------------------------------------------------
-
-    def _stopping_step(self, mono: float) -> bool:
-        """One iteration of a stop in progress; False once every child is gone."""
-        if not self._stop_deadline:
-            self._stop_deadline = mono + self.shutdown_timeout
-            self.timers.schedule(STOP, self._stop_deadline)
-            logger.info("worker %s stopping: waiting up to %ss for running tasks", self.id, self.shutdown_timeout)
-        # Unstarted tasks go back at once, uncounted, so another pool can take them.
-        for c in self.children:
-            self.dispatch.requeue_unstarted(c)
-        if self.dispatch.buffer and self.upkeep.release(list(self.dispatch.buffer)):
-            self.dispatch.buffer.clear()
-        force = self._stop_level >= StopLevel.NOW or mono >= self._stop_deadline
-        if force:
-            self.timers.cancel(STOP)  # the kills are sent; the children's exits wake the loop
-        for c in list(self.children):
-            if c.head is None and not c.kill_reason:
-                c.kill_reason = KillReason.STOP
-                send(c.conn, Kind.STOP)
-            elif c.head is not None and force and c.kill_reason in (KillReason.NONE, KillReason.RETIRE):
-                logger.warning("stopping now: killing child %s running task %s", c.pid, c.head.id)
-                self._kill(c, KillReason.STOP)
-        return bool(self.children)
-
-    def _shutdown(self) -> None:
-        try:
-            level = self._stop_level
-            # Ride out store errors for up to shutdown_timeout more, or until a second stop request.
-            if self.upkeep.final_writes(self.shutdown_timeout, gave_up=lambda: self._stop_level > level):
-                self.dispatch.buffer.clear()
-        finally:
-            self._kill_all()
-            self._teardown()
-
-    def _kill_all(self) -> None:
-        for c in self.children:
-            if c.process.is_alive():
-                try:
-                    os.kill(c.process.pid, signal.SIGKILL)
-                except (ProcessLookupError, TypeError):
-                    pass
-            c.process.join(5)
-            self._events.unwatch(c)
-            c.conn.close()
-        self.children.clear()
-
-    def _teardown(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        if self._observer is not None:
-            self._observer.stop()
-            self._observer.join()
-        try:
-            self.storage.unregister_worker(self.id)
-        except LiteQError:
-            logger.exception("could not unregister worker %s", self.id)
-        self._checkpoints.stop()
-        self._events.close()
-        self._logs.stop()
-        logger.info("worker %s stopped after %d task(s)", self.id, self.tasks_done)
-
-    # -- reload ----------------------------------------------------------------------------------------
-
-    def _start_reloader(self) -> None:
-        from .reload import start_reloader
-
-        self._observer = start_reloader(self.runtime.origin, self._on_source_change)
-
-    def _on_source_change(self) -> None:
-        self._reload_pending = True
-        self._events.poke(b"r")
+        return self.dispatch.busy()

@@ -91,6 +91,28 @@ class Holder(Protocol):
         """The store call that must get through before a degraded pool is ok again (a claim)."""
 
 
+class NothingHeld:
+    """The :class:`Holder` of an upkeep whose pool holds nothing (yet)."""
+
+    def held(self) -> list[ClaimedTask]:
+        """Nothing."""
+        return []
+
+    def drop_lost(self, ids: set[str]) -> int:
+        """Nothing to drop."""
+        return 0
+
+    def check_cancels(self) -> None:
+        """Nothing to check."""
+
+    def busy(self) -> bool:
+        """Never busy."""
+        return False
+
+    def probe(self) -> None:
+        """Nothing to claim for."""
+
+
 class Upkeep:
     """The store side of one pool (see the module doc). ``more_work`` is set whenever something
     it did may have made tasks claimable (a reap, a retry, a periodic slot)."""
@@ -99,7 +121,7 @@ class Upkeep:
         self,
         worker_id: str,
         storage: Storage,
-        holder: Holder,
+        holder: Holder | None,
         *,
         lease: float,
         heartbeat_interval: float,
@@ -109,7 +131,8 @@ class Upkeep:
     ) -> None:
         self.id = worker_id
         self.storage = storage
-        self.holder = holder
+        #: What the pool holds; a pool sets it once its dispatch exists (built on this upkeep).
+        self.holder: Holder = holder if holder is not None else NothingHeld()
         self.lease = lease
         self.heartbeat_interval = heartbeat_interval
         self.scheduler = scheduler
