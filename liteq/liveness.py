@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 from .children import Child
 from .coroutine_feed import CoroutineFeed
 from .deadlines import Deadlines
-from .pool_protocol import KillReason
+from .pool_protocol import KillReason, Kind, send
 from .storage.base import ClaimedTask
 
 if TYPE_CHECKING:
@@ -111,6 +111,13 @@ class Watchdog:
                 )
                 out.append((c, KillReason.UNRESPONSIVE))
         return out
+
+    def enforce(self, children: Iterable[Child], mono: float) -> None:
+        """Kill the children that :meth:`verdicts` condemns and ping those :meth:`to_ping` names."""
+        for c, reason in self.verdicts(children, mono):
+            kill(c, reason)
+        for c in self.to_ping(children, mono):
+            send(c.conn, Kind.PING)  # a dead child: its sentinel says so
 
     def to_ping(self, children: Iterable[Child], mono: float) -> list[Child]:
         """Busy children silent for a ping interval and not pinged since; marks them pinged."""

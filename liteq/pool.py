@@ -6,21 +6,25 @@ waits on every child's pipe and process sentinel, the store's wake-up socket and
 self-pipe, until the nearest of its timers: each of them (hard time limits and liveness pings
 per child, lease extension, heartbeat, reaping, periodic ticks, the next claim, the end of a
 graceful stop) is a named timer in one deadline heap (:mod:`liteq.deadlines`), kept by the part
-that decides it, and the wait ends at the top of the heap. It:
+that decides it, and the wait ends at the top of the heap.
 
-- claims in small batches, keeping at most ``prefetch`` tasks beyond those the children hold, so
-  memory does not grow with the backlog;
-- hands each child up to ``child_depth`` tasks (the next one waits in the pipe, so a child never
-  idles on a round trip); the head of a child's queue is the running task. By default a child
-  whose tasks run in a blink gets up to ``liteq.dispatch.SHORT_TASK_DEPTH`` while a backlog lasts, several in
-  one pipe message, so the pipe is not the bottleneck of a drain;
-- writes the outcomes that arrive together in one transaction, guarded by lease tokens;
-- extends the leases it holds every ``lease / 3`` seconds and records a heartbeat;
-- replaces a child that dies, retrying only the task it was running (reason ``worker lost``);
-- SIGKILLs a child whose task passes its hard ``timeout`` (works inside C code and with SIGTERM
-  ignored) or is cancelled while running;
-- recycles children after ``max_tasks_per_child`` tasks or ``max_memory_per_child`` bytes,
-  one at a time and between tasks.
+This module is the loop and the pool's life cycle (start, run, background thread, requests); a
+child that dies is replaced, and only the tasks it was running are retried (reason ``worker
+lost``). Each policy has a module of its own:
+
+- :mod:`liteq.dispatch`: claiming in batches, at most ``prefetch`` tasks beyond those the children
+  hold, and handing each child up to ``child_depth`` tasks (more, in one pipe message, for short
+  tasks while a backlog lasts);
+- :mod:`liteq.child_reports`: what the children report (outcomes, progress, tasks handed back);
+- :mod:`liteq.upkeep`: the store side: outcomes written together in one transaction guarded by
+  lease tokens, lease extension every ``lease / 3`` seconds, heartbeats, reaping, periodic ticks,
+  and the degraded state while the store fails (:mod:`liteq.health`);
+- :mod:`liteq.liveness`: SIGKILL for a task past its hard ``timeout`` (works inside C code and
+  with SIGTERM ignored), a cancel past its grace, a child that stopped answering;
+- :mod:`liteq.recycling`: children retired after ``max_tasks_per_child`` tasks or
+  ``max_memory_per_child`` bytes, one at a time and between tasks, or on a source change;
+- :mod:`liteq.shutdown`: stop and drain requests, the graceful stop, the teardown;
+- :mod:`liteq.pool_options`: the options, checked once.
 
 Start methods. The default is ``forkserver`` on Linux and ``spawn`` on macOS and Windows: a pool
 started with ``app.workers()`` lives beside the application's threads, and forking a
@@ -36,16 +40,14 @@ import logging
 import logging.handlers
 import multiprocessing
 import os
-import signal
 import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
-from types import FrameType
-from typing import Any
 
 from .asyncrun import DEFAULT_ASYNC_CONCURRENCY
 from .child import ChildOptions, child_main
+from .child_reports import ChildReports
 from .children import (
     Checkpointer,
     Child,
@@ -53,23 +55,21 @@ from .children import (
     default_start_method,
     exit_text,
     lost_outcome,
-    readable,
 )
 from .coroutine_feed import CoroutineFeed
 from .deadlines import Deadlines
-from .dispatch import DEFAULT_CHILD_DEPTH, Dispatch
+from .dispatch import Dispatch
 from .events import EventWait
-from .exceptions import ConfigurationError, LiteQError
+from .exceptions import LiteQError
 from .health import PoolState
-from .liveness import Watchdog, kill
-from .message import ErrorInfo, new_id
-from .pool_protocol import Kind, outcome_from, send
+from .liveness import Watchdog
+from .pool_options import pool_options
 from .reclaim import recover_local_leases
 from .recycling import Recycler
 from .runtime import HasRuntime, Runtime, runtime_of
 from .scheduler import Scheduler
 from .shutdown import Shutdown
-from .storage.base import CANCELLED, ClaimedTask, Outcome, WorkerInfo
+from .storage.base import ClaimedTask, WorkerInfo
 from .upkeep import Upkeep
 from .wake import Waker
 from .worker import DEFAULT_LEASE
@@ -143,59 +143,35 @@ class WorkerPool:
         async_concurrency: int = DEFAULT_ASYNC_CONCURRENCY,
     ) -> None:
         runtime = runtime_of(app)
-        if not runtime.storage.shared_between_processes:
-            raise ConfigurationError(
-                "a worker pool needs a store other processes can open; memory:// lives in one process. "
-                "Use a directory store, or immediate=True / app.run_until_empty() in tests"
-            )
-        concurrency = concurrency if concurrency is not None else (os.cpu_count() or 1)
-        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
-            raise ConfigurationError(f"concurrency must be an integer >= 1, not {concurrency!r}")
-        method = start_method or default_start_method()
-        if method not in multiprocessing.get_all_start_methods():
-            raise ConfigurationError(
-                f"start_method {method!r} is not available here; choose one of "
-                f"{', '.join(multiprocessing.get_all_start_methods())}"
-            )
-        if reload and method != "spawn":
-            method = "spawn"  # a forked or fork-server child would keep the old modules
-        for name, value in (
-            ("max_tasks_per_child", max_tasks_per_child),
-            ("max_memory_per_child", max_memory_per_child),
-        ):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ConfigurationError(f"{name} must be a positive integer or None, not {value!r}")
-        if isinstance(async_concurrency, bool) or not isinstance(async_concurrency, int) or async_concurrency < 1:
-            raise ConfigurationError(f"async_concurrency must be an integer >= 1, not {async_concurrency!r}")
-        if child_depth is not None and child_depth < 1:
-            raise ConfigurationError(f"child_depth must be >= 1, not {child_depth!r}")
-        if shutdown_timeout < 0:
-            raise ConfigurationError(f"shutdown_timeout must be >= 0 seconds, not {shutdown_timeout!r}")
+        o = self.options = pool_options(
+            runtime,
+            concurrency=concurrency,
+            queues=queues,
+            start_method=start_method,
+            prefetch=prefetch,
+            child_depth=child_depth,
+            lease=lease if lease is not None else getattr(app, "lease", DEFAULT_LEASE),
+            shutdown_timeout=shutdown_timeout,
+            max_tasks_per_child=max_tasks_per_child,
+            max_memory_per_child=max_memory_per_child,
+            worker_id=worker_id,
+            heartbeat_interval=heartbeat_interval,
+            reload=reload,
+            scheduler=scheduler,
+            liveness_timeout=liveness_timeout,
+            clock=clock,
+            async_concurrency=async_concurrency,
+        )
         self.app = app
         self.runtime = runtime
         self.storage = runtime.storage
-        self.concurrency = concurrency
-        self.async_concurrency = async_concurrency
+        self.id, self.concurrency, self.queues, self.start_method = o.worker_id, o.concurrency, o.queues, o.start_method
         self.feed = CoroutineFeed(runtime.registry)
-        self.queues = list(queues) if queues else runtime.registry.queues()
-        self.start_method = method
-        self.ctx = multiprocessing.get_context(method)
-        if method == "forkserver":
+        self.ctx = multiprocessing.get_context(o.start_method)
+        if o.start_method == "forkserver":
             # Children fork from a server that has already imported liteq: fast, thread-free starts.
             self.ctx.set_forkserver_preload(["liteq", "liteq.child", "liteq.worker"])
-        self.prefetch = concurrency if prefetch is None else max(0, prefetch)
-        self.child_depth = child_depth or DEFAULT_CHILD_DEPTH
-        self.lease = float(lease if lease is not None else getattr(app, "lease", DEFAULT_LEASE))
-        self.shutdown_timeout = float(shutdown_timeout)
-        self.heartbeat_interval = heartbeat_interval
-        if liveness_timeout is not None and not liveness_timeout > 0:
-            raise ConfigurationError(f"liveness_timeout must be > 0 seconds, not {liveness_timeout!r}")
-        # A child silent for a whole lease would have lost its lease as a worker of its own.
-        self.watchdog = Watchdog(
-            runtime, float(liveness_timeout) if liveness_timeout is not None else self.lease, self.feed
-        )
-        self.reload = reload
-        self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{new_id()[-8:]}"
+        self.watchdog = Watchdog(runtime, o.liveness_timeout, self.feed)
         self.scheduler = Scheduler(runtime) if scheduler and runtime.registry.schedules else None
         #: The loop's timers (see :mod:`liteq.deadlines`); the wait ends at the nearest one.
         self.timers = Deadlines()
@@ -203,8 +179,8 @@ class WorkerPool:
             self.id,
             self.storage,
             None,  # the dispatch, built on the upkeep, is its holder (below)
-            lease=self.lease,
-            heartbeat_interval=heartbeat_interval,
+            lease=o.lease,
+            heartbeat_interval=o.heartbeat_interval,
             scheduler=self.scheduler,
             clock=clock,
             deadlines=self.timers,
@@ -217,22 +193,23 @@ class WorkerPool:
             self.upkeep,
             self.watchdog,
             self.children,
-            concurrency=concurrency,
+            concurrency=o.concurrency,
             queues=self.queues,
-            lease=self.lease,
+            lease=o.lease,
             limits=runtime.registry.rate_limits(),
-            prefetch=self.prefetch,
-            child_depth=child_depth,
-            max_tasks_per_child=max_tasks_per_child,
+            prefetch=o.prefetch,
+            child_depth=o.child_depth,
+            max_tasks_per_child=o.max_tasks_per_child,
             stopping=lambda: bool(self.shutdown.level),
         )
         self.upkeep.holder = self.dispatch  # it knows what the pool holds
         self.recycler = Recycler(
             self.children,
             self.dispatch,
-            max_tasks_per_child=max_tasks_per_child,
-            max_memory_per_child=max_memory_per_child,
+            max_tasks_per_child=o.max_tasks_per_child,
+            max_memory_per_child=o.max_memory_per_child,
         )
+        self.reports = ChildReports(self.feed, self.upkeep, self.dispatch, self.recycler)
         self._starting = False
         self._startup_deaths: dict[int, int] = {}  # child index -> signal deaths before ready
         self._events = EventWait()
@@ -248,7 +225,7 @@ class WorkerPool:
             storage=self.storage,
             checkpoints=self._checkpoints,
             logs=self._logs,
-            timeout=self.shutdown_timeout,
+            timeout=o.shutdown_timeout,
         )
         self._thread: threading.Thread | None = None
         self._started = threading.Event()
@@ -311,10 +288,10 @@ class WorkerPool:
             self._poll(min(left, 0.5))
             for c in list(self.children):
                 if not c.process.is_alive():  # died after the wait returned: as _poll would have
-                    self._receive(c)
+                    self.reports.receive(c)
                     self._buried(c)
         self._starting = False
-        if self.reload:
+        if self.options.reload:
             self.shutdown.observer = self.recycler.watch_sources(self.runtime.origin, self._events)
         self._checkpoints.start()
         self.upkeep.start(time.monotonic())
@@ -323,7 +300,7 @@ class WorkerPool:
         )
 
     def _register(self) -> None:
-        recover_local_leases(self.storage, self.id, heartbeat_interval=self.heartbeat_interval)
+        recover_local_leases(self.storage, self.id, heartbeat_interval=self.options.heartbeat_interval)
         now = self.upkeep.clock()
         self.storage.register_worker(
             WorkerInfo(self.id, socket.gethostname(), os.getpid(), self.concurrency, self.queues, now, now)
@@ -342,8 +319,8 @@ class WorkerPool:
             os.getpid(),
             self._logs.queue,
             level,
-            self.recycler.max_memory_per_child is not None,
-            self.async_concurrency,
+            self.options.max_memory_per_child is not None,
+            self.options.async_concurrency,
         )
         process = self.ctx.Process(  # type: ignore[attr-defined]
             target=child_main, args=(self.runtime, child_conn, options), name=f"liteq-child-{index}", daemon=True
@@ -405,16 +382,7 @@ class WorkerPool:
     def install_signal_handlers(self) -> None:
         """SIGINT/SIGTERM: the first stops gracefully, the second stops now (main thread only)."""
 
-        def handler(signum: int, frame: FrameType | None) -> None:
-            logger.warning(
-                "received %s: %s",
-                signal.Signals(signum).name,
-                "stopping now" if self.shutdown.level else "stopping gracefully",
-            )
-            self.stop()
-
-        signal.signal(signal.SIGINT, handler)
-        signal.signal(signal.SIGTERM, handler)
+        self.shutdown.install_signal_handlers()
 
     # -- one iteration -------------------------------------------------------------------------------
 
@@ -446,7 +414,7 @@ class WorkerPool:
         claiming = not self.shutdown.level and not self.shutdown.draining
         self.timers.schedule(CLAIM, self.dispatch.next_claim(now) if claiming else None)
         self.watchdog.arm(self.timers, self.children)
-        self._poll(self.timers.next_timeout(now, idle=self.heartbeat_interval))
+        self._poll(self.timers.next_timeout(now, idle=self.options.heartbeat_interval))
         return True
 
     def drain(self) -> None:
@@ -460,74 +428,12 @@ class WorkerPool:
             if kind == "waker":
                 self.dispatch.maybe_work = True
             elif kind == "conn":
-                self._receive(c, ready=True)
+                self.reports.receive(c, ready=True)
             elif c not in dead:
                 dead.append(c)
         for c in dead:
-            self._receive(c)  # a child may have reported its last outcome before exiting
+            self.reports.receive(c)  # a child may have reported its last outcome before exiting
             self._buried(c)
-
-    def _receive(self, c: Child, ready: bool = False) -> None:
-        """Handle the messages waiting from ``c``; ``ready`` when the wait just said its pipe is
-        readable (else it is checked first: a dead child's pipe may be held open by a process it
-        started, and a read would block)."""
-        try:
-            # Connection.poll() builds a selector per call; a zero-timeout select() on the one fd
-            # tells the same for a fraction of the cost. Woken by the wait, the pipe is looked at
-            # again only for the rest of a message cut at the read size: anything newer wakes the
-            # next wait. A dead child's pipe is read to its end.
-            first = ready
-            while first or readable(c.conn):
-                first = False
-                messages = c.frames.read()
-                if messages:
-                    c.answered = time.monotonic()  # any message proves the child runs (liveness)
-                for message in messages:
-                    if message[0] == Kind.DONE:
-                        self._done(c, outcome_from(message[1]), message[2])
-                    else:
-                        self._handle(c, message)
-                if ready and not c.frames.buf:
-                    return
-        except (EOFError, OSError):
-            pass
-
-    def _handle(self, c: Child, message: tuple[Any, ...]) -> None:
-        kind = message[0]
-        if kind == Kind.DONE:
-            self._done(c, outcome_from(message[1]), message[2])
-        elif kind == Kind.PROGRESS:
-            self.upkeep.progress[message[1]] = (message[2], message[3])
-        elif kind == Kind.RETURNED:
-            self.dispatch.returned(c, message[1])
-        elif kind == Kind.READY:
-            c.ready = True
-            c.pid = message[1]
-            c.async_limit = message[2]
-
-    def _done(self, c: Child, outcome: Outcome, rss: int) -> None:
-        head = c.head
-        if head is not None and head.id == outcome.id:
-            c.queue.popleft()
-        elif not self.feed.finished(c, outcome.id):  # coroutine tasks end in any order
-            logger.error("child %s reported task %s it was not running", c.pid, outcome.id)
-            return
-        if c.since:
-            c.since.pop(outcome.id, None)
-        if c.cancels:
-            c.cancels.pop(outcome.id, None)
-        if c.cancel_id == outcome.id:
-            # It stopped within the grace after being asked to: record the cancel, whatever it raised.
-            c.cancel_id = ""
-            info = ErrorInfo("liteq.exceptions.TaskCancelled", "cancelled while running; the task stopped")
-            outcome = Outcome(outcome.id, outcome.lease_token, CANCELLED, error=info.encode(), reason="cancelled")
-        mono = time.monotonic()
-        c.last_run = mono - c.started
-        c.started = mono  # the next queued task starts now
-        c.done += 1
-        self.upkeep.tasks_done += 1
-        self.upkeep.outcomes.append(outcome)
-        self.recycler.finished(c, rss)
 
     def _buried(self, c: Child) -> None:
         """A child process exited: record its running task's fate and start a replacement."""
@@ -578,7 +484,7 @@ class WorkerPool:
     def _timers(self, mono: float) -> None:
         """What is due each iteration besides claiming: kills and pings, an inline checkpoint, the
         upkeep's periodic store calls, recycling."""
-        self._enforce_limits(mono)
+        self.watchdog.enforce(self.children, mono)
         self._checkpoints.maybe_inline(mono, busy=self.dispatch.busy())
         self.upkeep.timers(mono)
         self.recycler.step()
@@ -587,12 +493,6 @@ class WorkerPool:
     def buffer(self) -> collections.deque[ClaimedTask]:
         """Claimed tasks no child holds yet."""
         return self.dispatch.buffer
-
-    def _enforce_limits(self, mono: float) -> None:
-        for c, reason in self.watchdog.verdicts(self.children, mono):
-            kill(c, reason)
-        for c in self.watchdog.to_ping(self.children, mono):
-            send(c.conn, Kind.PING)  # a dead child: its sentinel says so
 
     def busy(self) -> bool:
         """True while any child holds a task."""

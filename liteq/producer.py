@@ -179,6 +179,7 @@ class Producer:
         now = time.time()
         messages = []
         tasks: dict[str, Sendable] = {}
+        shared_by_name: dict[str, tuple[float | None, int, dict[str, Any]] | None] = {}
         serializer = self.serializer
         ids = ids_at(now)
         for call in calls:
@@ -188,7 +189,12 @@ class Producer:
             else:  # a Signature
                 name, args, kwargs, options = call.name, call.args, call.kwargs, call.options
                 task = tasks.get(name) or tasks.setdefault(name, self.lookup(name))
-            shared = None if options else self.shared(task, now)
+            if options:
+                shared = None
+            elif name in shared_by_name:
+                shared = shared_by_name[name]
+            else:
+                shared = shared_by_name[name] = self.shared(task, now)
             if shared is None:
                 messages.append(self.build(task, tuple(args), dict(kwargs), now=now, **(options or {})))
                 continue

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+from types import FrameType
 from typing import Any
 
 from .children import Checkpointer, Child, ChildLogs
@@ -86,6 +87,20 @@ class Shutdown:
         """Claim nothing more; stop once every task in hand has finished."""
         self.draining = True
         self.events.poke(b"s")
+
+    def install_signal_handlers(self) -> None:
+        """SIGINT/SIGTERM: the first stops gracefully, the second stops now (main thread only)."""
+
+        def handler(signum: int, frame: FrameType | None) -> None:
+            logger.warning(
+                "received %s: %s",
+                signal.Signals(signum).name,
+                "stopping now" if self.level else "stopping gracefully",
+            )
+            self.request()
+
+        signal.signal(signal.SIGINT, handler)
+        signal.signal(signal.SIGTERM, handler)
 
     # -- the loop's side ----------------------------------------------------------------------------
 

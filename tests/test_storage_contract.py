@@ -1111,6 +1111,61 @@ def test_oldest_pending_per_queue(storage: Storage) -> None:
     assert oldest["a"].enqueued_at == T0 + 1
 
 
+def test_pending_tasks_of_many_priorities_and_queues_list_page_and_count_in_store_order(storage: Storage) -> None:
+    # Given pending tasks of two names spread over priorities and queues, among running and failed ones
+    spec = [("a", "x", 0), ("a", "y", 5), ("b", "x", 9), ("a", "x", 5), ("a", "x", -2), ("b", "y", 0), ("a", "x", 0)]
+    ids = [enqueue_one(storage, queue=q, name=n, priority=p, now=T0 + i) for i, (q, n, p) in enumerate(spec)]
+    running = storage.claim("w1", ["a"], now=T0 + 10, ids=[ids[1]])[0]
+    finish(storage, storage.claim("w1", ["a"], now=T0 + 10, ids=[ids[6]])[0], FAILED, error=b"e", now=T0 + 11)
+    pending = [ids[0], ids[2], ids[3], ids[4], ids[5]]
+
+    def paged(**filters: Any) -> list[str]:
+        return [r.id for r in storage.page(**filters)]
+
+    def listed(**filters: Any) -> list[str]:
+        return [r.id for r in storage.list(**filters)]
+
+    # Then pages are newest first and lists oldest first whatever the priorities, alone or with other states
+    assert paged(states=[PENDING]) == pending[::-1]
+    assert paged(states=[PENDING], name="x") == [ids[4], ids[3], ids[2], ids[0]]
+    assert paged(states=[PENDING], queue="a", name="x") == [ids[4], ids[3], ids[0]]
+    assert paged(states=[PENDING, FAILED], name="x") == [ids[6], ids[4], ids[3], ids[2], ids[0]]
+    assert paged(name="y") == [ids[5], running.id]
+    assert paged(states=[PENDING], name="x", limit=2, before=ids[3]) == [ids[2], ids[0]]
+    assert listed(name="x") == [ids[0], ids[2], ids[3], ids[4], ids[6]]
+    assert listed(name="x", states=[PENDING], queue="a") == [ids[0], ids[3], ids[4]]
+    assert listed(name="x", states=[PENDING, FAILED], limit=2, offset=3) == [ids[4], ids[6]]
+    assert listed(name="y", states=[RUNNING]) == [running.id]
+    assert listed(name="nothing") == []
+    # And the oldest pending task of a queue is the first stored, not the first of the top priority
+    assert {q: r.id for q, r in storage.oldest_pending().items()} == {"a": ids[0], "b": ids[2]}
+    assert _nonzero(storage.counts()) == {"a": {PENDING: 3, RUNNING: 1, FAILED: 1}, "b": {PENDING: 2}}
+
+
+def test_a_batch_of_plain_and_other_tasks_keeps_its_order(storage: Storage) -> None:
+    # Given a batch mixing plain tasks with ones that have a key, a start time, an expiry or limits
+    tasks = [
+        new_task(),
+        new_task(idempotency_key="k1"),
+        new_task(),
+        new_task(),
+        new_task(expires_at=T0 + 100, timeout=5.0, result_ttl=60.0),
+        new_task(run_at=T0 + 50),
+        new_task(priority=2, max_attempts=3),
+    ]
+    # When it is stored
+    ids = storage.enqueue(tasks, now=T0)
+    # Then every task is stored with its fields, and claims follow the batch's order
+    assert ids == [t.id for t in tasks]
+    stored = storage.get(ids)
+    assert [r.state if r else None for r in stored] == [PENDING] * 5 + [SCHEDULED, PENDING]
+    assert [r.idempotency_key if r else None for r in stored] == [None, "k1", None, None, None, None, None]
+    assert stored[4] is not None and stored[4].expires_at == T0 + 100
+    assert stored[6] is not None and (stored[6].priority, stored[6].max_attempts) == (2, 3)
+    claimed = storage.claim("w1", ["default"], limit=10, now=T0 + 1)
+    assert [c.id for c in claimed] == [ids[6], ids[0], ids[1], ids[2], ids[3], ids[4]]
+
+
 def test_stats_count_every_finish_per_minute_with_latency(storage: Storage) -> None:
     # Given tasks enqueued at T0 and finished in two different minutes, in several ways
     base = T0 - T0 % 60
@@ -1278,6 +1333,36 @@ def test_sqlite_counts_stay_exact_across_the_upgrade_that_moved_active_counts_to
         assert _nonzero(upgraded.counts()) == expected
         # Then the counts still match the rows one by one
         _move_on_and_recount(upgraded)
+
+
+@pytest.mark.only_storage("sqlite")
+def test_sqlite_upgrade_takes_pending_tasks_out_of_the_list_index(storage: Storage, store_dir: Path) -> None:
+    import sqlite3
+
+    from liteq.storage.sqlite import SqliteStorage
+
+    storage.close()
+    # Given a version 8 store, whose list index held every task, with pending, running and finished tasks
+    old = store_dir.parent / "v8"
+    _old_store(old, 8)
+    # When it is opened by this liteq
+    with SqliteStorage(str(old)) as upgraded:
+        # Then the list index leaves pending tasks out, and every read finds them as before
+        conn = sqlite3.connect(old / "liteq.sqlite3")
+        (sql,) = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'tasks_by_name'").fetchone()
+        indexed = conn.execute("SELECT count(*) FROM tasks INDEXED BY tasks_by_name WHERE state <> 'pending'")
+        assert "WHERE state <> 'pending'" in sql and indexed.fetchone()[0] == 3
+        conn.close()
+        assert [r.id for r in upgraded.page(states=[PENDING])] == ["t1", "t0"]
+        assert [r.id for r in upgraded.page(name="tasks.add")] == ["t4", "t3", "t2", "t1", "t0"]
+        assert [r.id for r in upgraded.list(name="tasks.add", states=[PENDING, FAILED])] == ["t0", "t1", "t4"]
+        assert upgraded.oldest_pending()["default"].id == "t0"
+        # And tasks moving on keep the pages right
+        task = claim_one(upgraded, now=T0 + 10)
+        assert task.id == "t0"
+        finish(upgraded, task, FAILED, error=b"e", now=T0 + 11)
+        assert [r.id for r in upgraded.page(states=[FAILED, PENDING])] == ["t4", "t1", "t0"]
+        assert _nonzero(upgraded.counts()) == {"default": {PENDING: 1, RUNNING: 1, SUCCEEDED: 1, FAILED: 2}}
 
 
 @pytest.mark.only_storage("sqlite")
