@@ -87,6 +87,7 @@ class Dispatch:
         self.cancelled: set[str] = set()  # held, unstarted tasks whose cancel was requested
         self.maybe_work = True
         self.next_scheduled: float | None = None
+        self.look_ahead_due = False  # a claim came back short: read when the next scheduled task is due
         self.last_claim = 0.0
 
     def next_claim(self, mono: float) -> float | None:
@@ -165,10 +166,19 @@ class Dispatch:
         if len(claimed) == want:
             self.maybe_work = True  # probably more where these came from
             self.next_scheduled = None
+            self.look_ahead_due = False
             # A backlog: claim bigger batches (fewer transactions per task), up to a bound.
             self.prefetch_now = min(max(self.prefetch_now * 2, 1), MAX_PREFETCH_PER_CHILD * self.concurrency)
         else:
             self.prefetch_now = self.prefetch
+            self.look_ahead_due = True
+
+    def look_ahead(self) -> None:
+        """After a short claim, read when the next scheduled task is due (the claim wakes then).
+        Called once the claimed tasks are handed out: a task waiting for its child does not wait
+        for this read too."""
+        if self.look_ahead_due:
+            self.look_ahead_due = False
             with self.health.guard("claim"):
                 self.next_scheduled = self.storage.next_run_at(self.queues)
 

@@ -405,6 +405,7 @@ class WorkerPool:
             if not self.shutdown.draining:
                 self.dispatch.claim(mono)
             self.dispatch.assign()
+            self.dispatch.look_ahead()
         self._timers(mono)
         if self.upkeep.more_work:
             self.upkeep.more_work = False

@@ -34,6 +34,7 @@ from liteq.storage.base import (
     TaskRow,
     WorkerInfo,
 )
+from tests.support import wait_for
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -942,6 +943,32 @@ def test_wait_wakes_a_waiting_thread_on_write(storage: Storage) -> None:
     waiter.join(25)
     # Then the waiter sees the new version
     assert seen and seen[0] > version
+
+
+@pytest.mark.only_storage("sqlite")
+def test_sqlite_own_commits_skip_the_own_listener_but_wake_a_thread_waiting_on_it(storage: Storage) -> None:
+    from liteq.wake import Waker
+
+    # Given a listening store (a producer about to wait for a result) and another listener
+    storage.listen()
+    other = Waker(str(storage.wake_dir))
+    try:
+        # When this process enqueues
+        enqueue_one(storage)
+        # Then the other listener hears it, this process's own does not (its get() would wake for nothing)
+        assert other.wait(10)
+        assert storage._waker is not None and not storage._waker.wait(0)  # type: ignore[attr-defined]
+        # And a thread blocked on the own listener still wakes on a commit by another thread
+        version = storage.version
+        seen: list[int] = []
+        waiter = threading.Thread(target=lambda: seen.append(storage.wait(version, timeout=120)))
+        waiter.start()
+        wait_for(lambda: storage._blocked == 1, 10, "the waiter blocks on the socket")  # type: ignore[attr-defined]
+        enqueue_one(storage, now=T0 + 1)
+        waiter.join(30)
+        assert not waiter.is_alive() and seen[0] > version
+    finally:
+        other.close()
 
 
 def test_every_task_write_bumps_the_version(storage: Storage) -> None:
