@@ -89,18 +89,30 @@ class Dispatch:
         self.cancelled: set[str] = set()  # held, unstarted tasks whose cancel was requested
         self.maybe_work = True
         self.next_scheduled: float | None = None
+        self.look_ahead_due = False  # a claim came back short: read when the next scheduled task is due
         self.last_claim = 0.0
 
-    def claim_deadline(self, mono: float) -> float | None:
-        """When the claim side wants the loop back (``mono`` itself: at once), or None."""
-        if not self.health.ok or self.capacity() <= 0:
-            return None
-        if self.maybe_work and not self.buffer:
-            return mono
-        out = self.last_claim + IDLE_POLL_INTERVAL
+    def next_claim(self, mono: float) -> float | None:
+        """When :meth:`claim` has something to do (``mono`` or earlier: now), or None: the one
+        decision both the claim and the pool's wait (its timer in the deadline heap) follow."""
+        return self._plan(mono)[1]
+
+    def _plan(self, mono: float) -> tuple[int, float | None]:
+        """How many tasks a claim would ask for, and when it is due (see :meth:`next_claim`)."""
+        if not self.health.ok:
+            return 0, None
+        room = self.capacity()
+        want = room + self.prefetch_now - len(self.buffer)
+        if want <= 0:
+            return 0, None
+        if room <= len(self.buffer) and len(self.buffer) > self.prefetch_now // 2:
+            return 0, None  # enough in hand: refill in batches when half is used, not one task at a time
+        if self.maybe_work:
+            return want, mono
+        at = self.last_claim + IDLE_POLL_INTERVAL
         if self.next_scheduled is not None:
-            out = min(out, mono + max(self.next_scheduled - self.upkeep.clock(), 0.0))
-        return out
+            at = min(at, mono + max(self.next_scheduled - self.upkeep.clock(), 0.0))
+        return want, at
 
     def requeue_unstarted(self, c: Child, only: set[str] | None = None) -> None:
         """Ask a live child for the tasks queued in its pipe behind the running one (or those of
@@ -132,20 +144,15 @@ class Dispatch:
         feed = self.watchdog.feed
         coroutines = feed.any_async()
         return sum(
-            max(0, feed.depth(c, self.depth_for(c), coroutines, feed.syncs(c)) - len(c.queue))
+            # (sync tasks held count only where a coroutine could join them)
+            max(0, feed.depth(c, self.depth_for(c), coroutines, feed.syncs(c) if coroutines else 0) - len(c.queue))
             for c in self.children
             if c.ready and not c.retiring and not c.kill_reason
         )
 
     def claim(self, mono: float) -> None:
-        room = self.capacity()
-        want = room + self.prefetch_now - len(self.buffer)
-        if want <= 0:
-            return
-        if room <= len(self.buffer) and len(self.buffer) > self.prefetch_now // 2:
-            return  # enough in hand: refill in batches when half is used, not one task at a time
-        due = self.next_scheduled is not None and self.upkeep.clock() >= self.next_scheduled
-        if not (self.maybe_work or due or mono - self.last_claim >= IDLE_POLL_INTERVAL):
+        want, at = self._plan(mono)
+        if at is None or at > mono:
             return
         self.last_claim = mono
         claimed: list[ClaimedTask] = []
@@ -161,10 +168,19 @@ class Dispatch:
         if len(claimed) == want:
             self.maybe_work = True  # probably more where these came from
             self.next_scheduled = None
+            self.look_ahead_due = False
             # A backlog: claim bigger batches (fewer transactions per task), up to a bound.
             self.prefetch_now = min(max(self.prefetch_now * 2, 1), MAX_PREFETCH_PER_CHILD * self.concurrency)
         else:
             self.prefetch_now = self.prefetch
+            self.look_ahead_due = True
+
+    def look_ahead(self) -> None:
+        """After a short claim, read when the next scheduled task is due (the claim wakes then).
+        Called once the claimed tasks are handed out: a task waiting for its child does not wait
+        for this read too."""
+        if self.look_ahead_due:
+            self.look_ahead_due = False
             with self.health.guard("claim"):
                 self.next_scheduled = self.storage.next_run_at(self.queues)
 
@@ -173,18 +189,25 @@ class Dispatch:
         if not self.buffer:
             return
         # Level by level: every idle child gets a task before any child gets a second one.
-        depth = {id(c): self.depth_for(c) for c in self.children if c.ready and not c.retiring and not c.kill_reason}
+        open_ = [c for c in self.children if c.ready and not c.retiring and not c.kill_reason]
+        if not open_:
+            return
+        depth = {id(c): self.depth_for(c) for c in open_}
         # Coroutine tasks join a child that runs only coroutines, up to its room (coroutine_feed).
         feed = self.watchdog.feed
-        syncs = {id(c): feed.syncs(c) for c in self.children}
         coroutines = feed.any_async()
+        # (sync tasks held matter only where a coroutine could join them: feed.depth)
+        syncs = {id(c): feed.syncs(c) if coroutines else 0 for c in self.children}
         levels = max([self.short_depth, *(c.async_limit for c in self.children if coroutines)])
         handed: dict[int, tuple[Child, list[ClaimedTask]]] = {}
-        for level in range(1, levels + 1):
+        # Levels every open child already fills hand nothing: start above the shortest queue.
+        for level in range(1 + min(len(c.queue) for c in open_), levels + 1):
+            if not self.buffer:
+                break
             for c in self.children:
                 if not self.buffer:
                     break
-                coroutine = feed.is_async(self.buffer[0].name)
+                coroutine = coroutines and feed.is_async(self.buffer[0].name)
                 if len(c.queue) >= min(level, feed.depth(c, depth.get(id(c), 0), coroutine, syncs[id(c)])):
                     continue
                 task = self.buffer.popleft()
@@ -295,6 +318,10 @@ class Dispatch:
             else:
                 kept.append(t)
         self.buffer = kept
+
+    def busy(self) -> bool:
+        """True while any child holds a task."""
+        return any(c.queue for c in self.children)
 
     def held(self) -> list[ClaimedTask]:
         """Every task this pool holds a lease on: buffered, queued in a child, running."""

@@ -19,18 +19,21 @@ so only real stalls are caught; a task with a shorter hard limit is caught by th
 from __future__ import annotations
 
 import logging
+import os
+import signal
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from .children import Child
 from .coroutine_feed import CoroutineFeed
-from .pool_protocol import KillReason
+from .deadlines import Deadlines
+from .pool_protocol import KillReason, Kind, send
 from .storage.records import ClaimedTask
 
 if TYPE_CHECKING:
     from .runtime import Runtime
 
-__all__ = ["CANCEL_GRACE", "Watchdog"]
+__all__ = ["CANCEL_GRACE", "Watchdog", "kill"]
 
 logger = logging.getLogger("liteq.pool")
 
@@ -38,6 +41,16 @@ logger = logging.getLogger("liteq.pool")
 CANCEL_GRACE = 3.0
 #: Pings are sent after this fraction of the liveness timeout without a message from the child.
 PING_FRACTION = 0.25
+
+
+def kill(c: Child, reason: KillReason) -> None:
+    """SIGKILL child ``c``, recording why; its tasks are handled when its exit is seen."""
+    # Its queued tasks come back when the child is buried; killed, it cannot start them.
+    c.kill_reason = reason
+    try:
+        os.kill(c.process.pid, signal.SIGKILL)
+    except (ProcessLookupError, TypeError):
+        pass
 
 
 class Watchdog:
@@ -49,6 +62,7 @@ class Watchdog:
         self.liveness_timeout = liveness_timeout
         self.ping_interval = liveness_timeout * PING_FRACTION
         self._checked = 0.0  # monotonic time of the last verdicts
+        self._armed: set[int] = set()  # children whose timer is set in the deadline heap
 
     def time_limit(self, task: ClaimedTask) -> float | None:
         """The hard limit of ``task`` in seconds, or None."""
@@ -98,6 +112,13 @@ class Watchdog:
                 out.append((c, KillReason.UNRESPONSIVE))
         return out
 
+    def enforce(self, children: Iterable[Child], mono: float) -> None:
+        """Kill the children that :meth:`verdicts` condemns and ping those :meth:`to_ping` names."""
+        for c, reason in self.verdicts(children, mono):
+            kill(c, reason)
+        for c in self.to_ping(children, mono):
+            send(c.conn, Kind.PING)  # a dead child: its sentinel says so
+
     def to_ping(self, children: Iterable[Child], mono: float) -> list[Child]:
         """Busy children silent for a ping interval and not pinged since; marks them pinged."""
         out = []
@@ -107,19 +128,30 @@ class Watchdog:
                 out.append(c)
         return out
 
-    def deadlines(self, children: Iterable[Child]) -> list[float]:
-        """When the next kill decision or ping may be due (monotonic)."""
-        out = []
+    def arm(self, deadlines: Deadlines, children: Iterable[Child]) -> None:
+        """Set each child's timer (named ``("child", index)``) in the pool's deadline heap to when
+        its next kill decision or ping may be due, or clear it when none can be."""
+        armed = set()
         for c in self._busy(children):
-            head = c.head
-            assert head is not None
-            limit = self.time_limit(head)
-            if self.feed.is_async(head.name):
-                out += self.feed.deadlines(c, self.time_limit, CANCEL_GRACE)
-            elif limit is not None:
-                out.append(c.started + limit)
-            if c.cancel_id:
-                out.append(c.cancel_deadline)
-            if c.ready:
-                out += [max(c.answered, c.pinged) + self.ping_interval, c.answered + self.liveness_timeout]
-        return out
+            at = self._next_check(c)
+            if at is not None:
+                deadlines.schedule(("child", c.index), at)
+                armed.add(c.index)
+        for index in self._armed - armed:
+            deadlines.cancel(("child", index))
+        self._armed = armed
+
+    def _next_check(self, c: Child) -> float | None:
+        head = c.head
+        assert head is not None
+        out = []
+        limit = self.time_limit(head)
+        if self.feed.is_async(head.name):
+            out += self.feed.deadlines(c, self.time_limit, CANCEL_GRACE)
+        elif limit is not None:
+            out.append(c.started + limit)
+        if c.cancel_id:
+            out.append(c.cancel_deadline)
+        if c.ready:
+            out += [max(c.answered, c.pinged) + self.ping_interval, c.answered + self.liveness_timeout]
+        return min(out) if out else None

@@ -3,22 +3,28 @@
 Not ``multiprocessing.Pool`` or ``ProcessPoolExecutor``: both hang or break when a child dies. The
 supervisor here is a single-threaded loop (:meth:`WorkerPool.run_once` is one iteration) that
 waits on every child's pipe and process sentinel, the store's wake-up socket and its own
-self-pipe, with a timeout set by the nearest deadline (hard time limit, lease extension,
-heartbeat, scheduled task). It:
+self-pipe, until the nearest of its timers: each of them (hard time limits and liveness pings
+per child, lease extension, heartbeat, reaping, periodic ticks, the next claim, the end of a
+graceful stop) is a named timer in one deadline heap (:mod:`liteq.deadlines`), kept by the part
+that decides it, and the wait ends at the top of the heap.
 
-- claims in small batches, keeping at most ``prefetch`` tasks beyond those the children hold, so
-  memory does not grow with the backlog;
-- hands each child up to ``child_depth`` tasks (the next one waits in the pipe, so a child never
-  idles on a round trip); the head of a child's queue is the running task. By default a child
-  whose tasks run in a blink gets up to ``liteq.dispatch.SHORT_TASK_DEPTH`` while a backlog lasts, several in
-  one pipe message, so the pipe is not the bottleneck of a drain;
-- writes the outcomes that arrive together in one transaction, guarded by lease tokens;
-- extends the leases it holds every ``lease / 3`` seconds and records a heartbeat;
-- replaces a child that dies, retrying only the task it was running (reason ``worker lost``);
-- SIGKILLs a child whose task passes its hard ``timeout`` (works inside C code and with SIGTERM
-  ignored) or is cancelled while running;
-- recycles children after ``max_tasks_per_child`` tasks or ``max_memory_per_child`` bytes,
-  one at a time and between tasks.
+This module is the loop and the pool's life cycle (start, run, background thread, requests); a
+child that dies is replaced, and only the tasks it was running are retried (reason ``worker
+lost``). Each policy has a module of its own:
+
+- :mod:`liteq.dispatch`: claiming in batches, at most ``prefetch`` tasks beyond those the children
+  hold, and handing each child up to ``child_depth`` tasks (more, in one pipe message, for short
+  tasks while a backlog lasts);
+- :mod:`liteq.child_reports`: what the children report (outcomes, progress, tasks handed back);
+- :mod:`liteq.upkeep`: the store side: outcomes written together in one transaction guarded by
+  lease tokens, lease extension every ``lease / 3`` seconds, heartbeats, reaping, periodic ticks,
+  and the degraded state while the store fails (:mod:`liteq.health`);
+- :mod:`liteq.liveness`: SIGKILL for a task past its hard ``timeout`` (works inside C code and
+  with SIGTERM ignored), a cancel past its grace, a child that stopped answering;
+- :mod:`liteq.recycling`: children retired after ``max_tasks_per_child`` tasks or
+  ``max_memory_per_child`` bytes, one at a time and between tasks, or on a source change;
+- :mod:`liteq.shutdown`: stop and drain requests, the graceful stop, the teardown;
+- :mod:`liteq.pool_options`: the options, checked once.
 
 Start methods. The default is ``forkserver`` on Linux and ``spawn`` on macOS and Windows: a pool
 started with ``app.workers()`` lives beside the application's threads, and forking a
@@ -34,16 +40,14 @@ import logging
 import logging.handlers
 import multiprocessing
 import os
-import signal
 import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
-from types import FrameType
-from typing import Any
 
 from .asyncrun import DEFAULT_ASYNC_CONCURRENCY
 from .child import ChildOptions, child_main
+from .child_reports import ChildReports
 from .children import (
     Checkpointer,
     Child,
@@ -51,21 +55,21 @@ from .children import (
     default_start_method,
     exit_text,
     lost_outcome,
-    readable,
 )
 from .coroutine_feed import CoroutineFeed
-from .dispatch import DEFAULT_CHILD_DEPTH, Dispatch
+from .deadlines import Deadlines
+from .dispatch import Dispatch
 from .events import EventWait
-from .exceptions import ConfigurationError, LiteQError
+from .exceptions import LiteQError
 from .health import PoolState
 from .liveness import Watchdog
-from .message import ErrorInfo, new_id
-from .pool_protocol import KillReason, Kind, StopLevel, outcome_from, send
+from .pool_options import pool_options
 from .reclaim import recover_local_leases
+from .recycling import Recycler
 from .runtime import HasRuntime, Runtime, runtime_of
 from .scheduler import Scheduler
-from .storage.records import ClaimedTask, Outcome, WorkerInfo
-from .storage.states import CANCELLED
+from .shutdown import Shutdown
+from .storage.records import ClaimedTask, WorkerInfo
 from .upkeep import Upkeep
 from .wake import Waker
 from .worker import DEFAULT_LEASE
@@ -84,6 +88,8 @@ STARTUP_TIMEOUT = 60.0
 #: starts, before start-up gives up: a child killed from outside (an OOM killer, an operator) is
 #: replaced, but one that dies at start every time must not be restarted forever.
 STARTUP_RESPAWNS = 3
+#: The next claim, as a timer in the pool's deadline heap.
+CLAIM = "claim"
 
 
 class WorkerPool:
@@ -137,70 +143,47 @@ class WorkerPool:
         async_concurrency: int = DEFAULT_ASYNC_CONCURRENCY,
     ) -> None:
         runtime = runtime_of(app)
-        if not runtime.storage.shared_between_processes:
-            raise ConfigurationError(
-                "a worker pool needs a store other processes can open; memory:// lives in one process. "
-                "Use a directory store, or immediate=True / app.run_until_empty() in tests"
-            )
-        concurrency = concurrency if concurrency is not None else (os.cpu_count() or 1)
-        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
-            raise ConfigurationError(f"concurrency must be an integer >= 1, not {concurrency!r}")
-        method = start_method or default_start_method()
-        if method not in multiprocessing.get_all_start_methods():
-            raise ConfigurationError(
-                f"start_method {method!r} is not available here; choose one of "
-                f"{', '.join(multiprocessing.get_all_start_methods())}"
-            )
-        if reload and method != "spawn":
-            method = "spawn"  # a forked or fork-server child would keep the old modules
-        for name, value in (
-            ("max_tasks_per_child", max_tasks_per_child),
-            ("max_memory_per_child", max_memory_per_child),
-        ):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ConfigurationError(f"{name} must be a positive integer or None, not {value!r}")
-        if isinstance(async_concurrency, bool) or not isinstance(async_concurrency, int) or async_concurrency < 1:
-            raise ConfigurationError(f"async_concurrency must be an integer >= 1, not {async_concurrency!r}")
-        if child_depth is not None and child_depth < 1:
-            raise ConfigurationError(f"child_depth must be >= 1, not {child_depth!r}")
-        if shutdown_timeout < 0:
-            raise ConfigurationError(f"shutdown_timeout must be >= 0 seconds, not {shutdown_timeout!r}")
+        o = self.options = pool_options(
+            runtime,
+            concurrency=concurrency,
+            queues=queues,
+            start_method=start_method,
+            prefetch=prefetch,
+            child_depth=child_depth,
+            lease=lease if lease is not None else getattr(app, "lease", DEFAULT_LEASE),
+            shutdown_timeout=shutdown_timeout,
+            max_tasks_per_child=max_tasks_per_child,
+            max_memory_per_child=max_memory_per_child,
+            worker_id=worker_id,
+            heartbeat_interval=heartbeat_interval,
+            reload=reload,
+            scheduler=scheduler,
+            liveness_timeout=liveness_timeout,
+            clock=clock,
+            async_concurrency=async_concurrency,
+        )
         self.app = app
         self.runtime = runtime
         self.storage = runtime.storage
-        self.concurrency = concurrency
-        self.async_concurrency = async_concurrency
+        self.id, self.concurrency, self.queues, self.start_method = o.worker_id, o.concurrency, o.queues, o.start_method
         self.feed = CoroutineFeed(runtime.registry)
-        self.queues = list(queues) if queues else runtime.registry.queues()
-        self.start_method = method
-        self.ctx = multiprocessing.get_context(method)
-        if method == "forkserver":
+        self.ctx = multiprocessing.get_context(o.start_method)
+        if o.start_method == "forkserver":
             # Children fork from a server that has already imported liteq: fast, thread-free starts.
             self.ctx.set_forkserver_preload(["liteq", "liteq.child", "liteq.worker"])
-        self.prefetch = concurrency if prefetch is None else max(0, prefetch)
-        self.child_depth = child_depth or DEFAULT_CHILD_DEPTH
-        self.lease = float(lease if lease is not None else getattr(app, "lease", DEFAULT_LEASE))
-        self.shutdown_timeout = float(shutdown_timeout)
-        self.max_tasks_per_child = max_tasks_per_child
-        self.max_memory_per_child = max_memory_per_child
-        self.heartbeat_interval = heartbeat_interval
-        if liveness_timeout is not None and not liveness_timeout > 0:
-            raise ConfigurationError(f"liveness_timeout must be > 0 seconds, not {liveness_timeout!r}")
-        # A child silent for a whole lease would have lost its lease as a worker of its own.
-        self.watchdog = Watchdog(
-            runtime, float(liveness_timeout) if liveness_timeout is not None else self.lease, self.feed
-        )
-        self.reload = reload
-        self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{new_id()[-8:]}"
+        self.watchdog = Watchdog(runtime, o.liveness_timeout, self.feed)
         self.scheduler = Scheduler(runtime) if scheduler and runtime.registry.schedules else None
+        #: The loop's timers (see :mod:`liteq.deadlines`); the wait ends at the nearest one.
+        self.timers = Deadlines()
         self.upkeep = Upkeep(
             self.id,
             self.storage,
-            self,
-            lease=self.lease,
-            heartbeat_interval=heartbeat_interval,
+            None,  # the dispatch, built on the upkeep, is its holder (below)
+            lease=o.lease,
+            heartbeat_interval=o.heartbeat_interval,
             scheduler=self.scheduler,
             clock=clock,
+            deadlines=self.timers,
         )
         self.health = self.upkeep.health
         self.children: list[Child] = []
@@ -210,30 +193,44 @@ class WorkerPool:
             self.upkeep,
             self.watchdog,
             self.children,
-            concurrency=concurrency,
+            concurrency=o.concurrency,
             queues=self.queues,
-            lease=self.lease,
+            lease=o.lease,
             limits=runtime.registry.rate_limits(),
-            prefetch=self.prefetch,
-            child_depth=child_depth,
-            max_tasks_per_child=max_tasks_per_child,
-            stopping=lambda: bool(self._stop_level),
+            prefetch=o.prefetch,
+            child_depth=o.child_depth,
+            max_tasks_per_child=o.max_tasks_per_child,
+            stopping=lambda: bool(self.shutdown.level),
         )
-        self._stop_level = StopLevel.RUNNING
-        self._stop_deadline = 0.0
-        self._draining = False  # an operator's drain: claim nothing more, stop once idle
-        self._reload_pending = False
+        self.upkeep.holder = self.dispatch  # it knows what the pool holds
+        self.recycler = Recycler(
+            self.children,
+            self.dispatch,
+            max_tasks_per_child=o.max_tasks_per_child,
+            max_memory_per_child=o.max_memory_per_child,
+        )
+        self.reports = ChildReports(self.feed, self.upkeep, self.dispatch, self.recycler)
         self._starting = False
         self._startup_deaths: dict[int, int] = {}  # child index -> signal deaths before ready
         self._events = EventWait()
         self._checkpoints = Checkpointer(self.storage, inline=self.start_method == "fork")
         self._logs = ChildLogs(self.ctx, forked=self.start_method == "fork")
-        self._observer: Any = None
+        self.shutdown = Shutdown(
+            self.id,
+            children=self.children,
+            dispatch=self.dispatch,
+            upkeep=self.upkeep,
+            deadlines=self.timers,
+            events=self._events,
+            storage=self.storage,
+            checkpoints=self._checkpoints,
+            logs=self._logs,
+            timeout=o.shutdown_timeout,
+        )
         self._thread: threading.Thread | None = None
         self._started = threading.Event()
         self._finished = threading.Event()
         self._error: BaseException | None = None
-        self._closed = False
 
     def __repr__(self) -> str:
         return f"<WorkerPool {self.id} concurrency={self.concurrency} {self.start_method}>"
@@ -291,11 +288,11 @@ class WorkerPool:
             self._poll(min(left, 0.5))
             for c in list(self.children):
                 if not c.process.is_alive():  # died after the wait returned: as _poll would have
-                    self._receive(c)
+                    self.reports.receive(c)
                     self._buried(c)
         self._starting = False
-        if self.reload:
-            self._start_reloader()
+        if self.options.reload:
+            self.shutdown.observer = self.recycler.watch_sources(self.runtime.origin, self._events)
         self._checkpoints.start()
         self.upkeep.start(time.monotonic())
         logger.info(
@@ -303,7 +300,7 @@ class WorkerPool:
         )
 
     def _register(self) -> None:
-        recover_local_leases(self.storage, self.id, heartbeat_interval=self.heartbeat_interval)
+        recover_local_leases(self.storage, self.id, heartbeat_interval=self.options.heartbeat_interval)
         now = self.upkeep.clock()
         self.storage.register_worker(
             WorkerInfo(self.id, socket.gethostname(), os.getpid(), self.concurrency, self.queues, now, now)
@@ -311,15 +308,19 @@ class WorkerPool:
         self.upkeep.pending_startup = None
 
     def _abort(self, message: str) -> None:
-        self._kill_all()
-        self._teardown()
+        self.shutdown.kill_all()
+        self.shutdown.teardown()
         raise LiteQError(message)
 
     def _spawn(self, index: int) -> Child:
         parent_conn, child_conn = self.ctx.Pipe(duplex=True)
         level = logging.getLogger().getEffectiveLevel()
         options = ChildOptions(
-            os.getpid(), self._logs.queue, level, self.max_memory_per_child is not None, self.async_concurrency
+            os.getpid(),
+            self._logs.queue,
+            level,
+            self.options.max_memory_per_child is not None,
+            self.options.async_concurrency,
         )
         process = self.ctx.Process(  # type: ignore[attr-defined]
             target=child_main, args=(self.runtime, child_conn, options), name=f"liteq-child-{index}", daemon=True
@@ -336,7 +337,7 @@ class WorkerPool:
             while self.run_once():
                 pass
         finally:
-            self._shutdown()
+            self.shutdown.finish()
 
     def start_background(self) -> None:
         """Start the pool and run its loop in a daemon thread; returns when the children are ready."""
@@ -368,10 +369,7 @@ class WorkerPool:
         """Ask the pool to stop: gracefully (running tasks finish, unstarted ones go back at once),
         or with ``now`` (kill children; interrupted tasks are retried later). Thread- and
         signal-safe; a second call escalates to ``now``."""
-        level = StopLevel.NOW if now or self._stop_level >= StopLevel.GRACEFUL else StopLevel.GRACEFUL
-        self._stop_level = max(self._stop_level, level)
-        self.upkeep.stopping = True
-        self._events.poke(b"s")
+        self.shutdown.request(now=now)
 
     def join(self, timeout: float | None = None) -> None:
         """Wait for a background pool to finish; re-raise the error that stopped it, if any."""
@@ -384,16 +382,7 @@ class WorkerPool:
     def install_signal_handlers(self) -> None:
         """SIGINT/SIGTERM: the first stops gracefully, the second stops now (main thread only)."""
 
-        def handler(signum: int, frame: FrameType | None) -> None:
-            logger.warning(
-                "received %s: %s",
-                signal.Signals(signum).name,
-                "stopping now" if self._stop_level else "stopping gracefully",
-            )
-            self.stop()
-
-        signal.signal(signal.SIGINT, handler)
-        signal.signal(signal.SIGTERM, handler)
+        self.shutdown.install_signal_handlers()
 
     # -- one iteration -------------------------------------------------------------------------------
 
@@ -401,43 +390,36 @@ class WorkerPool:
         """One supervisor iteration: handle messages and deaths, write outcomes, claim, assign,
         extend leases, wait for the next event. Returns False once the pool has stopped."""
         mono = time.monotonic()
-        if not self._stop_level and self.health.ok and self.dispatch.buffer:
+        if not self.shutdown.level and self.health.ok and self.dispatch.buffer:
             self.dispatch.assign()  # children run their next tasks while the outcomes are written
         self.upkeep.flush_if_ok()  # a producer is waiting for these
-        self._obey(self.storage.pending_commands())
-        if self._stop_level:
-            if not self._stopping_step(mono):
+        self.shutdown.obey(self.storage.pending_commands())
+        if self.shutdown.level:
+            if not self.shutdown.step(mono):
                 return False
         elif self.health.ok:
             # Degraded, nothing new starts: a buffered task's lease cannot be extended now, and
             # running it after the lease ran out could run it twice.
             self.upkeep.confirm_leases(mono)
             self.dispatch.assign()
-            if not self._draining:
+            if not self.shutdown.draining:
                 self.dispatch.claim(mono)
             self.dispatch.assign()
+            self.dispatch.look_ahead()
         self._timers(mono)
         if self.upkeep.more_work:
             self.upkeep.more_work = False
             self.dispatch.maybe_work = True
-        self._poll(self._timeout(time.monotonic()))
+        now = time.monotonic()
+        claiming = not self.shutdown.level and not self.shutdown.draining
+        self.timers.schedule(CLAIM, self.dispatch.next_claim(now) if claiming else None)
+        self.watchdog.arm(self.timers, self.children)
+        self._poll(self.timers.next_timeout(now, idle=self.options.heartbeat_interval))
         return True
 
     def drain(self) -> None:
         """Claim nothing more; stop (exit 0) once every task in hand has finished."""
-        self._draining = True
-        self._events.poke(b"s")
-
-    def _obey(self, commands: list[str]) -> None:
-        # Commands an operator sent through the store (``liteq control``, cluster stores only).
-        for command in commands:
-            logger.warning("worker %s received %r from the store", self.id, command)
-            if command == "drain":
-                self.drain()
-            elif command == "stop":
-                self.stop()
-        if self._draining and not self._stop_level and not self.dispatch.buffer and not self.busy():
-            self.stop()
+        self.shutdown.drain()
 
     def _poll(self, timeout: float) -> None:
         """Wait up to ``timeout`` for any event, then handle every one that is ready."""
@@ -446,70 +428,12 @@ class WorkerPool:
             if kind == "waker":
                 self.dispatch.maybe_work = True
             elif kind == "conn":
-                self._receive(c)
+                self.reports.receive(c, ready=True)
             elif c not in dead:
                 dead.append(c)
         for c in dead:
-            self._receive(c)  # a child may have reported its last outcome before exiting
+            self.reports.receive(c)  # a child may have reported its last outcome before exiting
             self._buried(c)
-
-    def _receive(self, c: Child) -> None:
-        try:
-            # Connection.poll() builds a selector per call; a zero-timeout select() on the one fd
-            # tells the same for a fraction of the cost (this runs once per finished task).
-            while readable(c.conn):
-                messages = c.frames.read()
-                if messages:
-                    c.answered = time.monotonic()  # any message proves the child runs (liveness)
-                for message in messages:
-                    self._handle(c, message)
-        except (EOFError, OSError):
-            pass
-
-    def _handle(self, c: Child, message: tuple[Any, ...]) -> None:
-        kind = message[0]
-        if kind == Kind.DONE:
-            self._done(c, outcome_from(message[1]), message[2])
-        elif kind == Kind.PROGRESS:
-            self.upkeep.progress[message[1]] = (message[2], message[3])
-        elif kind == Kind.RETURNED:
-            self.dispatch.returned(c, message[1])
-        elif kind == Kind.READY:
-            c.ready = True
-            c.pid = message[1]
-            c.async_limit = message[2]
-
-    def _done(self, c: Child, outcome: Outcome, rss: int) -> None:
-        head = c.head
-        if head is not None and head.id == outcome.id:
-            c.queue.popleft()
-        elif not self.feed.finished(c, outcome.id):  # coroutine tasks end in any order
-            logger.error("child %s reported task %s it was not running", c.pid, outcome.id)
-            return
-        c.since.pop(outcome.id, None)
-        c.cancels.pop(outcome.id, None)
-        if c.cancel_id == outcome.id:
-            # It stopped within the grace after being asked to: record the cancel, whatever it raised.
-            c.cancel_id = ""
-            info = ErrorInfo("liteq.exceptions.TaskCancelled", "cancelled while running; the task stopped")
-            outcome = Outcome(outcome.id, outcome.lease_token, CANCELLED, error=info.encode(), reason="cancelled")
-        mono = time.monotonic()
-        c.last_run = mono - c.started
-        c.started = mono  # the next queued task starts now
-        c.done += 1
-        self.upkeep.tasks_done += 1
-        self.upkeep.outcomes.append(outcome)
-        if self.max_tasks_per_child and c.done >= self.max_tasks_per_child:
-            self._retire(c, f"ran {c.done} tasks")
-        elif self.max_memory_per_child and rss > self.max_memory_per_child:
-            self._retire(c, f"uses {rss / 2**20:.0f} MiB")
-
-    def _retire(self, c: Child, why: str) -> None:
-        if c.retiring or any(o.retiring for o in self.children):
-            return  # one child at a time; the others are checked again after their next task
-        logger.info("recycling child %s: it %s", c.pid, why)
-        c.retiring = True
-        self.dispatch.requeue_unstarted(c)
 
     def _buried(self, c: Child) -> None:
         """A child process exited: record its running task's fate and start a replacement."""
@@ -526,7 +450,7 @@ class WorkerPool:
         c.conn.close()
         if c in self.children:
             i = self.children.index(c)
-            if self._stop_level:
+            if self.shutdown.level:
                 self.children.pop(i)
             else:
                 failure = self._died_starting(c, code) if self._starting and not c.ready else None
@@ -555,148 +479,21 @@ class WorkerPool:
         logger.warning("child %s %s while starting; starting another", c.index, exit_text(code))
         return None
 
-    # -- claiming and assigning ---------------------------------------------------------------------
-
     # -- timers ---------------------------------------------------------------------------------------
 
     def _timers(self, mono: float) -> None:
-        self._enforce_limits(mono)
-        self._checkpoints.maybe_inline(mono, busy=self.busy())
+        """What is due each iteration besides claiming: kills and pings, an inline checkpoint, the
+        upkeep's periodic store calls, recycling."""
+        self.watchdog.enforce(self.children, mono)
+        self._checkpoints.maybe_inline(mono, busy=self.dispatch.busy())
         self.upkeep.timers(mono)
-        if self._reload_pending:
-            self._reload_pending = False
-            for c in self.children:
-                c.retiring = True
-                self.dispatch.requeue_unstarted(c)
-        for c in self.children:
-            if self.max_tasks_per_child and c.done >= self.max_tasks_per_child and not c.retiring:
-                self._retire(c, f"ran {c.done} tasks")  # postponed while another child retired
-            if c.retiring and not c.queue and not c.kill_reason:
-                c.kill_reason = KillReason.RETIRE
-                send(c.conn, Kind.STOP)
-
-    # -- what the upkeep asks (liteq.upkeep.Holder) ----------------------------------------------------
+        self.recycler.step()
 
     @property
     def buffer(self) -> collections.deque[ClaimedTask]:
         """Claimed tasks no child holds yet."""
         return self.dispatch.buffer
 
-    def held(self) -> list[ClaimedTask]:
-        """Every task this pool holds a lease on: buffered, queued in a child, running."""
-        return self.dispatch.held()
-
-    def drop_lost(self, ids: set[str]) -> int:
-        """Forget buffered (unstarted) tasks whose lease passed to another pool; return how many."""
-        return self.dispatch.drop_lost(ids)
-
-    def probe(self) -> None:
-        """Claim what there is room for (a degraded pool's last retry step); a read when full."""
-        self.dispatch.probe()
-
-    def check_cancels(self) -> None:
-        """Stop running tasks whose cancel was requested, and drop such tasks not started yet."""
-        self.dispatch.check_cancels()
-
-    def _enforce_limits(self, mono: float) -> None:
-        for c, reason in self.watchdog.verdicts(self.children, mono):
-            self._kill(c, reason)
-        for c in self.watchdog.to_ping(self.children, mono):
-            send(c.conn, Kind.PING)  # a dead child: its sentinel says so
-
     def busy(self) -> bool:
         """True while any child holds a task."""
-        return any(c.queue for c in self.children)
-
-    def _kill(self, c: Child, reason: KillReason) -> None:
-        # Its queued tasks come back when the child is buried; killed, it cannot start them.
-        c.kill_reason = reason
-        try:
-            os.kill(c.process.pid, signal.SIGKILL)
-        except (ProcessLookupError, TypeError):
-            pass
-
-    def _timeout(self, mono: float) -> float:
-        deadlines = self.upkeep.deadlines(mono) + self.watchdog.deadlines(self.children)
-        if self._stop_level:
-            deadlines.append(self._stop_deadline)
-            if self.health.ok and (self.upkeep.outcomes or self.dispatch.buffer):
-                return 0.0
-        else:
-            claim_at = self.dispatch.claim_deadline(mono)
-            if claim_at is not None:
-                deadlines.append(claim_at)
-        if self.upkeep.urgent(mono):
-            return 0.0
-        return max(min(deadlines) - mono, 0.0)
-
-    # -- stopping ---------------------------------------------------------------------------------------
-
-    def _stopping_step(self, mono: float) -> bool:
-        """One iteration of a stop in progress; False once every child is gone."""
-        if not self._stop_deadline:
-            self._stop_deadline = mono + self.shutdown_timeout
-            logger.info("worker %s stopping: waiting up to %ss for running tasks", self.id, self.shutdown_timeout)
-        # Unstarted tasks go back at once, uncounted, so another pool can take them.
-        for c in self.children:
-            self.dispatch.requeue_unstarted(c)
-        if self.dispatch.buffer and self.upkeep.release(list(self.dispatch.buffer)):
-            self.dispatch.buffer.clear()
-        force = self._stop_level >= StopLevel.NOW or mono >= self._stop_deadline
-        for c in list(self.children):
-            if c.head is None and not c.kill_reason:
-                c.kill_reason = KillReason.STOP
-                send(c.conn, Kind.STOP)
-            elif c.head is not None and force and c.kill_reason in (KillReason.NONE, KillReason.RETIRE):
-                logger.warning("stopping now: killing child %s running task %s", c.pid, c.head.id)
-                self._kill(c, KillReason.STOP)
-        return bool(self.children)
-
-    def _shutdown(self) -> None:
-        try:
-            level = self._stop_level
-            # Ride out store errors for up to shutdown_timeout more, or until a second stop request.
-            if self.upkeep.final_writes(self.shutdown_timeout, gave_up=lambda: self._stop_level > level):
-                self.dispatch.buffer.clear()
-        finally:
-            self._kill_all()
-            self._teardown()
-
-    def _kill_all(self) -> None:
-        for c in self.children:
-            if c.process.is_alive():
-                try:
-                    os.kill(c.process.pid, signal.SIGKILL)
-                except (ProcessLookupError, TypeError):
-                    pass
-            c.process.join(5)
-            self._events.unwatch(c)
-            c.conn.close()
-        self.children.clear()
-
-    def _teardown(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        if self._observer is not None:
-            self._observer.stop()
-            self._observer.join()
-        try:
-            self.storage.unregister_worker(self.id)
-        except LiteQError:
-            logger.exception("could not unregister worker %s", self.id)
-        self._checkpoints.stop()
-        self._events.close()
-        self._logs.stop()
-        logger.info("worker %s stopped after %d task(s)", self.id, self.tasks_done)
-
-    # -- reload ----------------------------------------------------------------------------------------
-
-    def _start_reloader(self) -> None:
-        from .reload import start_reloader
-
-        self._observer = start_reloader(self.runtime.origin, self._on_source_change)
-
-    def _on_source_change(self) -> None:
-        self._reload_pending = True
-        self._events.poke(b"r")
+        return self.dispatch.busy()

@@ -174,8 +174,10 @@ def task_from(fields: tuple[Any, ...]) -> ClaimedTask:
 
 
 def outcome_fields(o: Outcome) -> tuple[Any, ...]:
-    """An outcome as the tuple of its fields, in declaration order."""
-    return (o.id, o.lease_token, o.state, o.result, o.error, o.reason, o.run_at, o.result_ttl)
+    """An outcome as the tuple of its fields, in declaration order. The state travels as its plain
+    string (it compares equal to its ``TaskState``): an enum member would be rebuilt through the
+    enum's constructor on every load."""
+    return (o.id, o.lease_token, str.__str__(o.state), o.result, o.error, o.reason, o.run_at, o.result_ttl)
 
 
 def outcome_from(fields: tuple[Any, ...]) -> Outcome:

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 from .exceptions import ConfigurationError
 from .inputs import now_plus, seconds, to_epoch
-from .message import encode_call, new_id
+from .message import encode_call, ids_at, new_id
 from .options import PER_CALL, STORED, TaskOptions, check_call_options
 from .result import Result, ResultSource
 from .serializer import Serializer
@@ -64,6 +64,7 @@ class Producer:
         self.serializer = serializer
         self.storage = storage
         self.run_now = run_now
+        self._shared: dict[str, tuple[TaskOptions, tuple[float | None, int, dict[str, Any]] | None]] = {}
 
     def build(
         self,
@@ -78,6 +79,19 @@ class Producer:
     ) -> NewTask:
         """The row of one call of ``task`` with per-call options ``call`` (see :data:`~liteq.options.PER_CALL`);
         each is checked (raises :class:`ConfigurationError`)."""
+        if not call and meta is None and parent_id is None:
+            shared = self.shared(task, now)
+            if shared is not None:
+                # A call without options: only the id and the arguments are its own.
+                expires_at, max_attempts, stored = shared
+                return NewTask(
+                    id=new_id(now),
+                    name=task.name,
+                    payload=encode_call(self.serializer, args, kwargs, {}),
+                    expires_at=expires_at,
+                    max_attempts=max_attempts,
+                    **stored,
+                )
         check_call_options(call)
         opts = task.options
         meta = dict(meta or {})
@@ -120,6 +134,31 @@ class Producer:
         """The stored options' values a task gives its rows (a call may override them)."""
         return {name: getattr(opts, name) if option.declared else None for name, option in STORED.items()}
 
+    def shared(self, task: Sendable, now: float) -> tuple[float | None, int, dict[str, Any]] | None:
+        """``(expires_at, max_attempts, stored options)`` of every option-free call of ``task`` at
+        ``now``, or None when each call needs its own work (a unique or lock key).
+
+        The task's options were checked when it was declared and never change, so what follows
+        from them is worked out once per task and reused (the cache holds the options it was
+        computed from, and a task whose options are replaced gets a fresh entry).
+        """
+        opts = task.options
+        entry = self._shared.get(task.name)
+        if entry is None or entry[0] is not opts:
+            if opts.unique or opts.lock:
+                shared = None
+            else:
+                expires = opts.expires
+                if expires is not None and expires.__class__ is not float:
+                    return None  # rare: checked and converted per call by build()
+                shared = (expires, opts.attempts_for(), self._stored(opts))
+            entry = self._shared[task.name] = (opts, shared)
+        shared = entry[1]
+        if shared is None:
+            return None
+        expires, max_attempts, stored = shared
+        return (None if expires is None else now + expires), max_attempts, stored
+
     def enqueue(self, messages: list[NewTask], *, now: float) -> list[str]:
         """Store prepared rows in one transaction (running them at once in immediate mode); their ids."""
         ids = self.storage.enqueue(messages, now=now)
@@ -141,44 +180,41 @@ class Producer:
         now = time.time()
         messages = []
         tasks: dict[str, Sendable] = {}
-        shared_by_task: dict[str, tuple[float | None, int, dict[str, Any]] | None] = {}
+        shared_by_name: dict[str, tuple[float | None, int, dict[str, Any]] | None] = {}
         serializer = self.serializer
+        ids = ids_at(now)
         for call in calls:
             if isinstance(call, tuple):
                 task, args, kwargs = call
-                name, options = task.name, {}
+                name, options = task.name, None
             else:  # a Signature
                 name, args, kwargs, options = call.name, call.args, call.kwargs, call.options
                 task = tasks.get(name) or tasks.setdefault(name, self.lookup(name))
             if options:
-                messages.append(self.build(task, tuple(args), dict(kwargs), now=now, **options))
+                shared = None
+            elif name in shared_by_name:
+                shared = shared_by_name[name]
+            else:
+                shared = shared_by_name[name] = self.shared(task, now)
+            if shared is None:
+                messages.append(self.build(task, tuple(args), dict(kwargs), now=now, **(options or {})))
                 continue
             # The common case (a call without options, a task without unique/lock): everything but
             # the id and the arguments is the same for every call of the task, so it is worked out once.
-            if name not in shared_by_task:
-                o = task.options
-                simple = not o.unique and not o.lock
-                shared_by_task[name] = (
-                    (now_plus(o.expires, "expires", now), o.attempts_for(), self._stored(o)) if simple else None
-                )
-            shared = shared_by_task[name]
-            if shared is None:
-                messages.append(self.build(task, tuple(args), dict(kwargs), now=now))
-                continue
             expires_at, max_attempts, stored = shared
-            payload = encode_call(serializer, tuple(args), dict(kwargs), {})
             messages.append(
                 NewTask(
-                    id=new_id(now),
+                    id=ids(),
                     name=name,
-                    payload=payload,
+                    payload=encode_call(serializer, args, kwargs if kwargs.__class__ is dict else dict(kwargs), {}),
                     expires_at=expires_at,
                     max_attempts=max_attempts,
                     **stored,
                 )
             )
-        ids = self.enqueue(messages, now=now)
-        return [Result(self.owner, i) for i in ids]
+        ids_stored = self.enqueue(messages, now=now)
+        owner = self.owner
+        return [Result(owner, i) for i in ids_stored]
 
 
 def unique_key(task: Sendable, args: tuple[Any, ...], kwargs: dict[str, Any], payload: bytes) -> str:

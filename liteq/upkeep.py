@@ -23,11 +23,13 @@ yet re-based; a per-host CLOCK_BOOTTIME deadline in the store would close that g
 
 from __future__ import annotations
 
+import enum
 import logging
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
+from .deadlines import AT_ONCE, Deadlines
 from .health import Health
 from .storage.records import ClaimedTask, Outcome
 from .storage.states import PENDING
@@ -37,7 +39,7 @@ if TYPE_CHECKING:
     from .scheduler import Scheduler
     from .storage.contract import Storage
 
-__all__ = ["CLOCK_STEP_TOLERANCE", "Holder", "Upkeep"]
+__all__ = ["CLOCK_STEP_TOLERANCE", "Holder", "Job", "Upkeep"]
 
 logger = logging.getLogger("liteq.pool")
 
@@ -48,6 +50,27 @@ FLUSH_DELAY = 0.01
 FLUSH_BATCH = 64
 #: A change of (wall clock - monotonic clock) beyond this many seconds is a wall-clock step.
 CLOCK_STEP_TOLERANCE = 1.0
+#: The tick timer is set again once the wall clock moved this many seconds against the monotonic one.
+TICK_DRIFT = 0.005
+
+
+class Job(str, enum.Enum):
+    """The upkeep's timers in the pool's deadline heap (:mod:`liteq.deadlines`)."""
+
+    EXTEND = "lease extension"
+    HEARTBEAT = "heartbeat"
+    REAP = "reap"
+    PRUNE = "prune"
+    TICK = "periodic tick"
+    CANCEL_CHECK = "cancel check"
+    #: A wake-up for outcomes and progress (the pool writes them at the top of each iteration).
+    FLUSH = "outcome flush"
+    #: Degraded: the next retry round.
+    RETRY = "retry round"
+
+
+#: The timers of the ok state, parked while the pool is degraded.
+PERIODIC = (Job.EXTEND, Job.HEARTBEAT, Job.REAP, Job.PRUNE, Job.TICK, Job.CANCEL_CHECK, Job.FLUSH)
 
 
 class Holder(Protocol):
@@ -69,6 +92,28 @@ class Holder(Protocol):
         """The store call that must get through before a degraded pool is ok again (a claim)."""
 
 
+class NothingHeld:
+    """The :class:`Holder` of an upkeep whose pool holds nothing (yet)."""
+
+    def held(self) -> list[ClaimedTask]:
+        """Nothing."""
+        return []
+
+    def drop_lost(self, ids: set[str]) -> int:
+        """Nothing to drop."""
+        return 0
+
+    def check_cancels(self) -> None:
+        """Nothing to check."""
+
+    def busy(self) -> bool:
+        """Never busy."""
+        return False
+
+    def probe(self) -> None:
+        """Nothing to claim for."""
+
+
 class Upkeep:
     """The store side of one pool (see the module doc). ``more_work`` is set whenever something
     it did may have made tasks claimable (a reap, a retry, a periodic slot)."""
@@ -77,16 +122,18 @@ class Upkeep:
         self,
         worker_id: str,
         storage: Storage,
-        holder: Holder,
+        holder: Holder | None,
         *,
         lease: float,
         heartbeat_interval: float,
         scheduler: Scheduler | None,
         clock: Callable[[], float] = time.time,
+        deadlines: Deadlines | None = None,
     ) -> None:
         self.id = worker_id
         self.storage = storage
-        self.holder = holder
+        #: What the pool holds; a pool sets it once its dispatch exists (built on this upkeep).
+        self.holder: Holder = holder if holder is not None else NothingHeld()
         self.lease = lease
         self.heartbeat_interval = heartbeat_interval
         self.scheduler = scheduler
@@ -99,8 +146,10 @@ class Upkeep:
         self.stopping = False
         self._beat_done = 0
         self._outcomes_since: float | None = None
-        self._next_extend = self._next_beat = self._next_maintenance = 0.0
-        self._next_prune = self._next_cancel_check = 0.0
+        #: The pool's deadline heap; the periodic calls are its timers named by :class:`Job`.
+        self.deadlines = deadlines if deadlines is not None else Deadlines()
+        self._parked: dict[Job, float] = {}  # periodic calls' instants while degraded
+        self._tick_skew = 0.0  # wall minus monotonic clock when the tick timer was set
         self._reap_hold_until = 0.0
         #: Start-up writes (reclaiming, registering) still to do: a pool may start degraded.
         self.pending_startup: Callable[[], None] | None = None
@@ -109,9 +158,13 @@ class Upkeep:
 
     def start(self, mono: float) -> None:
         """Arm the timers once the pool runs."""
-        self._next_extend = mono + self.lease / 3
-        self._next_beat = mono + self.heartbeat_interval
-        self._next_maintenance = mono
+        schedule = self.deadlines.schedule
+        schedule(Job.EXTEND, mono + self.lease / 3)
+        schedule(Job.HEARTBEAT, mono + self.heartbeat_interval)
+        schedule(Job.REAP, mono)
+        schedule(Job.PRUNE, mono)
+        schedule(Job.CANCEL_CHECK, mono)
+        self._arm_tick()
 
     # -- outcomes ---------------------------------------------------------------------------------
 
@@ -163,48 +216,90 @@ class Upkeep:
     # -- timers -------------------------------------------------------------------------------------
 
     def timers(self, mono: float) -> None:
-        """The periodic store calls due at ``mono``; degraded, only the retry round."""
+        """Run the periodic store calls due at ``mono`` (degraded, only the retry round), then
+        leave this upkeep's timers in the pool's deadline heap set for the wait."""
         self._watch_clock(mono)
-        if not self.health.ok:
-            if self.health.retry_due(mono):
-                self._retry_round(mono)
-            return
-        health = self.health
-        if mono >= self._next_extend:
-            self._next_extend = mono + self.lease / 3
+        if self.health.ok:
+            self._run_due(mono)
+        elif self.health.retry_due(mono):
+            self._retry_round(mono)
+        if self.health.ok:
+            self.deadlines.cancel(Job.RETRY)
+            if self.stopping:
+                self.deadlines.cancel(Job.TICK)
+            self._arm_flush(mono)
+        else:
+            # Degraded: none of the periodic calls runs, so none may wake the loop; each keeps
+            # its instant for the first round after the store is back.
+            for job in PERIODIC:
+                at = self.deadlines.cancel(job)
+                if at is not None:
+                    self._parked[job] = at
+            self.deadlines.schedule(Job.RETRY, self.health.retry_at)
+
+    def _run_due(self, mono: float) -> None:
+        """The due periodic calls in a fixed order, each rescheduling itself; a failure (the pool
+        is degraded) leaves the rest due for after the retry round."""
+        health, due = self.health, self.deadlines.is_due
+        if due(Job.EXTEND, mono):
+            self.deadlines.schedule(Job.EXTEND, mono + self.lease / 3)
             with health.guard("lease extension"):
                 self._extend()
-        if health.ok and mono >= self._next_beat:
-            self._next_beat = mono + self.heartbeat_interval
+        if health.ok and due(Job.HEARTBEAT, mono):
+            self.deadlines.schedule(Job.HEARTBEAT, mono + self.heartbeat_interval)
             with health.guard("heartbeat"):
                 self._beat()
-        if health.ok and mono >= self._next_maintenance and mono >= self._reap_hold_until:
+        if health.ok and due(Job.REAP, mono) and self._not_held(Job.REAP, mono):
             # Expired leases (a dead pool's tasks) come back within half a lease; the probe is a
             # read of one index entry. Pruning finished tasks can wait longer.
-            self._next_maintenance = mono + min(MAINTENANCE_INTERVAL, max(1.0, self.lease / 2))
+            self.deadlines.schedule(Job.REAP, mono + min(MAINTENANCE_INTERVAL, max(1.0, self.lease / 2)))
             with health.guard("reap"):
                 if self.storage.reap(now=self.clock()):
                     self.more_work = True
-            if health.ok and mono >= self._next_prune:
-                self._next_prune = mono + MAINTENANCE_INTERVAL
-                with health.guard("prune"):
-                    self.storage.prune(now=self.clock())
-        if health.ok and self.scheduler is not None and not self.stopping:
-            due = self.scheduler.next_due()
-            now = self.clock()
-            if due is not None and now >= due:
-                # A failed tick leaves the scheduler's slots as they were: the same slot fires on
-                # the first tick after the pool is back to ok.
-                with health.guard("periodic tick"):
-                    if self.scheduler.tick(now=now):
-                        self.more_work = True
-        if health.ok and mono >= self._next_cancel_check:
-            self._next_cancel_check = mono + CANCEL_CHECK_INTERVAL
+        if health.ok and due(Job.PRUNE, mono) and self._not_held(Job.PRUNE, mono):
+            self.deadlines.schedule(Job.PRUNE, mono + MAINTENANCE_INTERVAL)
+            with health.guard("prune"):
+                self.storage.prune(now=self.clock())
+        if health.ok and due(Job.TICK, mono) and self.scheduler is not None and not self.stopping:
+            self._tick(self.scheduler)
+        if health.ok and due(Job.CANCEL_CHECK, mono):
+            self.deadlines.schedule(Job.CANCEL_CHECK, mono + CANCEL_CHECK_INTERVAL)
             with health.guard("cancel check"):
                 self.holder.check_cancels()
 
+    def _not_held(self, job: Job, mono: float) -> bool:
+        """False, and ``job`` moved to the end of the hold, while reaping is held after a clock step."""
+        if mono >= self._reap_hold_until:
+            return True
+        self.deadlines.schedule(job, self._reap_hold_until)
+        return False
+
+    def _tick(self, scheduler: Scheduler) -> None:
+        due = scheduler.next_due()
+        now = self.clock()
+        if due is not None and now >= due:
+            # A failed tick leaves the scheduler's slots as they were: the same slot fires on
+            # the first tick after the pool is back to ok.
+            with self.health.guard("periodic tick"):
+                if scheduler.tick(now=now):
+                    self.more_work = True
+        self._arm_tick()
+
+    def _arm_tick(self) -> None:
+        """Set the tick timer to the scheduler's next slot (epoch), seen on the monotonic clock."""
+        if self.scheduler is None or self.stopping:
+            return
+        due = self.scheduler.next_due()
+        now, mono = self.clock(), time.monotonic()
+        self._tick_skew = now - mono
+        self.deadlines.schedule(Job.TICK, None if due is None else mono + max(due - now, 0.0))
+
     def _watch_clock(self, mono: float) -> None:
         skew = self.clock() - mono
+        # The tick timer turned an epoch slot into a monotonic instant: a wall clock that drifted
+        # or stepped since moves the slot on the monotonic clock.
+        if Job.TICK in self.deadlines and abs(self.clock() - time.monotonic() - self._tick_skew) > TICK_DRIFT:
+            self._arm_tick()
         step = skew - self._skew
         if abs(step) <= CLOCK_STEP_TOLERANCE:
             return
@@ -218,27 +313,18 @@ class Upkeep:
             step,
             hold,
         )
-        self._next_extend = mono
+        self.deadlines.schedule(Job.EXTEND, mono)
         self._reap_hold_until = mono + hold
 
-    def deadlines(self, mono: float) -> list[float]:
-        """When the next timer is due (monotonic), for the pool's wait."""
-        if not self.health.ok:
-            return [self.health.retry_at]
-        out = [self._next_extend, self._next_beat, max(self._next_maintenance, self._reap_hold_until)]
-        if self.scheduler is not None and not self.stopping:
-            due = self.scheduler.next_due()
-            if due is not None:
-                out.append(mono + max(due - self.clock(), 0.0))
-        if self.holder.busy():
-            out.append(self._next_cancel_check)
-        if self.outcomes and self._outcomes_since is not None:
-            out.append(self._outcomes_since + FLUSH_DELAY)
-        return out
-
-    def urgent(self, mono: float) -> bool:
-        """True when progress or outcomes should be written without waiting (ok state only)."""
-        return self.health.ok and bool(self.progress or (self.outcomes and not self.defer_flush(mono)))
+    def _arm_flush(self, mono: float) -> None:
+        """Wake at once for progress and outcomes that may not wait for company, else when the
+        held ones are due (the decision is :meth:`defer_flush`'s)."""
+        at: float | None = None
+        if self.progress or (self.outcomes and not self.defer_flush(mono)):
+            at = AT_ONCE
+        elif self.outcomes and self._outcomes_since is not None:
+            at = self._outcomes_since + FLUSH_DELAY
+        self.deadlines.schedule(Job.FLUSH, at)
 
     # -- the writes ---------------------------------------------------------------------------------
 
@@ -267,9 +353,13 @@ class Upkeep:
                 return
         health.recovered(mono)
         self.more_work = True
-        self._next_extend = mono + self.lease / 3
-        self._next_beat = mono  # record "ok" at once
-        self._next_cancel_check = mono
+        for job, at in self._parked.items():
+            self.deadlines.schedule(job, at)
+        self._parked.clear()
+        self.deadlines.schedule(Job.EXTEND, mono + self.lease / 3)
+        self.deadlines.schedule(Job.HEARTBEAT, mono)  # record "ok" at once
+        self.deadlines.schedule(Job.CANCEL_CHECK, mono)
+        self._arm_tick()
 
     def _beat(self) -> None:
         health = self.health
@@ -288,7 +378,7 @@ class Upkeep:
         half a lease ago or more (the pool was paused, or busy elsewhere). Their leases may have
         run out and passed to another pool meanwhile; starting them here would run them twice."""
         if self.health.ok and mono - self._extended_at >= self.lease / 2:
-            self._next_extend = mono + self.lease / 3
+            self.deadlines.schedule(Job.EXTEND, mono + self.lease / 3)
             with self.health.guard("lease extension"):
                 self._extend()
 

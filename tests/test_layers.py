@@ -215,3 +215,38 @@ def test_nothing_outside_the_app_reaches_into_it() -> None:
     found = [use for p in paths for use in _private_uses_of_an_app(p)]
     # Then there are none: tasks, canvas and the scheduler go through the producer and registry
     assert found == []
+
+
+#: The supervisor's parts, below the pool's loop (``liteq.pool``) that wires them together; the
+#: deadline heap is at the bottom (it imports nothing of liteq).
+POOL_PARTS = (
+    "liteq.pool_options",
+    "liteq.child_reports",
+    "liteq.recycling",
+    "liteq.shutdown",
+    "liteq.dispatch",
+    "liteq.upkeep",
+    "liteq.liveness",
+    "liteq.deadlines",
+)
+
+
+def test_the_pools_parts_sit_below_the_pool_and_the_deadline_heap_at_the_bottom() -> None:
+    # Given the imports of the supervisor's parts
+    graph = _edges()
+    # When those that reach the pool (directly or through others) are listed
+    climbing = [part for part in POOL_PARTS if "liteq.pool" in _reachable(graph, part)]
+    # Then none does, and the deadline heap imports nothing of liteq
+    assert climbing == []
+    assert graph["liteq.deadlines"] == set()
+
+
+def _reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen: set[str] = set()
+    stack = [start]
+    while stack:
+        for nxt in graph.get(stack.pop(), ()):
+            if nxt not in seen:
+                seen.add(nxt)
+                stack.append(nxt)
+    return seen

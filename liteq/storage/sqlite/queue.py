@@ -10,11 +10,12 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import sqlite3
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 from ...wake import DONE, WORK
 from ..checks import check_lease, check_new_tasks, checked_outcomes
@@ -40,6 +41,20 @@ _FINISH_ONE = (
     + " WHERE id = :id AND lease_token = :token AND state = 'running' RETURNING attempts, lock_key, dependents"
 )
 _finish_many_sql: dict[int, str] = {}
+#: Every column an enqueue writes, in the order :data:`_INSERT` binds them.
+_COLUMNS = (
+    "id, name, queue, priority, state, run_at, expires_at, enqueued_at, max_attempts, idempotency_key, payload, "
+    "payload_ref, result_ttl, parent_id, unique_key, lock_key, timeout, soft_timeout, rate_limit"
+)
+_INSERT = f"INSERT INTO tasks ({_COLUMNS}) VALUES ({marks(19)})"
+_REF = 11  # payload_ref's position in an :data:`_INSERT` row
+# A plain task binds only the columns it has a value for: the others keep their NULL defaults,
+# and sqlite3 adapts every None parameter through its protocol lookup, which a batch pays per
+# column and row. ``run_at`` and ``enqueued_at`` share one parameter; ``state`` is a literal.
+_INSERT_PLAIN = (
+    "INSERT INTO tasks (id, name, queue, priority, max_attempts, payload, state, run_at, enqueued_at) "
+    "VALUES (?, ?, ?, ?, ?, ?, 'pending', ?7, ?7)"
+)
 
 
 def _finish_many(n: int) -> str:
@@ -101,13 +116,63 @@ class Queue:
         if not tasks:
             return []
         now = time.time() if now is None else now
-        check_new_tasks(tasks, now)
-        rows: list[dict[str, Any]] = []
+        threshold = self.blobs.threshold
+        # One pass sorts the plain tasks (due now, nothing to look up, every option at its default,
+        # payload inline) from the rest. A plain row passes every check of ``check_new_tasks`` by
+        # construction, so only the others are checked, still before anything is written.
+        rows: list[tuple[Any, ...] | None] = []
+        others: list[NewTask] = []
+        for t in tasks:
+            release_delay, max_attempts = t.release_delay, t.max_attempts
+            if (
+                t.run_at is None
+                and t.expires_at is None
+                and t.idempotency_key is None
+                and t.result_ttl is None
+                and t.parent_id is None
+                and t.unique_key is None
+                and t.lock_key is None
+                and t.slot is None
+                and not t.depends_on
+                and t.group_id is None
+                and t.timeout is None
+                and t.soft_timeout is None
+                and t.rate_limit is None
+                and release_delay.__class__ is float
+                and release_delay == 0.0
+                and max_attempts.__class__ is int
+                and max_attempts >= 1
+                and t.priority.__class__ is int
+                and len(t.payload) <= threshold
+            ):
+                rows.append((t.id, t.name, t.queue, t.priority, max_attempts, t.payload, now))
+            else:
+                rows.append(None)
+                others.append(t)
+        if not others:
+            plain = cast("list[tuple[Any, ...]]", rows)
+            if len(plain) == 1:
+                # One plain task, which is what every delay() sends: one statement, no batch bookkeeping.
+                self.db.write(lambda conn: conn.execute(_INSERT_PLAIN, plain[0]), WORK)
+            else:
+                self.db.write(lambda conn: conn.executemany(_INSERT_PLAIN, plain), WORK)
+            return [t.id for t in tasks]
+        check_new_tasks(others, now)
+        return self._enqueue_mixed(tasks, rows, now, threshold)
+
+    def _enqueue_mixed(
+        self, tasks: Sequence[NewTask], plain: list[tuple[Any, ...] | None], now: float, threshold: float
+    ) -> list[str]:
+        """Store a checked batch holding tasks that are not plain: their blobs, idempotency keys,
+        unique keys, periodic slots and dependencies; ``plain[i]`` is task ``i``'s plain row or None."""
+        rows: list[tuple[bool, tuple[Any, ...]]] = []
         refs: list[str] = []
         keys = [t.idempotency_key for t in tasks if t.idempotency_key is not None]
-        threshold = self.blobs.threshold
         needs_lookup = False
-        for t in tasks:
+        for t, row in zip(tasks, plain, strict=True):
+            if row is not None:
+                rows.append((True, row))
+                continue
             payload: bytes | None = t.payload
             ref = None
             if t.unique_key is not None or t.slot is not None or t.depends_on or t.group_id is not None:
@@ -120,45 +185,13 @@ class Queue:
                 self.blobs.put(ref, t.payload)
             run_at = now if t.run_at is None else t.run_at
             rows.append(
-                {
-                    "id": t.id,
-                    "name": t.name,
-                    "queue": t.queue,
-                    "priority": t.priority,
-                    "state": SCHEDULED if run_at > now else PENDING,
-                    "run_at": run_at,
-                    "expires_at": t.expires_at,
-                    "enqueued_at": now,
-                    "max_attempts": t.max_attempts,
-                    "idempotency_key": t.idempotency_key,
-                    "payload": payload,
-                    "payload_ref": ref,
-                    "result_ttl": t.result_ttl,
-                    "parent_id": t.parent_id,
-                    "unique_key": t.unique_key,
-                    "lock_key": t.lock_key,
-                    "timeout": t.timeout,
-                    "soft_timeout": t.soft_timeout,
-                    "rate_limit": t.rate_limit,
-                }
-            )
-        sql = (
-            "INSERT INTO tasks (id, name, queue, priority, state, run_at, expires_at, enqueued_at, "
-            "max_attempts, idempotency_key, payload, payload_ref, result_ttl, parent_id, unique_key, lock_key, "
-            "timeout, soft_timeout, rate_limit) VALUES (:id, :name, :queue, :priority, :state, :run_at, :expires_at, "
-            ":enqueued_at, :max_attempts, :idempotency_key, :payload, :payload_ref, :result_ttl, :parent_id, "
-            ":unique_key, :lock_key, :timeout, :soft_timeout, :rate_limit)"
-        )
-        if len(rows) == 1 and not keys and not needs_lookup:
-            # One plain task, which is what every delay() sends: nothing to look up before the
-            # INSERT, so skip the batch bookkeeping below (a tenth of the Python time of delay()).
-            row = rows[0]
-            try:
-                self.db.write(lambda conn: conn.execute(sql, row), WORK)
-            except BaseException:
-                self.blobs.drop(refs)
-                raise
-            return [row["id"]]
+                (
+                    False,
+                    (t.id, t.name, t.queue, t.priority, SCHEDULED if run_at > now else PENDING, run_at, t.expires_at,
+                     now, t.max_attempts, t.idempotency_key, payload, ref, t.result_ttl, t.parent_id, t.unique_key,
+                     t.lock_key, t.timeout, t.soft_timeout, t.rate_limit),
+                )
+            )  # fmt: skip
         unused: list[str] = []
 
         def run(conn: sqlite3.Connection) -> list[str]:
@@ -173,30 +206,30 @@ class Queue:
                     ):
                         existing[key] = id_
             ids = []
-            insert: list[dict[str, Any]] = []
-            for t, row in zip(tasks, rows, strict=True):
+            insert: list[tuple[bool, tuple[Any, ...]]] = []
+            for t, (is_plain, row) in zip(tasks, rows, strict=True):
+                ref = None if is_plain else row[_REF]
                 key = t.idempotency_key
                 if key is not None and key in existing:
                     ids.append(existing[key])
-                    if row["payload_ref"]:
-                        unused.append(row["payload_ref"])
+                    if ref:
+                        unused.append(ref)
                     continue
-                twin = duplicate_of(conn, t, now, unique) if needs_lookup else None
+                twin = duplicate_of(conn, t, now, unique) if needs_lookup and not is_plain else None
                 if twin is not None:
                     ids.append(twin)
-                    if row["payload_ref"]:
-                        unused.append(row["payload_ref"])
+                    if ref:
+                        unused.append(ref)
                     continue
                 if key is not None:
                     existing[key] = t.id
                 ids.append(t.id)
-                insert.append(row)
-            if len(insert) == 1:
-                conn.execute(sql, insert[0])
-            elif insert:
-                conn.executemany(sql, insert)
+                insert.append((is_plain, row))
+            # Consecutive rows of one shape go in one statement, so the rows keep the batch's order.
+            for is_plain, run_rows in itertools.groupby(insert, key=lambda r: r[0]):
+                conn.executemany(_INSERT_PLAIN if is_plain else _INSERT, [row for _, row in run_rows])
             if needs_lookup:
-                inserted = {row["id"] for row in insert}
+                inserted = {row[0] for _, row in insert}
                 link(conn, [t for t in tasks if t.id in inserted], now, self.result_ttl)
             return ids
 
@@ -224,7 +257,9 @@ class Queue:
             return []
         check_lease(lease)
         now = time.time() if now is None else now
-        params: list[Any] = [owner, now + lease, now]
+        # Each lease gets its own token: a random prefix per claim and the row's seq. (SQL's
+        # randomblob() per row cost a good part of a claimed row's time.)
+        params: list[Any] = [owner, f"{os.urandom(9).hex()}.", now + lease, now]
         if ids is not None:
             if not ids:
                 return []
@@ -250,7 +285,7 @@ class Queue:
             params.append(limit)
         sql = (
             "UPDATE tasks SET state = 'running', attempts = attempts + 1, lease_owner = ?, "
-            "lease_token = lower(hex(randomblob(12))), lease_deadline = ?, started_at = ? "
+            "lease_token = ? || seq, lease_deadline = ?, started_at = ? "
             f"WHERE seq IN ({pick}) RETURNING {CLAIM_COLUMNS}"
         )
 

@@ -19,7 +19,7 @@ T = TypeVar("T")
 
 DB_FILENAME = "liteq.sqlite3"
 BLOB_DIRNAME = "blobs"
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 9
 DEFAULT_BUSY_TIMEOUT = 5.0
 WAL_AUTOCHECKPOINT_PAGES = 10_000
 DEFAULT_BLOB_THRESHOLD = 64 * 1024
@@ -141,13 +141,35 @@ ALTER TABLE tasks ADD COLUMN soft_timeout REAL;
 ALTER TABLE tasks ADD COLUMN rate_limit REAL;
 """
 
+# The history triggers' bodies: a task leaves or enters a count, and a finish enters the history.
+_COUNT_OUT = "UPDATE task_counts SET n = n - 1 WHERE queue = OLD.queue AND state = OLD.state;"
+_COUNT_IN = """INSERT INTO task_counts (queue, state, n) VALUES (NEW.queue, NEW.state, 1)
+        ON CONFLICT (queue, state) DO UPDATE SET n = n + 1;"""
+_STATS_IN = """INSERT INTO task_stats (minute, queue, name, state, n, latency_sum, latency_max)
+    SELECT CAST(at / 60 AS INTEGER), NEW.queue, NEW.name, NEW.state, 1, latency, latency
+    FROM (SELECT at, max(at - NEW.enqueued_at, 0.0) AS latency
+          FROM (SELECT COALESCE(NEW.finished_at, (julianday('now') - 2440587.5) * 86400.0) AS at))
+    WHERE true
+    ON CONFLICT (minute, queue, name, state) DO UPDATE SET
+        n = n + 1, latency_sum = latency_sum + excluded.latency_sum,
+        latency_max = max(latency_max, excluded.latency_max);"""
+_FINISHED = "('succeeded', 'failed', 'cancelled', 'expired')"
+_MOVED = "(OLD.state IS NOT NEW.state OR OLD.queue IS NOT NEW.queue)"
+
+
+def _trigger(name: str, event: str, when: str, *body: str) -> str:
+    """``CREATE TRIGGER name AFTER event ON tasks [WHEN when]`` running ``body``."""
+    condition = f"\nWHEN {when}" if when else ""
+    return f"CREATE TRIGGER {name} AFTER {event} ON tasks{condition} BEGIN\n    " + "\n    ".join(body) + "\nEND;"
+
+
 # Version 5: the dashboard's history and fast reads. Triggers keep ``task_counts`` (tasks per queue
 # and state) and ``task_stats`` (finishes per minute, queue, name and state, with the end-to-end
 # latency) exact inside the transaction that changes a task, so counts and charts cost a few rows
 # instead of a scan of every task, and the history outlives pruned tasks and restarts.
 # ``tasks_by_name`` serves the newest-first keyset pages of the task list: one seek per name and
 # state (the names are enumerated through the same index), whatever the filter.
-_SCHEMA_V5 = """
+_SCHEMA_V5 = f"""
 CREATE TABLE task_counts (
     queue TEXT NOT NULL,
     state TEXT NOT NULL,
@@ -155,19 +177,9 @@ CREATE TABLE task_counts (
     PRIMARY KEY (queue, state)
 ) WITHOUT ROWID;
 INSERT INTO task_counts (queue, state, n) SELECT queue, state, count(*) FROM tasks GROUP BY queue, state;
-CREATE TRIGGER task_counts_insert AFTER INSERT ON tasks BEGIN
-    INSERT INTO task_counts (queue, state, n) VALUES (NEW.queue, NEW.state, 1)
-        ON CONFLICT (queue, state) DO UPDATE SET n = n + 1;
-END;
-CREATE TRIGGER task_counts_delete AFTER DELETE ON tasks BEGIN
-    UPDATE task_counts SET n = n - 1 WHERE queue = OLD.queue AND state = OLD.state;
-END;
-CREATE TRIGGER task_counts_update AFTER UPDATE OF state, queue ON tasks
-WHEN OLD.state IS NOT NEW.state OR OLD.queue IS NOT NEW.queue BEGIN
-    UPDATE task_counts SET n = n - 1 WHERE queue = OLD.queue AND state = OLD.state;
-    INSERT INTO task_counts (queue, state, n) VALUES (NEW.queue, NEW.state, 1)
-        ON CONFLICT (queue, state) DO UPDATE SET n = n + 1;
-END;
+{_trigger("task_counts_insert", "INSERT", "", _COUNT_IN)}
+{_trigger("task_counts_delete", "DELETE", "", _COUNT_OUT)}
+{_trigger("task_counts_update", "UPDATE OF state, queue", _MOVED, _COUNT_OUT, _COUNT_IN)}
 CREATE TABLE task_stats (
     minute      INTEGER NOT NULL,
     queue       TEXT NOT NULL,
@@ -178,17 +190,7 @@ CREATE TABLE task_stats (
     latency_max REAL NOT NULL,
     PRIMARY KEY (minute, queue, name, state)
 ) WITHOUT ROWID;
-CREATE TRIGGER task_stats_finish AFTER UPDATE OF state ON tasks
-WHEN NEW.state IN ('succeeded', 'failed', 'cancelled', 'expired') AND OLD.state IS NOT NEW.state BEGIN
-    INSERT INTO task_stats (minute, queue, name, state, n, latency_sum, latency_max)
-    SELECT CAST(at / 60 AS INTEGER), NEW.queue, NEW.name, NEW.state, 1, latency, latency
-    FROM (SELECT at, max(at - NEW.enqueued_at, 0.0) AS latency
-          FROM (SELECT COALESCE(NEW.finished_at, (julianday('now') - 2440587.5) * 86400.0) AS at))
-    WHERE true
-    ON CONFLICT (minute, queue, name, state) DO UPDATE SET
-        n = n + 1, latency_sum = latency_sum + excluded.latency_sum,
-        latency_max = max(latency_max, excluded.latency_max);
-END;
+{_trigger("task_stats_finish", "UPDATE OF state", f"NEW.state IN {_FINISHED} AND OLD.state IS NOT NEW.state", _STATS_IN)}
 CREATE INDEX tasks_by_name ON tasks(name, state, seq);
 """
 
@@ -199,30 +201,44 @@ ALTER TABLE workers ADD COLUMN state_reason TEXT;
 ALTER TABLE workers ADD COLUMN state_since REAL;
 """
 
-#: ``MIGRATIONS[v]`` upgrades a store from version ``v`` to ``v + 1``.
 # Version 7: cheaper counts. Counting every state in triggers made each enqueue and claim pay for
 # rows in ``task_counts``; now only the finished states are kept there (a task enters one once,
 # in its completing transaction, and leaves it by a manual retry or a delete), and the active
 # states are counted from their partial indexes when read (:meth:`.history.History.counts`).
 # A task is never inserted finished, so no trigger watches inserts.
-_FINISHED = "('succeeded', 'failed', 'cancelled', 'expired')"
 _SCHEMA_V7 = f"""
 DROP TRIGGER task_counts_insert;
 DROP TRIGGER task_counts_delete;
 DROP TRIGGER task_counts_update;
 DELETE FROM task_counts WHERE state NOT IN {_FINISHED};
-CREATE TRIGGER task_counts_delete AFTER DELETE ON tasks WHEN OLD.state IN {_FINISHED} BEGIN
-    UPDATE task_counts SET n = n - 1 WHERE queue = OLD.queue AND state = OLD.state;
-END;
-CREATE TRIGGER task_counts_leave AFTER UPDATE OF state, queue ON tasks
-WHEN OLD.state IN {_FINISHED} AND (OLD.state IS NOT NEW.state OR OLD.queue IS NOT NEW.queue) BEGIN
-    UPDATE task_counts SET n = n - 1 WHERE queue = OLD.queue AND state = OLD.state;
-END;
-CREATE TRIGGER task_counts_enter AFTER UPDATE OF state, queue ON tasks
-WHEN NEW.state IN {_FINISHED} AND (OLD.state IS NOT NEW.state OR OLD.queue IS NOT NEW.queue) BEGIN
-    INSERT INTO task_counts (queue, state, n) VALUES (NEW.queue, NEW.state, 1)
-        ON CONFLICT (queue, state) DO UPDATE SET n = n + 1;
-END;
+{_trigger("task_counts_delete", "DELETE", f"OLD.state IN {_FINISHED}", _COUNT_OUT)}
+{_trigger("task_counts_leave", "UPDATE OF state, queue", f"OLD.state IN {_FINISHED} AND {_MOVED}", _COUNT_OUT)}
+{_trigger("task_counts_enter", "UPDATE OF state, queue", f"NEW.state IN {_FINISHED} AND {_MOVED}", _COUNT_IN)}
+"""
+
+# Version 8: the history triggers no longer run for every claim. A trigger ``AFTER UPDATE OF state``
+# runs (as a sub-program, even when its WHEN is false) for every row of every statement that sets
+# ``state``, claims included, which never touch a finished state. They now watch the columns that
+# the moves they count always set: a task enters a finished state only together with its
+# ``finished_at``, and leaves one only by a manual retry, which gives it a new ``run_at``. So
+# claiming fires no trigger, and finishing only the two that count the finish.
+_SCHEMA_V8 = f"""
+DROP TRIGGER task_counts_leave;
+DROP TRIGGER task_counts_enter;
+DROP TRIGGER task_stats_finish;
+{_trigger("task_counts_leave", "UPDATE OF run_at, queue", f"OLD.state IN {_FINISHED} AND {_MOVED}", _COUNT_OUT)}
+{_trigger("task_counts_enter", "UPDATE OF finished_at, queue", f"NEW.state IN {_FINISHED} AND {_MOVED}", _COUNT_IN)}
+{_trigger("task_stats_finish", "UPDATE OF finished_at", f"NEW.state IN {_FINISHED} AND OLD.state IS NOT NEW.state", _STATS_IN)}
+"""
+
+# Version 9: cheaper enqueues. Every insert wrote an entry of ``tasks_by_name``, one more page for
+# each single enqueue's commit to write. Pending tasks leave it: the task list finds them through
+# the claim's own index, ``tasks_pending`` (:func:`.history.page`), so a task enters the list index
+# when it is claimed (or stored scheduled) and an enqueue writes only the row, its id and its place
+# in the pending index.
+_SCHEMA_V9 = """
+DROP INDEX IF EXISTS tasks_by_name;
+CREATE INDEX tasks_by_name ON tasks(name, state, seq) WHERE state <> 'pending';
 """
 
 #: ``queue, state, n`` for every state: the active states counted from their partial indexes
@@ -243,6 +259,8 @@ MIGRATIONS: dict[int, str] = {
     4: _SCHEMA_V5,
     5: _SCHEMA_V6,
     6: _SCHEMA_V7,
+    7: _SCHEMA_V8,
+    8: _SCHEMA_V9,
 }
 #: How long fired periodic slots are remembered (a slot older than this can no longer race).
 SLOT_MEMORY = 7 * 86400.0
