@@ -27,7 +27,9 @@ from .health import Health
 from .liveness import CANCEL_GRACE, Watchdog
 from .message import ErrorInfo
 from .pool_protocol import Kind, send, task_fields
-from .storage.base import CANCELLED, ClaimedTask, Outcome, Storage
+from .storage.contract import Storage
+from .storage.records import ClaimedTask, Outcome
+from .storage.states import CANCELLED
 from .upkeep import Upkeep
 
 __all__ = ["DEFAULT_CHILD_DEPTH", "Dispatch"]

@@ -18,18 +18,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
 from ...wake import DONE, WORK
-from ..base import (
-    PENDING,
-    SCHEDULED,
-    ClaimedTask,
-    NewTask,
-    Outcome,
-    check_lease,
-    check_new_tasks,
-    checked_outcomes,
-    is_cascaded,
-)
+from ..checks import check_lease, check_new_tasks, checked_outcomes
 from ..policy import open_dependencies, retry_blocked
+from ..records import ClaimedTask, NewTask, Outcome
+from ..states import PENDING, SCHEDULED, is_cascaded
 from .blobs import Blobs
 from .canvas import cascade, link
 from .connection import Database
