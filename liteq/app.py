@@ -374,7 +374,7 @@ class LiteQ:
     def stats(self) -> dict[str, Any]:
         """``{"states": {state: n}, "queues": {queue: {state: n}}, "workers": [...]}``.
 
-        Each worker is its :class:`~liteq.storage.base.WorkerInfo` as a dict, plus ``state_text``:
+        Each worker is its :class:`~liteq.storage.records.WorkerInfo` as a dict, plus ``state_text``:
         ``ok`` or ``degraded: <reason> since <time>``."""
         queues = self.storage.counts()
         states: dict[str, int] = {}

@@ -36,7 +36,8 @@ from typing import Any, Protocol
 from .context import TaskContext, _enter, _leave
 from .exceptions import SoftTimeLimit, TaskCancelled, TaskTimedOut
 from .message import ErrorInfo, Progress
-from .storage.base import CANCELLED, FAILED, ClaimedTask, Outcome
+from .storage.records import ClaimedTask, Outcome
+from .storage.states import CANCELLED, FAILED
 
 __all__ = [
     "DEFAULT_ASYNC_CONCURRENCY",

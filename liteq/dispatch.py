@@ -27,7 +27,9 @@ from .health import Health
 from .liveness import CANCEL_GRACE, Watchdog
 from .message import ErrorInfo
 from .pool_protocol import Kind, send, task_fields
-from .storage.base import CANCELLED, ClaimedTask, Outcome, Storage
+from .storage.contract import Storage
+from .storage.records import ClaimedTask, Outcome
+from .storage.states import CANCELLED
 from .upkeep import Upkeep
 
 __all__ = ["DEFAULT_CHILD_DEPTH", "Dispatch"]
@@ -201,23 +203,33 @@ class Dispatch:
         syncs = {id(c): feed.syncs(c) if coroutines else 0 for c in self.children}
         levels = max([self.short_depth, *(c.async_limit for c in self.children if coroutines)])
         handed: dict[int, tuple[Child, list[ClaimedTask]]] = {}
+        buffer = self.buffer
         # Levels every open child already fills hand nothing: start above the shortest queue.
         for level in range(1 + min(len(c.queue) for c in open_), levels + 1):
-            if not self.buffer:
+            if not buffer:
                 break
             for c in self.children:
-                if not self.buffer:
+                if not buffer:
                     break
-                coroutine = coroutines and feed.is_async(self.buffer[0].name)
-                if len(c.queue) >= min(level, feed.depth(c, depth.get(id(c), 0), coroutine, syncs[id(c)])):
+                key = id(c)
+                coroutine = coroutines and feed.is_async(buffer[0].name)
+                queue = c.queue
+                if len(queue) >= min(level, feed.depth(c, depth.get(key, 0), coroutine, syncs[key])):
                     continue
-                task = self.buffer.popleft()
-                if not c.queue:
+                task = buffer.popleft()
+                if not queue:
                     c.started = c.answered = time.monotonic()
-                c.queue.append(task)
-                syncs[id(c)] += not coroutine
-                handed.setdefault(id(c), (c, []))[1].append(task)
-                depth[id(c)] = self.depth_for(c)  # a task with a hard limit ahead caps the queue
+                queue.append(task)
+                syncs[key] += not coroutine
+                mine = handed.get(key)
+                if mine is None:
+                    handed[key] = (c, [task])
+                else:
+                    mine[1].append(task)
+                if len(queue) == 1 or self.max_tasks_per_child:
+                    # A new head with a hard limit caps the queue; so does a retirement count. Nothing
+                    # else depth_for() reads changes here.
+                    depth[key] = self.depth_for(c)
         # One message per child, whatever it was handed.
         for c, tasks in handed.values():
             if not send(c.conn, Kind.RUN, [task_fields(t) for t in tasks]):

@@ -69,7 +69,7 @@ from .recycling import Recycler
 from .runtime import HasRuntime, Runtime, runtime_of
 from .scheduler import Scheduler
 from .shutdown import Shutdown
-from .storage.base import ClaimedTask, WorkerInfo
+from .storage.records import ClaimedTask, WorkerInfo
 from .upkeep import Upkeep
 from .wake import Waker
 from .worker import DEFAULT_LEASE

@@ -18,7 +18,9 @@ from .exceptions import (
 )
 from .message import ErrorInfo, Progress
 from .serializer import Serializer
-from .storage.base import CANCELLED, EXPIRED, FINISHED_STATES, SUCCEEDED, Storage, TaskRow
+from .storage.contract import Storage
+from .storage.records import TaskRow
+from .storage.states import CANCELLED, EXPIRED, FINISHED_STATES, SUCCEEDED
 
 __all__ = ["GroupResult", "Result", "ResultSource"]
 

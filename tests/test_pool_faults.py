@@ -21,7 +21,7 @@ import pytest
 
 from liteq import LiteQ, Result, SoftTimeLimit, TaskCancelled, TaskFailed, TaskTimedOut
 from liteq.message import ErrorInfo
-from liteq.storage.base import Outcome
+from liteq.storage.records import Outcome
 from tests import pool_tasks
 from tests.pool_support import (
     START_METHODS,

@@ -26,7 +26,7 @@ import pytest
 from liteq import LiteQ, StoreBusy, StoreCorrupt, StoreFull
 from liteq.cli import main as cli_main
 from liteq.health import Health, PoolState, degrades
-from liteq.storage.base import WorkerInfo
+from liteq.storage.records import WorkerInfo
 from liteq.storage.sqlite import DB_FILENAME, SqliteStorage
 from liteq.storage.sqlite.schema import MIGRATIONS, SCHEMA_VERSION
 from tests import pool_tasks

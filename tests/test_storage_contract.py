@@ -1,6 +1,6 @@
 """The storage contract: every store (SQLite, memory, later remote) passes these same tests.
 
-Tests speak bytes through the :class:`~liteq.storage.base.Storage` API only, and drive time through
+Tests speak bytes through the :class:`~liteq.storage.contract.Storage` API only, and drive time through
 ``now=``: no sleeps, no wall clock. ``T0`` lies in the future on purpose, so an operation that has no
 ``now`` parameter (``release``) and stamps the store's own clock stamps a time that is already past
 for these tests.
@@ -19,21 +19,9 @@ from typing import Any
 import pytest
 
 from liteq.exceptions import LiteQError
-from liteq.storage.base import (
-    CANCELLED,
-    EXPIRED,
-    FAILED,
-    PENDING,
-    RUNNING,
-    SCHEDULED,
-    SUCCEEDED,
-    ClaimedTask,
-    NewTask,
-    Outcome,
-    Storage,
-    TaskRow,
-    WorkerInfo,
-)
+from liteq.storage.contract import Storage
+from liteq.storage.records import ClaimedTask, NewTask, Outcome, TaskRow, WorkerInfo
+from liteq.storage.states import CANCELLED, EXPIRED, FAILED, PENDING, RUNNING, SCHEDULED, SUCCEEDED
 from tests.support import wait_for
 
 pytestmark = pytest.mark.timeout(30)
@@ -1215,7 +1203,7 @@ def test_stats_count_a_retried_task_each_time_it_finishes(storage: Storage) -> N
 
 
 def test_stats_older_than_their_memory_are_pruned(storage: Storage) -> None:
-    from liteq.storage.base import STATS_MEMORY
+    from liteq.storage.contract import STATS_MEMORY
 
     # Given a finish long ago and one now
     old = enqueue_one(storage, now=T0 - STATS_MEMORY - 120)
@@ -1391,6 +1379,7 @@ def test_sqlite_a_claim_runs_no_trigger_and_counts_stay_exact_across_the_version
         for r in upgraded.stats(since=T0 - 3600):
             finishes[r["state"]] = finishes.get(r["state"], 0) + r["count"]
         assert finishes == {SUCCEEDED: 2, FAILED: 1}
+
 
 # -- canvas: cancel and manual retry of dependent tasks -------------------------------------------------
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from liteq.storage.base import TaskRow
+from liteq.storage.records import TaskRow
 from tests.soak.checks import Stored, check
 from tests.soak.oracle import GRACE, STORE_GRACE, Fault, Run, Told
 

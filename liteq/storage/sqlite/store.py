@@ -36,7 +36,8 @@ from typing import Any
 from ...exceptions import ConfigurationError, StorageError, StoreReadOnly
 from ...inputs import check_duration
 from ...wake import Waker
-from ..base import ClaimedTask, NewTask, Outcome, ScheduleState, StatsRow, Storage, TaskRow, WorkerInfo
+from ..contract import Storage
+from ..records import ClaimedTask, NewTask, Outcome, ScheduleState, StatsRow, TaskRow, WorkerInfo
 from . import canvas, schedules
 from . import workers as registry
 from .blobs import BLOB_MIN_AGE, Blobs
