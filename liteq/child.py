@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from .asyncrun import DEFAULT_ASYNC_CONCURRENCY, AsyncRunner, is_async_task
 from .context import _current
 from .pool_protocol import Kind, decode, encode, outcome_fields, task_from
-from .storage.base import ClaimedTask
+from .storage.records import ClaimedTask
 
 if TYPE_CHECKING:
     from .runtime import Runtime

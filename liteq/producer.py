@@ -1,6 +1,6 @@
 """``Producer``: turns calls into stored tasks — the one way onto the queue.
 
-``build()`` makes the :class:`~liteq.storage.base.NewTask` row of one call (checking the per-call
+``build()`` makes the :class:`~liteq.storage.records.NewTask` row of one call (checking the per-call
 options); ``send()`` stores one; ``send_many()`` stores many in one transaction; ``enqueue()``
 stores prepared rows (a canvas, the scheduler's firings). In immediate mode the producer's
 ``run_now`` hook runs what was just stored, in the caller, before the handle comes back.
@@ -20,7 +20,8 @@ from .message import encode_call, ids_at, new_id
 from .options import PER_CALL, STORED, TaskOptions, check_call_options
 from .result import Result, ResultSource
 from .serializer import Serializer
-from .storage.base import NewTask, Storage
+from .storage.contract import Storage
+from .storage.records import NewTask
 
 __all__ = ["Producer", "Sendable", "lock_key", "unique_key"]
 

@@ -42,7 +42,7 @@ from liteq import (
 )
 from liteq.message import encode_call
 from liteq.serializer import dumps_msgpack
-from liteq.storage.base import NewTask, TaskRow
+from liteq.storage.records import NewTask, TaskRow
 from tests import tasks
 
 pytestmark = pytest.mark.timeout(60)

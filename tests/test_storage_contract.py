@@ -1,6 +1,6 @@
 """The storage contract: every store (SQLite, memory, later remote) passes these same tests.
 
-Tests speak bytes through the :class:`~liteq.storage.base.Storage` API only, and drive time through
+Tests speak bytes through the :class:`~liteq.storage.contract.Storage` API only, and drive time through
 ``now=``: no sleeps, no wall clock. ``T0`` lies in the future on purpose, so an operation that has no
 ``now`` parameter (``release``) and stamps the store's own clock stamps a time that is already past
 for these tests.
@@ -19,21 +19,10 @@ from typing import Any
 import pytest
 
 from liteq.exceptions import LiteQError
-from liteq.storage.base import (
-    CANCELLED,
-    EXPIRED,
-    FAILED,
-    PENDING,
-    RUNNING,
-    SCHEDULED,
-    SUCCEEDED,
-    ClaimedTask,
-    NewTask,
-    Outcome,
-    Storage,
-    TaskRow,
-    WorkerInfo,
-)
+from liteq.storage.contract import Storage
+from liteq.storage.records import ClaimedTask, NewTask, Outcome, TaskRow, WorkerInfo
+from liteq.storage.states import CANCELLED, EXPIRED, FAILED, PENDING, RUNNING, SCHEDULED, SUCCEEDED
+from tests.support import wait_for
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -944,6 +933,32 @@ def test_wait_wakes_a_waiting_thread_on_write(storage: Storage) -> None:
     assert seen and seen[0] > version
 
 
+@pytest.mark.only_storage("sqlite")
+def test_sqlite_own_commits_skip_the_own_listener_but_wake_a_thread_waiting_on_it(storage: Storage) -> None:
+    from liteq.wake import Waker
+
+    # Given a listening store (a producer about to wait for a result) and another listener
+    storage.listen()
+    other = Waker(str(storage.wake_dir))
+    try:
+        # When this process enqueues
+        enqueue_one(storage)
+        # Then the other listener hears it, this process's own does not (its get() would wake for nothing)
+        assert other.wait(10)
+        assert storage._waker is not None and not storage._waker.wait(0)  # type: ignore[attr-defined]
+        # And a thread blocked on the own listener still wakes on a commit by another thread
+        version = storage.version
+        seen: list[int] = []
+        waiter = threading.Thread(target=lambda: seen.append(storage.wait(version, timeout=120)))
+        waiter.start()
+        wait_for(lambda: storage._blocked == 1, 10, "the waiter blocks on the socket")  # type: ignore[attr-defined]
+        enqueue_one(storage, now=T0 + 1)
+        waiter.join(30)
+        assert not waiter.is_alive() and seen[0] > version
+    finally:
+        other.close()
+
+
 def test_every_task_write_bumps_the_version(storage: Storage) -> None:
     def bumps(write: Any) -> Any:
         before = storage.version
@@ -1207,7 +1222,7 @@ def test_stats_count_a_retried_task_each_time_it_finishes(storage: Storage) -> N
 
 
 def test_stats_older_than_their_memory_are_pruned(storage: Storage) -> None:
-    from liteq.storage.base import STATS_MEMORY
+    from liteq.storage.contract import STATS_MEMORY
 
     # Given a finish long ago and one now
     old = enqueue_one(storage, now=T0 - STATS_MEMORY - 120)

@@ -2,7 +2,7 @@
 pending task per queue, and the per-minute history kept by the ``task_stats`` trigger.
 
 :class:`History` also reads rows by id or filter, and the live counts. Rows become
-:class:`~liteq.storage.base.TaskRow` by column name (:func:`task_row`). Every page query is a handful of index
+:class:`~liteq.storage.records.TaskRow` by column name (:func:`task_row`). Every page query is a handful of index
 seeks, so its cost does not grow with the number of tasks:
 
 - tasks that are not pending are found through ``tasks_by_name`` (name, state, seq): the names are
@@ -21,7 +21,8 @@ import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from ..base import PENDING, STATES, StatsRow, TaskRow
+from ..records import StatsRow, TaskRow
+from ..states import PENDING, STATES
 from .blobs import Blobs
 from .connection import Database
 from .schema import COUNTS, ROW_COLUMNS, chunks, marks

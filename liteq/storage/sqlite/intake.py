@@ -26,7 +26,9 @@ from collections.abc import Sequence
 from typing import Any, cast
 
 from ...wake import WORK
-from ..base import PENDING, SCHEDULED, NewTask, check_new_tasks
+from ..checks import check_new_tasks
+from ..records import NewTask
+from ..states import PENDING, SCHEDULED
 from .blobs import Blobs
 from .canvas import link
 from .connection import Database

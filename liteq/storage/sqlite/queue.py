@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import sqlite3
 import time
@@ -18,21 +19,15 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ...wake import DONE, WORK
-from ..base import (
-    PENDING,
-    SCHEDULED,
-    ClaimedTask,
-    Outcome,
-    check_lease,
-    checked_outcomes,
-    is_cascaded,
-)
+from ..checks import check_lease, checked_outcomes
 from ..policy import open_dependencies, retry_blocked
+from ..records import ClaimedTask, Outcome
+from ..states import PENDING, SCHEDULED, is_cascaded
 from .blobs import Blobs
 from .canvas import cascade
 from .connection import Database
 from .controls import hold_back
-from .schema import CLAIM_COLUMNS, CLEAR_LEASE, FINISH, UNLOCKED, chunks, marks
+from .schema import CLEAR_LEASE, FINISH, UNLOCKED, chunks, marks
 
 __all__ = ["Queue"]
 
@@ -47,6 +42,11 @@ _FINISH_ONE = (
     + " WHERE id = :id AND lease_token = :token AND state = 'running' RETURNING attempts, lock_key, dependents"
 )
 _finish_many_sql: dict[int, str] = {}
+#: What a claim returns of each row, in the order its rows are unpacked.
+CLAIM_COLUMNS = (
+    "id, name, queue, payload, payload_ref, attempts, max_attempts, lease_token, lease_deadline, "
+    "enqueued_at, expires_at, priority, seq, lock_key, timeout, soft_timeout, rate_limit"
+)
 
 
 def _finish_many(n: int) -> str:
@@ -68,17 +68,15 @@ def _finish_many(n: int) -> str:
 
 def finish_batch(
     conn: sqlite3.Connection, outcomes: Sequence[FinishRow], now: float, default_ttl: float
-) -> dict[str, sqlite3.Row]:
+) -> dict[str, tuple[int, str | None, int]]:
     """Finish many leased tasks in a few statements; the ids must be distinct. Returns the rows
-    that were accepted (``attempts, lock_key, dependents`` by id); a task missing from it had lost
-    its lease (a stale token, or no longer running) and was left as it was."""
-    accepted: dict[str, sqlite3.Row] = {}
+    that were accepted (``(attempts, lock_key, dependents)`` by id); a task missing from it had
+    lost its lease (a stale token, or no longer running) and was left as it was."""
+    accepted: dict[str, tuple[int, str | None, int]] = {}
     for chunk in chunks(outcomes, FINISH_CHUNK):
-        params: list[Any] = [now, default_ttl]
-        for row in chunk:
-            params += row
-        for r in conn.execute(_finish_many(len(chunk)), params):
-            accepted[r["id"]] = r
+        params: list[Any] = [now, default_ttl, *itertools.chain.from_iterable(chunk)]
+        for id_, attempts, lock_key, dependents in conn.execute(_finish_many(len(chunk)), params):
+            accepted[id_] = (attempts, lock_key, dependents)
     return accepted
 
 
@@ -174,29 +172,31 @@ class Queue:
         claimed = []
         lost: list[tuple[str, str, str]] = []
         for r in rows:
-            if r["expires_at"] is not None and r["expires_at"] <= now:
+            # By position, in CLAIM_COLUMNS order (a row read by name compares each name in turn).
+            (id_, name, queue, payload, payload_ref, attempts, max_attempts, token, deadline, enqueued_at, expires_at,
+             priority, _seq, _lock_key, timeout, soft_timeout, _rate_limit) = r  # fmt: skip
+            if expires_at is not None and expires_at <= now:
                 continue
-            payload = r["payload"]
-            if r["payload_ref"]:
-                payload, problem = self.blobs.read(r["payload_ref"])
+            if payload_ref:
+                payload, problem = self.blobs.read(payload_ref)
                 if problem is not None:
-                    lost.append((r["id"], r["lease_token"], problem))
+                    lost.append((id_, token, problem))
                     continue
             claimed.append(
                 ClaimedTask(
-                    id=r["id"],
-                    name=r["name"],
-                    queue=r["queue"],
-                    payload=b"" if payload is None else bytes(payload),
-                    attempt=r["attempts"],
-                    max_attempts=r["max_attempts"],
-                    lease_token=r["lease_token"],
-                    lease_deadline=r["lease_deadline"],
-                    enqueued_at=r["enqueued_at"],
-                    expires_at=r["expires_at"],
-                    priority=r["priority"],
-                    timeout=r["timeout"],
-                    soft_timeout=r["soft_timeout"],
+                    id_,
+                    name,
+                    queue,
+                    b"" if payload is None else bytes(payload),
+                    attempts,
+                    max_attempts,
+                    token,
+                    deadline,
+                    enqueued_at,
+                    expires_at,
+                    priority,
+                    timeout,
+                    soft_timeout,
                 )
             )
         if lost:
@@ -282,16 +282,20 @@ class Queue:
                     row = finish_one(conn, o, ref, now, self.result_ttl)
                 else:
                     row = finished.get(o.id)
-                if row is not None and o.error is not None:
+                if row is None:
+                    applied.append(False)
+                    continue
+                attempts, lock_key, dependents = row  # the columns every statement above returns
+                if o.error is not None:
                     conn.execute(
                         "INSERT INTO task_errors (task_id, attempt, at, error) VALUES (?,?,?,?)",
-                        (o.id, row["attempts"], now, o.error),
+                        (o.id, attempts, now, o.error),
                     )
-                if row is not None and row["lock_key"] is not None:
-                    freed.append(row["lock_key"])
-                if row is not None and row["dependents"] and cascade(conn, o.id, o.state, now, self.result_ttl):
+                if lock_key is not None:
+                    freed.append(lock_key)
+                if dependents and cascade(conn, o.id, o.state, now, self.result_ttl):
                     freed.append(o.id)
-                applied.append(row is not None)
+                applied.append(True)
             return applied
 
         freed: list[str] = []
