@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import itertools
-import os
 import random
 import sqlite3
 import time
