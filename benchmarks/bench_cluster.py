@@ -29,7 +29,7 @@ from _common import Context, Figure, median, remove
 from _procs import env, percentile, start_liteq_worker, stop, wait_until
 
 from liteq import LiteQ
-from liteq.storage.base import SUCCEEDED
+from liteq.storage.states import SUCCEEDED
 
 N_DRAIN = 10_000
 N_LATENCY = 200
@@ -284,7 +284,7 @@ def _idle_clients(url: str, n: int) -> None:
 
     from liteq.cluster.remote import RemoteStorage
 
-    from liteq.storage.base import WorkerInfo
+    from liteq.storage.records import WorkerInfo
 
     stores = [RemoteStorage(url) for _ in range(n)]
     now = time.time()

@@ -43,7 +43,7 @@ from _common import Context, Figure, median
 from _procs import env, percentile, stop
 
 from liteq.message import new_id
-from liteq.storage.base import NewTask, Outcome
+from liteq.storage.records import NewTask, Outcome
 from liteq.storage.sqlite import DB_FILENAME, SqliteStorage
 
 N_TASKS = 1_000_000

@@ -41,7 +41,7 @@ from _procs import (
 )
 
 from liteq import LiteQ
-from liteq.storage.base import SUCCEEDED
+from liteq.storage.states import SUCCEEDED
 
 N_DRAIN = 10_000
 N_LATENCY = 200

@@ -27,8 +27,9 @@ from typing import Any
 from _common import Context, Figure, median, remove, timed
 
 from liteq import LiteQ
-from liteq.storage.base import SUCCEEDED, Outcome
+from liteq.storage.records import Outcome
 from liteq.storage.sqlite import DB_FILENAME
+from liteq.storage.states import SUCCEEDED
 
 N_SINGLE = 10_000
 N_BATCH = 100_000

@@ -1,6 +1,6 @@
 """One table of storage operations and the codec of their arguments and results.
 
-Every operation of the :class:`~liteq.storage.base.Storage` contract that crosses the wire is one
+Every operation of the :class:`~liteq.storage.contract.Storage` contract that crosses the wire is one
 line of :data:`OPERATIONS`: its name and whether it writes. Argument and return types are read from
 the contract's own annotations, so the client encodes and the server decodes (and checks) every
 value by its declared type — a method added to ``Storage`` needs one more line here and nothing else.
@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from liteq.storage.base import Storage
+from liteq.storage.contract import Storage
 
 __all__ = ["OPERATIONS", "Operation", "WireTypeError", "from_wire", "operation", "to_wire"]
 

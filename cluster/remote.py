@@ -18,7 +18,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
 from liteq.exceptions import ConfigurationError
-from liteq.storage.base import ClaimedTask, Storage
+from liteq.storage.contract import Storage
+from liteq.storage.records import ClaimedTask
 from liteq.wake import DONE, WORK, broadcast
 
 from . import codec

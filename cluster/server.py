@@ -37,7 +37,8 @@ from typing import Any
 from liteq.exceptions import ConfigurationError, LiteQError, ProtocolError, StorageError
 from liteq.serializer import PICKLE
 from liteq.storage import open_storage
-from liteq.storage.base import ClaimedTask, NewTask, Outcome, Storage
+from liteq.storage.contract import Storage
+from liteq.storage.records import ClaimedTask, NewTask, Outcome
 
 from . import codec
 from .protocol import Authenticated, ErrorCode, Limits, Request, ServerConnection, events_before

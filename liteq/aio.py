@@ -32,7 +32,9 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 from .exceptions import LiteQError
-from .storage.base import FINISHED_STATES, NewTask, Storage, TaskRow
+from .storage.contract import Storage
+from .storage.records import NewTask, TaskRow
+from .storage.states import FINISHED_STATES
 from .wake import DONE, Waker
 
 __all__ = ["MAX_THREADS", "Enqueuer", "executor", "run", "send", "send_many", "wait_finished"]

@@ -27,7 +27,7 @@ from .message import new_id
 from .options import check_call_options
 from .producer import Producer, Sendable
 from .result import GroupResult, Result
-from .storage.base import NewTask
+from .storage.records import NewTask
 
 __all__ = ["Canvas", "Signature", "TaskHost", "chain", "chord", "group"]
 

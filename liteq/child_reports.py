@@ -20,7 +20,8 @@ from .dispatch import Dispatch
 from .message import ErrorInfo
 from .pool_protocol import Kind, outcome_from
 from .recycling import Recycler
-from .storage.base import CANCELLED, Outcome
+from .storage.records import Outcome
+from .storage.states import CANCELLED
 from .upkeep import Upkeep
 
 __all__ = ["ChildReports"]

@@ -19,7 +19,8 @@ from typing import Any
 from .exceptions import LiteQError
 from .message import ErrorInfo
 from .pool_protocol import FrameReader, KillReason
-from .storage.base import CANCELLED, FAILED, PENDING, ClaimedTask, Outcome
+from .storage.records import ClaimedTask, Outcome
+from .storage.states import CANCELLED, FAILED, PENDING
 
 __all__ = [
     "Checkpointer",

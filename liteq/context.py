@@ -10,7 +10,7 @@ from typing import Any, Protocol
 from .exceptions import LiteQError
 from .message import Progress
 from .serializer import Serializer
-from .storage.base import Storage
+from .storage.contract import Storage
 
 __all__ = ["RunningTask", "TaskContext", "TaskSource", "current"]
 

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 from .asyncrun import is_async_task
 from .pool_protocol import KillReason
-from .storage.base import ClaimedTask
+from .storage.records import ClaimedTask
 
 if TYPE_CHECKING:
     from .children import Child

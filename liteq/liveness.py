@@ -28,7 +28,7 @@ from .children import Child
 from .coroutine_feed import CoroutineFeed
 from .deadlines import Deadlines
 from .pool_protocol import KillReason, Kind, send
-from .storage.base import ClaimedTask
+from .storage.records import ClaimedTask
 
 if TYPE_CHECKING:
     from .runtime import Runtime

@@ -69,7 +69,7 @@ from .recycling import Recycler
 from .runtime import HasRuntime, Runtime, runtime_of
 from .scheduler import Scheduler
 from .shutdown import Shutdown
-from .storage.base import ClaimedTask, WorkerInfo
+from .storage.records import ClaimedTask, WorkerInfo
 from .upkeep import Upkeep
 from .wake import Waker
 from .worker import DEFAULT_LEASE
@@ -405,6 +405,7 @@ class WorkerPool:
             if not self.shutdown.draining:
                 self.dispatch.claim(mono)
             self.dispatch.assign()
+            self.dispatch.look_ahead()
         self._timers(mono)
         if self.upkeep.more_work:
             self.upkeep.more_work = False

@@ -34,7 +34,7 @@ import sys
 from multiprocessing.connection import Connection
 from typing import Any
 
-from .storage.base import ClaimedTask, Outcome
+from .storage.records import ClaimedTask, Outcome
 
 __all__ = [
     "FrameReader",

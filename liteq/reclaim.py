@@ -20,7 +20,8 @@ import socket
 import time
 
 from .child import pid_alive
-from .storage.base import Storage, WorkerInfo
+from .storage.contract import Storage
+from .storage.records import WorkerInfo
 
 __all__ = ["STALE_BEATS", "recover_local_leases"]
 

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 from .producer import Producer
 from .registry import Registry
 from .serializer import Serializer
-from .storage.base import Storage
+from .storage.contract import Storage
 from .task import Task
 
 __all__ = ["HasRuntime", "Runtime", "runtime_of"]

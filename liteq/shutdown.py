@@ -28,7 +28,7 @@ from .events import EventWait
 from .exceptions import LiteQError
 from .liveness import kill
 from .pool_protocol import KillReason, Kind, StopLevel, send
-from .storage.base import Storage
+from .storage.contract import Storage
 from .upkeep import Upkeep
 
 __all__ = ["STOP", "Shutdown"]

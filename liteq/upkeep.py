@@ -31,12 +31,13 @@ from typing import TYPE_CHECKING, Protocol
 
 from .deadlines import AT_ONCE, Deadlines
 from .health import Health
-from .storage.base import PENDING, ClaimedTask, Outcome
+from .storage.records import ClaimedTask, Outcome
+from .storage.states import PENDING
 from .worker import MAINTENANCE_INTERVAL
 
 if TYPE_CHECKING:
     from .scheduler import Scheduler
-    from .storage.base import Storage
+    from .storage.contract import Storage
 
 __all__ = ["CLOCK_STEP_TOLERANCE", "Holder", "Job", "Upkeep"]
 

@@ -50,6 +50,7 @@ import stat
 import tempfile
 import threading
 import time
+from collections.abc import Collection
 
 from .exceptions import ConfigurationError
 
@@ -159,7 +160,7 @@ class _Senders:
         self.fresh_until = 0.0
         self.lock = threading.Lock()
 
-    def send(self, kind: bytes, skip: str | None = None) -> None:
+    def send(self, kind: bytes, skip: Collection[str] = ()) -> None:
         now = time.monotonic()
         if now < self.fresh_until and not self.targets:
             return  # nobody listened a moment ago: skip even the stat (it is on every commit's path)
@@ -188,7 +189,7 @@ class _Senders:
                 self.pid = os.getpid()
             sock = self.sock
             for target in list(self.targets):
-                if target == skip:
+                if target in skip:
                     continue
                 try:
                     sock.sendto(kind, target)
@@ -217,8 +218,9 @@ def _close_senders() -> None:
             senders.sock = None
 
 
-def broadcast(directory: str, kind: bytes = WORK, skip: str | None = None) -> None:
-    """Send one wake byte to every listener in ``directory`` but ``skip`` (no-op without listeners)."""
+def broadcast(directory: str, kind: bytes = WORK, skip: Collection[str] = ()) -> None:
+    """Send one wake byte to every listener in ``directory`` but those in ``skip`` (no-op without
+    listeners)."""
     if not HAVE_UNIX:
         return
     senders = _senders.get(directory)
@@ -261,6 +263,14 @@ class Waker:
                 return got
             except OSError:
                 return got
+
+    def poke(self) -> None:
+        """Wake this listener from its own process (a commit its process's broadcasts skip)."""
+        if self.sock is not None:
+            try:
+                self.sock.sendto(b"p", self.path)
+            except OSError:
+                pass  # its queue is full: it has wake-ups waiting already
 
     def wait(self, timeout: float) -> bool:
         """Block up to ``timeout`` seconds for a wake-up; True when one came."""

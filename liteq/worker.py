@@ -34,7 +34,8 @@ from .health import degrades
 from .message import ErrorInfo, Progress, decode_call, new_id
 from .retries import Retry, backoff_delay
 from .runtime import HasRuntime, Runtime, runtime_of
-from .storage.base import FAILED, SCHEDULED, SUCCEEDED, ClaimedTask, Outcome, WorkerInfo
+from .storage.records import ClaimedTask, Outcome, WorkerInfo
+from .storage.states import FAILED, SCHEDULED, SUCCEEDED
 from .task import Task
 
 __all__ = [

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from liteq.storage.base import Storage
+from liteq.storage.contract import Storage
 
 if TYPE_CHECKING:
     from liteq import LiteQ

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from liteq import LiteQ
-from liteq.storage.base import Outcome
+from liteq.storage.records import Outcome
 from liteq.storage.sqlite import SqliteStorage
 
 #: The name every fault-test task is registered under; no worker ever imports it to run it.

@@ -13,7 +13,7 @@ import pytest
 
 from liteq import LiteQ, StoreCorrupt, TaskFailed
 from liteq.message import encode_call
-from liteq.storage.base import NewTask
+from liteq.storage.records import NewTask
 from liteq.storage.sqlite import DB_FILENAME, SqliteStorage
 from tests import tasks
 

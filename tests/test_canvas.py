@@ -5,7 +5,7 @@ both in-process modes: ``immediate=True`` (each canvas runs inside ``delay()``) 
 (``delay()`` only stores the canvas; ``app.run_until_empty()`` runs it). Tests that need to look at
 a canvas half-way through use burst mode only. The last section checks the store-level contract the
 canvas is built on (``NewTask.depends_on``, ``group_id``/``group_index``, ``group_members``) through
-the :class:`~liteq.storage.base.Storage` API, with the test clock passed as ``now=``.
+the :class:`~liteq.storage.contract.Storage` API, with the test clock passed as ``now=``.
 """
 
 from __future__ import annotations
@@ -40,17 +40,9 @@ from liteq import (
     group,
 )
 from liteq.message import ErrorInfo
-from liteq.storage.base import (
-    CANCELLED,
-    FAILED,
-    PENDING,
-    RUNNING,
-    SCHEDULED,
-    SUCCEEDED,
-    NewTask,
-    Outcome,
-    Storage,
-)
+from liteq.storage.contract import Storage
+from liteq.storage.records import NewTask, Outcome
+from liteq.storage.states import CANCELLED, FAILED, PENDING, RUNNING, SCHEDULED, SUCCEEDED
 from tests import canvas_tasks as ct
 from tests.pool_support import RunLog
 

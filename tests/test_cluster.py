@@ -19,7 +19,7 @@ from liteq.cluster.remote import RemoteStorage
 
 from liteq import LiteQ
 from liteq.exceptions import AuthenticationError, ConfigurationError, StoreUnavailable
-from liteq.storage.base import NewTask
+from liteq.storage.records import NewTask
 from tests import cluster_tasks, pool_tasks
 from tests.cluster_support import TOKEN, ServerProcess, served, start_server
 from tests.pool_support import ROOT, Reaper, RunLog, pool_env, run_worker_cmd

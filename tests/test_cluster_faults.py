@@ -85,7 +85,7 @@ def test_a_worker_that_vanishes_without_closing_its_socket_loses_its_leases(
         row = producer.storage.get([result.id])[0]
         assert row is not None and row.attempts == 2
         # And the silent worker's late completion is refused
-        from liteq.storage.base import Outcome
+        from liteq.storage.records import Outcome
 
         assert vanished.complete([Outcome(claimed.id, claimed.lease_token, "succeeded", result=b"M\xc0")]) == [False]
 

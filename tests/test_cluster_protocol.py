@@ -28,7 +28,7 @@ from liteq.cluster.protocol import (
 from liteq.cluster.remote import RemoteStorage
 
 from liteq.exceptions import ProtocolError
-from liteq.storage.base import NewTask
+from liteq.storage.records import NewTask
 from tests.cluster_support import ServerProcess, start_server
 
 pytestmark = pytest.mark.timeout(120)

@@ -23,8 +23,8 @@ from liteq.cluster.remote import RemoteStorage
 from liteq.cluster.server import INLINE_MAX_ITEMS, INLINE_SLOW, ServerConfig, StoreThread, _Job
 
 from liteq.exceptions import ConfigurationError, ProtocolError, StorageError, StoreUnavailable
-from liteq.storage.base import NewTask, Outcome
 from liteq.storage.memory import MemoryStorage
+from liteq.storage.records import NewTask, Outcome
 from tests.cluster_support import InProcessServer
 from tests.support import wait_for
 

@@ -21,7 +21,7 @@ from liteq import LiteQ
 from liteq.canvas import chain, chord, group
 from liteq.dashboard import Dashboard, serve
 from liteq.exceptions import ConfigurationError
-from liteq.storage.base import WorkerInfo
+from liteq.storage.records import WorkerInfo
 from tests import dashboard_tasks
 from tests.support import wait_for
 

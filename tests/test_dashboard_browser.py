@@ -20,7 +20,7 @@ import pytest
 from liteq import LiteQ
 from liteq.dashboard import Dashboard
 from liteq.message import ErrorInfo, encode_call, new_id
-from liteq.storage.base import NewTask, Outcome
+from liteq.storage.records import NewTask, Outcome
 from tests import dashboard_tasks
 
 pytestmark = pytest.mark.timeout(180)

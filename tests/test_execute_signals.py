@@ -20,7 +20,7 @@ from liteq import LiteQ
 from liteq import worker as worker_module
 from liteq.child import _cancel_running_task
 from liteq.message import ErrorInfo
-from liteq.storage.base import ClaimedTask
+from liteq.storage.records import ClaimedTask
 from liteq.worker import execute
 
 pytestmark = pytest.mark.timeout(30)

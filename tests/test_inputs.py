@@ -19,7 +19,9 @@ import pytest
 from liteq import ConfigurationError, LiteQ, Retry, TaskFailed
 from liteq.cli import EXIT_USAGE, main
 from liteq.inputs import MAX_DELAY
-from liteq.storage.base import FAILED, SCHEDULED, NewTask, Outcome, Storage
+from liteq.storage.contract import Storage
+from liteq.storage.records import NewTask, Outcome
+from liteq.storage.states import FAILED, SCHEDULED
 from tests import input_tasks, tasks
 
 MakeApp = Callable[..., LiteQ]

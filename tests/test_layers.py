@@ -23,6 +23,20 @@ APP_USER_PACKAGES = ("liteq.cli.", "liteq.dashboard")
 #: Where the library may reach the cluster package, inside the function: the store opener (a
 #: ``liteq://`` URL). The CLI, an entry point, may too, in the commands that serve or drive a cluster.
 LAZY_CLUSTER = {"liteq.storage.__init__:open_storage"}
+#: The bottom of the storage layer, each module with the only liteq modules it may import: the
+#: states, the records, the input checks and the contract every store implements.
+STORAGE_FOUNDATION = {
+    "liteq.storage.states": set(),
+    "liteq.storage.records": set(),
+    "liteq.storage.checks": {
+        "liteq.exceptions",
+        "liteq.inputs",
+        "liteq.ratelimit",
+        "liteq.storage.records",
+        "liteq.storage.states",
+    },
+    "liteq.storage.contract": {"liteq.storage.records"},
+}
 
 
 def _module_name(path: Path) -> str:
@@ -161,6 +175,15 @@ def test_liteq_reaches_cluster_only_lazily_from_open_storage() -> None:
     assert {m for m in lazy if not m.startswith("liteq.cli.")} <= LAZY_CLUSTER, sorted(lazy)
     # (the graph counts lazy imports too: the CLI's are the cluster and dashboard commands' own modules)
     assert eager <= {"liteq.storage.__init__", "liteq.cli.cluster", "liteq.cli.dashboard"}, sorted(eager)
+
+
+def test_the_storage_foundation_imports_nothing_above_it() -> None:
+    # Given the imports of the modules every store and every layer above builds on
+    graph = _edges()
+    # When each is compared with what it may import
+    extra = {name: graph[name] - allowed for name, allowed in STORAGE_FOUNDATION.items() if graph[name] - allowed}
+    # Then none reaches further up (a store, the app, the worker or the cluster)
+    assert extra == {}, extra
 
 
 def test_the_cycle_finder_finds_a_circle() -> None:

@@ -25,7 +25,7 @@ from liteq.pool_protocol import (
     task_fields,
     task_from,
 )
-from liteq.storage.base import ClaimedTask, Outcome
+from liteq.storage.records import ClaimedTask, Outcome
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -1,6 +1,6 @@
 """The storage contract: every store (SQLite, memory, later remote) passes these same tests.
 
-Tests speak bytes through the :class:`~liteq.storage.base.Storage` API only, and drive time through
+Tests speak bytes through the :class:`~liteq.storage.contract.Storage` API only, and drive time through
 ``now=``: no sleeps, no wall clock. ``T0`` lies in the future on purpose, so an operation that has no
 ``now`` parameter (``release``) and stamps the store's own clock stamps a time that is already past
 for these tests.
@@ -19,21 +19,10 @@ from typing import Any
 import pytest
 
 from liteq.exceptions import LiteQError
-from liteq.storage.base import (
-    CANCELLED,
-    EXPIRED,
-    FAILED,
-    PENDING,
-    RUNNING,
-    SCHEDULED,
-    SUCCEEDED,
-    ClaimedTask,
-    NewTask,
-    Outcome,
-    Storage,
-    TaskRow,
-    WorkerInfo,
-)
+from liteq.storage.contract import Storage
+from liteq.storage.records import ClaimedTask, NewTask, Outcome, TaskRow, WorkerInfo
+from liteq.storage.states import CANCELLED, EXPIRED, FAILED, PENDING, RUNNING, SCHEDULED, SUCCEEDED
+from tests.support import wait_for
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -944,6 +933,32 @@ def test_wait_wakes_a_waiting_thread_on_write(storage: Storage) -> None:
     assert seen and seen[0] > version
 
 
+@pytest.mark.only_storage("sqlite")
+def test_sqlite_own_commits_skip_the_own_listener_but_wake_a_thread_waiting_on_it(storage: Storage) -> None:
+    from liteq.wake import Waker
+
+    # Given a listening store (a producer about to wait for a result) and another listener
+    storage.listen()
+    other = Waker(str(storage.wake_dir))
+    try:
+        # When this process enqueues
+        enqueue_one(storage)
+        # Then the other listener hears it, this process's own does not (its get() would wake for nothing)
+        assert other.wait(10)
+        assert storage._waker is not None and not storage._waker.wait(0)  # type: ignore[attr-defined]
+        # And a thread blocked on the own listener still wakes on a commit by another thread
+        version = storage.version
+        seen: list[int] = []
+        waiter = threading.Thread(target=lambda: seen.append(storage.wait(version, timeout=120)))
+        waiter.start()
+        wait_for(lambda: storage._blocked == 1, 10, "the waiter blocks on the socket")  # type: ignore[attr-defined]
+        enqueue_one(storage, now=T0 + 1)
+        waiter.join(30)
+        assert not waiter.is_alive() and seen[0] > version
+    finally:
+        other.close()
+
+
 def test_every_task_write_bumps_the_version(storage: Storage) -> None:
     def bumps(write: Any) -> Any:
         before = storage.version
@@ -1084,6 +1099,80 @@ def test_oldest_pending_per_queue(storage: Storage) -> None:
     assert oldest["a"].enqueued_at == T0 + 1
 
 
+def test_pending_tasks_of_many_priorities_and_queues_list_page_and_count_in_store_order(storage: Storage) -> None:
+    # Given pending tasks of two names spread over priorities and queues, among running and failed ones
+    spec = [("a", "x", 0), ("a", "y", 5), ("b", "x", 9), ("a", "x", 5), ("a", "x", -2), ("b", "y", 0), ("a", "x", 0)]
+    ids = [enqueue_one(storage, queue=q, name=n, priority=p, now=T0 + i) for i, (q, n, p) in enumerate(spec)]
+    running = storage.claim("w1", ["a"], now=T0 + 10, ids=[ids[1]])[0]
+    finish(storage, storage.claim("w1", ["a"], now=T0 + 10, ids=[ids[6]])[0], FAILED, error=b"e", now=T0 + 11)
+    pending = [ids[0], ids[2], ids[3], ids[4], ids[5]]
+
+    def paged(**filters: Any) -> list[str]:
+        return [r.id for r in storage.page(**filters)]
+
+    def listed(**filters: Any) -> list[str]:
+        return [r.id for r in storage.list(**filters)]
+
+    # Then pages are newest first and lists oldest first whatever the priorities, alone or with other states
+    assert paged(states=[PENDING]) == pending[::-1]
+    assert paged(states=[PENDING], name="x") == [ids[4], ids[3], ids[2], ids[0]]
+    assert paged(states=[PENDING], queue="a", name="x") == [ids[4], ids[3], ids[0]]
+    assert paged(states=[PENDING, FAILED], name="x") == [ids[6], ids[4], ids[3], ids[2], ids[0]]
+    assert paged(name="y") == [ids[5], running.id]
+    assert paged(states=[PENDING], name="x", limit=2, before=ids[3]) == [ids[2], ids[0]]
+    assert listed(name="x") == [ids[0], ids[2], ids[3], ids[4], ids[6]]
+    assert listed(name="x", states=[PENDING], queue="a") == [ids[0], ids[3], ids[4]]
+    assert listed(name="x", states=[PENDING, FAILED], limit=2, offset=3) == [ids[4], ids[6]]
+    assert listed(name="y", states=[RUNNING]) == [running.id]
+    assert listed(name="nothing") == []
+    # And the oldest pending task of a queue is the first stored, not the first of the top priority
+    assert {q: r.id for q, r in storage.oldest_pending().items()} == {"a": ids[0], "b": ids[2]}
+    assert _nonzero(storage.counts()) == {"a": {PENDING: 3, RUNNING: 1, FAILED: 1}, "b": {PENDING: 2}}
+
+
+def test_a_large_batch_of_plain_tasks_is_stored_in_order_with_its_fields(storage: Storage) -> None:
+    # Given a batch of plain tasks larger than one statement holds, under two names and priorities
+    tasks = [
+        new_task(name=f"n{i % 2}", payload=f"p{i}".encode(), priority=i % 3 // 2, max_attempts=2) for i in range(250)
+    ]
+    # When it is stored
+    ids = storage.enqueue(tasks, now=T0)
+    # Then every row has its fields, pending since the enqueue
+    assert ids == [t.id for t in tasks]
+    for t, r in zip(tasks, storage.get(ids), strict=True):
+        assert r is not None
+        assert (r.name, r.queue, r.priority, r.max_attempts, r.state) == (t.name, "default", t.priority, 2, PENDING)
+        assert (r.enqueued_at, r.run_at, r.expires_at, r.idempotency_key, r.lock_key) == (T0, T0, None, None, None)
+    assert [r.payload for r in storage.get(ids[:3])] == [b"p0", b"p1", b"p2"]
+    # And claims take them by priority, then in the batch's order
+    claimed = [c.id for c in storage.claim("w1", ["default"], limit=250, now=T0 + 1)]
+    assert claimed == [t.id for t in tasks if t.priority == 1] + [t.id for t in tasks if t.priority == 0]
+
+
+def test_a_batch_of_plain_and_other_tasks_keeps_its_order(storage: Storage) -> None:
+    # Given a batch mixing plain tasks with ones that have a key, a start time, an expiry or limits
+    tasks = [
+        new_task(),
+        new_task(idempotency_key="k1"),
+        new_task(),
+        new_task(),
+        new_task(expires_at=T0 + 100, timeout=5.0, result_ttl=60.0),
+        new_task(run_at=T0 + 50),
+        new_task(priority=2, max_attempts=3),
+    ]
+    # When it is stored
+    ids = storage.enqueue(tasks, now=T0)
+    # Then every task is stored with its fields, and claims follow the batch's order
+    assert ids == [t.id for t in tasks]
+    stored = storage.get(ids)
+    assert [r.state if r else None for r in stored] == [PENDING] * 5 + [SCHEDULED, PENDING]
+    assert [r.idempotency_key if r else None for r in stored] == [None, "k1", None, None, None, None, None]
+    assert stored[4] is not None and stored[4].expires_at == T0 + 100
+    assert stored[6] is not None and (stored[6].priority, stored[6].max_attempts) == (2, 3)
+    claimed = storage.claim("w1", ["default"], limit=10, now=T0 + 1)
+    assert [c.id for c in claimed] == [ids[6], ids[0], ids[1], ids[2], ids[3], ids[4]]
+
+
 def test_stats_count_every_finish_per_minute_with_latency(storage: Storage) -> None:
     # Given tasks enqueued at T0 and finished in two different minutes, in several ways
     base = T0 - T0 % 60
@@ -1133,7 +1222,7 @@ def test_stats_count_a_retried_task_each_time_it_finishes(storage: Storage) -> N
 
 
 def test_stats_older_than_their_memory_are_pruned(storage: Storage) -> None:
-    from liteq.storage.base import STATS_MEMORY
+    from liteq.storage.contract import STATS_MEMORY
 
     # Given a finish long ago and one now
     old = enqueue_one(storage, now=T0 - STATS_MEMORY - 120)
@@ -1254,6 +1343,36 @@ def test_sqlite_counts_stay_exact_across_the_upgrade_that_moved_active_counts_to
 
 
 @pytest.mark.only_storage("sqlite")
+def test_sqlite_upgrade_takes_pending_tasks_out_of_the_list_index(storage: Storage, store_dir: Path) -> None:
+    import sqlite3
+
+    from liteq.storage.sqlite import SqliteStorage
+
+    storage.close()
+    # Given a version 8 store, whose list index held every task, with pending, running and finished tasks
+    old = store_dir.parent / "v8"
+    _old_store(old, 8)
+    # When it is opened by this liteq
+    with SqliteStorage(str(old)) as upgraded:
+        # Then the list index leaves pending tasks out, and every read finds them as before
+        conn = sqlite3.connect(old / "liteq.sqlite3")
+        (sql,) = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'tasks_by_name'").fetchone()
+        indexed = conn.execute("SELECT count(*) FROM tasks INDEXED BY tasks_by_name WHERE state <> 'pending'")
+        assert "WHERE state <> 'pending'" in sql and indexed.fetchone()[0] == 3
+        conn.close()
+        assert [r.id for r in upgraded.page(states=[PENDING])] == ["t1", "t0"]
+        assert [r.id for r in upgraded.page(name="tasks.add")] == ["t4", "t3", "t2", "t1", "t0"]
+        assert [r.id for r in upgraded.list(name="tasks.add", states=[PENDING, FAILED])] == ["t0", "t1", "t4"]
+        assert upgraded.oldest_pending()["default"].id == "t0"
+        # And tasks moving on keep the pages right
+        task = claim_one(upgraded, now=T0 + 10)
+        assert task.id == "t0"
+        finish(upgraded, task, FAILED, error=b"e", now=T0 + 11)
+        assert [r.id for r in upgraded.page(states=[FAILED, PENDING])] == ["t4", "t1", "t0"]
+        assert _nonzero(upgraded.counts()) == {"default": {PENDING: 1, RUNNING: 1, SUCCEEDED: 1, FAILED: 2}}
+
+
+@pytest.mark.only_storage("sqlite")
 def test_sqlite_a_claim_runs_no_trigger_and_counts_stay_exact_across_the_version_8_upgrade(
     storage: Storage, store_dir: Path
 ) -> None:
@@ -1279,6 +1398,7 @@ def test_sqlite_a_claim_runs_no_trigger_and_counts_stay_exact_across_the_version
         for r in upgraded.stats(since=T0 - 3600):
             finishes[r["state"]] = finishes.get(r["state"], 0) + r["count"]
         assert finishes == {SUCCEEDED: 2, FAILED: 1}
+
 
 # -- canvas: cancel and manual retry of dependent tasks -------------------------------------------------
 

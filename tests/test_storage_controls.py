@@ -10,7 +10,8 @@ import itertools
 
 import pytest
 
-from liteq.storage.base import NewTask, Outcome, Storage, TaskRow
+from liteq.storage.contract import Storage
+from liteq.storage.records import NewTask, Outcome, TaskRow
 
 pytestmark = pytest.mark.timeout(60)
 

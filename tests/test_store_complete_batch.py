@@ -11,7 +11,9 @@ from typing import Any
 
 import pytest
 
-from liteq.storage.base import FAILED, PENDING, RUNNING, SCHEDULED, SUCCEEDED, NewTask, Outcome, Storage
+from liteq.storage.contract import Storage
+from liteq.storage.records import NewTask, Outcome
+from liteq.storage.states import FAILED, PENDING, RUNNING, SCHEDULED, SUCCEEDED
 
 pytestmark = pytest.mark.timeout(60)
 

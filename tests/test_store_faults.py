@@ -34,7 +34,7 @@ import pytest
 from liteq import LiteQ
 from liteq.exceptions import StoreBusy, StoreCorrupt, StoreFull
 from liteq.message import new_id
-from liteq.storage.base import NewTask, Outcome
+from liteq.storage.records import NewTask, Outcome
 from liteq.storage.sqlite import DB_FILENAME, SqliteStorage
 from tests import faultprocs
 from tests.support import wait_for

@@ -24,7 +24,7 @@ import pytest
 from liteq import LiteQ, TaskFailed
 from liteq.cli import EXIT_OK, main
 from liteq.message import encode_call
-from liteq.storage.base import NewTask
+from liteq.storage.records import NewTask
 from liteq.storage.sqlite import DB_FILENAME
 from tests import limit_tasks
 from tests.support import wait_for

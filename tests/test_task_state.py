@@ -12,7 +12,8 @@ from liteq.cluster.protocol import decode_body, encode_frame
 from liteq import LiteQ
 from liteq.dashboard import api
 from liteq.storage import MemoryStorage
-from liteq.storage.base import (
+from liteq.storage.records import NewTask
+from liteq.storage.states import (
     CANCELLED,
     EXPIRED,
     FAILED,
@@ -22,7 +23,6 @@ from liteq.storage.base import (
     SCHEDULED,
     STATES,
     SUCCEEDED,
-    NewTask,
     TaskState,
 )
 from tests import dashboard_tasks

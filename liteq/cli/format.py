@@ -15,7 +15,7 @@ import click
 from ..exceptions import LiteQError
 from ..message import ErrorInfo, Progress
 from ..serializer import loads
-from ..storage.base import TaskRow
+from ..storage.records import TaskRow
 
 
 def when(ts: float | None) -> str:

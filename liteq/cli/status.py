@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from ..app import LiteQ
-from ..storage.base import STATES
+from ..storage.states import STATES
 from .exits import EXIT_INTERRUPTED, NotFound, guard
 from .format import age, row_dict, short_error, table, when
 from .loading import load_app

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import click
 
-from ..storage.base import STATES
+from ..storage.states import STATES
 from .exits import EXIT_NOT_FOUND, guard
 from .format import progress, table, when
 from .loading import Seconds, load_app

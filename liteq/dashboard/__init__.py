@@ -8,7 +8,7 @@ See ``docs/dashboard.md``.
 from __future__ import annotations
 
 from ..app import LiteQ
-from ..storage.base import Storage
+from ..storage.contract import Storage
 from .server import DEFAULT_BIND, Dashboard
 
 __all__ = ["DEFAULT_BIND", "Dashboard", "serve"]

@@ -19,7 +19,8 @@ from ..app import LiteQ
 from ..exceptions import ConfigurationError, LiteQError
 from ..message import ErrorInfo, Progress, decode_call
 from ..serializer import loads
-from ..storage.base import FINISHED_STATES, STATES, TaskRow
+from ..storage.records import TaskRow
+from ..storage.states import FINISHED_STATES, STATES
 from .history import failures_by_name, finished_recently, series
 
 __all__ = [

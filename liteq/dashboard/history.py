@@ -10,7 +10,9 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from ..storage.base import FAILED, FINISHED_STATES, SUCCEEDED, StatsRow, Storage
+from ..storage.contract import Storage
+from ..storage.records import StatsRow
+from ..storage.states import FAILED, FINISHED_STATES, SUCCEEDED
 
 __all__ = ["failures_by_name", "finished_recently", "series"]
 

@@ -1,4 +1,5 @@
-"""Stores: the contract (:mod:`.base`) and its local implementations.
+"""Stores: the contract (:mod:`.contract`, over the states of :mod:`.states` and the records of
+:mod:`.records`, guarded by :mod:`.checks`) and its local implementations.
 
 :func:`open_storage` turns what a user passes to ``LiteQ(...)`` into a store: a directory path,
 ``sqlite:///abs/dir``, ``memory://`` or ``liteq://host:port`` (cluster mode, imported lazily so that
@@ -11,8 +12,9 @@ import os
 from typing import Any
 
 from ..exceptions import ConfigurationError
-from .base import ClaimedTask, NewTask, Outcome, Storage, TaskRow, WorkerInfo
+from .contract import Storage
 from .memory import MemoryStorage
+from .records import ClaimedTask, NewTask, Outcome, TaskRow, WorkerInfo
 from .sqlite import SqliteStorage
 
 __all__ = [

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from .base import CASCADE_REASON, FINISHED_STATES, PENDING, SCHEDULED, SUCCEEDED, TaskState, is_cascaded
+from .states import CASCADE_REASON, FINISHED_STATES, PENDING, SCHEDULED, SUCCEEDED, TaskState, is_cascaded
 
 __all__ = [
     "FAILED_STATES",

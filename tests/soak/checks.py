@@ -13,7 +13,9 @@ from typing import Any
 
 from liteq.message import decode_call
 from liteq.serializer import loads
-from liteq.storage.base import FINISHED_STATES, SUCCEEDED, Storage, TaskRow
+from liteq.storage.contract import Storage
+from liteq.storage.records import TaskRow
+from liteq.storage.states import FINISHED_STATES, SUCCEEDED
 from tests.soak.actors import CHAIN_STEPS, CHORD_MEMBERS
 from tests.soak.config import SCHEDULES
 from tests.soak.oracle import Fault, Run, Told, explaining

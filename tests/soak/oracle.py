@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from liteq import TaskContext
+from liteq.health import DEGRADED_RETRY_MAX
 from tests.faultprocs import append_line
 from tests.soak.config import LEASE
 
@@ -181,19 +182,25 @@ def read_faults(directory: str) -> list[Fault]:
 #: resumed pool learns of leases lost in a pause at its next extension (every lease / 3), and a task
 #: already queued in a child's pipe may start before that.
 GRACE = LEASE / 3 + 1.0
+#: Seconds after a fault on the store (a lost server, a lock, a full disk) during which runs are still
+#: explained by it: a pool the fault made degraded cannot extend its leases, so one may run out, and
+#: it learns so only at its first retry round once the store is back (at most the retry backoff's
+#: cap later); a task queued in a child's pipe behind a running one may start before that.
+STORE_GRACE = DEGRADED_RETRY_MAX
 
 
 def explaining(faults: list[Fault], before: Run, until: float, after: Run | None = None) -> list[Fault]:
     """The fault windows that explain another run (``after``, starting at ``until``) of ``before``'s
-    task: a window on the store overlapping that time; or one on ``before``'s process that overlaps
-    it, give or take :data:`GRACE`; or one on ``after``'s process that it started in (or within
-    :data:`GRACE` after: a stale claim the paused pool still held)."""
+    task: a window on the store overlapping that time, give or take :data:`STORE_GRACE` (a run that
+    started just after the store came back, on a lease its pool could not extend); or one on
+    ``before``'s process that overlaps it, give or take :data:`GRACE`; or one on ``after``'s process
+    that it started in (or within :data:`GRACE` after: a stale claim the paused pool still held)."""
 
     def explains(f: Fault) -> bool:
         if not f.explains or f.start > until:
             return False
         if f.is_global:
-            return f.end >= before.start
+            return f.end + STORE_GRACE >= before.start
         if before.pid in f.pids and f.end + GRACE >= before.start:
             return True
         return after is not None and after.pid in f.pids and after.start <= f.end + GRACE

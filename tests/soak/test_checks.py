@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from liteq.storage.base import TaskRow
+from liteq.storage.records import TaskRow
 from tests.soak.checks import Stored, check
-from tests.soak.oracle import GRACE, Fault, Run, Told
+from tests.soak.oracle import GRACE, STORE_GRACE, Fault, Run, Told
 
 SPAN = (1000.0, 1100.0)
 
@@ -148,5 +148,23 @@ def test_a_stale_run_of_a_paused_pool_is_explained_only_just_after_its_pause(lat
     ]
     world["stored"]["A"] = Stored(_row("A", idempotency_key="k1", attempts=2), "k1", "w", "2:200")
     world["faults"] = [Fault("stop-supervisor", "pool-a.1", 1000.0, 1010.0, [99, 100])]
+    found = [p for p in _problems(world) if "ran again" in p]
+    assert (found == []) is explained, found
+
+
+@pytest.mark.parametrize(("late", "explained"), [(1.1, True), (STORE_GRACE + 1.0, False)])
+def test_a_run_started_just_after_a_store_fault_on_a_lease_that_ran_out_is_explained(
+    late: float, explained: bool
+) -> None:
+    # Given a task pool A (pid 100) claimed before the server went away until 1010: its child started
+    # the run `late` seconds after the server was back, before A's first retry round told it that the
+    # lease it could not extend had run out, and pool B (pid 200) ran the task again (CI seed 617431)
+    world = _world()
+    world["runs"]["A"] = [
+        Run("A", 1, "t1", 100, 1010.0 + late, "work", "k1", 1010.1 + late, "ok"),
+        Run("A", 2, "t2", 200, 1011.0 + late, "work", "k1", 1011.1 + late, "ok"),
+    ]
+    world["stored"]["A"] = Stored(_row("A", idempotency_key="k1", attempts=2), "k1", "w", "2:200")
+    world["faults"] = [Fault("kill-server", "server.2", 1005.0, 1010.0, [])]
     found = [p for p in _problems(world) if "ran again" in p]
     assert (found == []) is explained, found

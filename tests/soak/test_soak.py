@@ -32,8 +32,8 @@ from typing import Any
 import pytest
 
 from liteq import LiteQ
-from liteq.storage.base import FINISHED_STATES
 from liteq.storage.sqlite import DB_FILENAME
+from liteq.storage.states import FINISHED_STATES
 from tests.pool_support import ROOT, Reaper
 from tests.soak import checks, oracle
 from tests.soak.actors import pool_takes_a_clock

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..base import FAILED, SCHEDULED, SUCCEEDED
 from ..policy import FAILED_STATES, cascade_reason, state_for_run_at
+from ..states import FAILED, SCHEDULED, SUCCEEDED
 from .state import Entry, MemoryState
 
 __all__ = ["finish", "group_members", "rewait", "wait_for"]

@@ -9,7 +9,8 @@ import builtins
 import copy
 from collections.abc import Iterable, Sequence
 
-from ..base import PENDING, SCHEDULED, StatsRow, TaskRow
+from ..records import StatsRow, TaskRow
+from ..states import PENDING, SCHEDULED
 from .state import MemoryState, bare
 
 __all__ = ["History"]

@@ -8,24 +8,10 @@ from collections.abc import Mapping, Sequence
 
 from ...exceptions import StorageError
 from ...ratelimit import admit
-from ..base import (
-    CANCELLED,
-    EXPIRED,
-    FAILED,
-    PENDING,
-    RUNNING,
-    SCHEDULED,
-    ClaimedTask,
-    NewTask,
-    Outcome,
-    ScheduleState,
-    TaskRow,
-    check_lease,
-    check_new_tasks,
-    checked_outcomes,
-    is_cascaded,
-)
+from ..checks import check_lease, check_new_tasks, checked_outcomes
 from ..policy import FAILED_STATES, open_dependencies, retry_blocked, state_for_run_at
+from ..records import ClaimedTask, NewTask, Outcome, ScheduleState, TaskRow
+from ..states import CANCELLED, EXPIRED, FAILED, PENDING, RUNNING, SCHEDULED, is_cascaded
 from .canvas import finish, rewait, wait_for
 from .state import Entry, MemoryState
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Sequence
 
-from ..base import RUNNING
+from ..states import RUNNING
 from .state import Entry, MemoryState
 
 __all__ = ["prune", "purge"]

@@ -6,7 +6,7 @@ import copy
 import time
 from collections.abc import Sequence
 
-from ..base import ScheduleState
+from ..records import ScheduleState
 from .state import MemoryState
 
 __all__ = ["register_schedules", "schedule_states", "set_schedule_paused"]

@@ -13,8 +13,9 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..base import STATS_MEMORY, ScheduleState, TaskRow, WorkerInfo
+from ..contract import STATS_MEMORY
 from ..policy import result_expiry
+from ..records import ScheduleState, TaskRow, WorkerInfo
 
 __all__ = ["Entry", "MemoryState", "bare"]
 
@@ -71,7 +72,7 @@ class MemoryState:
         self.stats[key] = (n + 1, total + latency, max(worst, latency))
 
     def forget_stats_before(self, now: float) -> None:
-        """Drop per-minute statistics older than :data:`~liteq.storage.base.STATS_MEMORY`."""
+        """Drop per-minute statistics older than :data:`~liteq.storage.contract.STATS_MEMORY`."""
         horizon = int((now - STATS_MEMORY) // 60)
         for key in [k for k in self.stats if k[0] < horizon]:
             del self.stats[key]

@@ -16,7 +16,8 @@ from __future__ import annotations
 import builtins
 from collections.abc import Iterable, Mapping, Sequence
 
-from ..base import ClaimedTask, NewTask, Outcome, ScheduleState, StatsRow, Storage, TaskRow, WorkerInfo
+from ..contract import Storage
+from ..records import ClaimedTask, NewTask, Outcome, ScheduleState, StatsRow, TaskRow, WorkerInfo
 from . import canvas, retention, schedules
 from . import workers as registry
 from .history import History

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import time
 
-from ..base import WorkerInfo
+from ..records import WorkerInfo
 from .state import MemoryState
 
 __all__ = ["heartbeat", "register_worker", "unregister_worker", "workers"]

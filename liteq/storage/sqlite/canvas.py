@@ -7,8 +7,8 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 
-from ..base import NewTask
 from ..policy import cascade_reason
+from ..records import NewTask
 from .connection import Database
 from .schema import FINISH, marks
 

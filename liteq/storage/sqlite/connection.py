@@ -48,6 +48,7 @@ class Database:
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
+        self._listener: tuple[int, str] | None = None  # this process's own listener: (pid, path)
 
     def create_private(self) -> None:
         """Create the store directory with ``mode`` and the database file with ``file_mode``.
@@ -182,7 +183,8 @@ class Database:
             raise
         self._on_commit()
         if wake:
-            broadcast(self.wake_dir, wake, skip=getattr(self._local, "skip_wake", None))
+            skip = [path for path in (getattr(self._local, "skip_wake", None), self._own_listener()) if path]
+            broadcast(self.wake_dir, wake, skip=skip)
         return out
 
     def read(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[sqlite3.Row]:
@@ -203,6 +205,15 @@ class Database:
             except sqlite3.Error:  # pragma: no cover - closing is best effort
                 pass
         self._local = threading.local()
+
+    def skip_wake_in_this_process(self, path: str | None) -> None:
+        """Commits made by this process do not wake the listener at ``path`` (its own: ``on_commit``
+        wakes it when one of its threads waits), or every listener again with None."""
+        self._listener = (os.getpid(), path) if path else None
+
+    def _own_listener(self) -> str | None:
+        listener = self._listener
+        return listener[1] if listener is not None and listener[0] == os.getpid() else None
 
     def skip_wake_in_this_thread(self, path: str) -> None:
         """Commits made by the calling thread do not wake the listener at ``path`` (a pool's own)."""

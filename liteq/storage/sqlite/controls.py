@@ -8,7 +8,7 @@ import sqlite3
 from collections.abc import Mapping
 
 from ...ratelimit import admit
-from ..base import NewTask
+from ..records import NewTask
 from .schema import CLEAR_LEASE, marks
 
 __all__ = ["duplicate_of", "hold_back"]

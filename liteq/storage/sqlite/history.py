@@ -2,11 +2,16 @@
 pending task per queue, and the per-minute history kept by the ``task_stats`` trigger.
 
 :class:`History` also reads rows by id or filter, and the live counts. Rows become
-:class:`~liteq.storage.base.TaskRow` by column name (:func:`task_row`). Every page query is a handful of index
-seeks (``tasks_by_name``: name, state, seq), so its cost does not grow with the number of tasks:
+:class:`~liteq.storage.records.TaskRow` by column name (:func:`task_row`). Every page query is a handful of index
+seeks, so its cost does not grow with the number of tasks:
 
-- the names are enumerated by hopping through the index (one seek per distinct name);
-- a page is, for each wanted name and state, the newest ``limit`` rows before the cursor, merged.
+- tasks that are not pending are found through ``tasks_by_name`` (name, state, seq): the names are
+  enumerated by hopping through it (one seek per distinct name), then for each wanted name and
+  state come the newest ``limit`` rows before the cursor;
+- pending tasks are found through the claim's own index, ``tasks_pending`` (queue, priority, seq):
+  its (queue, priority) ranges are enumerated the same way, each read newest first. So an
+  enqueue writes no list index entry (schema v9);
+- the runs are merged newest first.
 """
 
 from __future__ import annotations
@@ -16,29 +21,56 @@ import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from ..base import PENDING, STATES, StatsRow, TaskRow
+from ..records import StatsRow, TaskRow
+from ..states import PENDING, STATES
 from .blobs import Blobs
 from .connection import Database
 from .schema import COUNTS, ROW_COLUMNS, chunks, marks
 
-__all__ = ["History", "names", "oldest_pending", "page", "stats", "task_row"]
+__all__ = ["History", "named", "names", "oldest_pending", "page", "pending_ranges", "stats", "task_row"]
 
 Read = Callable[[str, Sequence[Any]], list[sqlite3.Row]]
 
 #: The fields of :class:`TaskRow` read from the columns of the same name (``ROW_COLUMNS``).
 _ROW_FIELDS = tuple(c.strip() for c in ROW_COLUMNS.split(","))
 
-# Each step asks the index for the next name after the last one: one seek per distinct name.
+# Each step asks the index for the next name after the last one: one seek per distinct name. The
+# ``state <> 'pending'`` term is the partial index's own condition, which lets the planner use it.
 _NAMES = (
-    "WITH RECURSIVE n(name) AS (SELECT min(name) FROM tasks UNION ALL "
-    "SELECT (SELECT min(name) FROM tasks WHERE name > n.name) FROM n WHERE n.name IS NOT NULL) "
-    "SELECT name FROM n WHERE name IS NOT NULL"
+    "WITH RECURSIVE n(name) AS (SELECT min(name) FROM tasks WHERE state <> 'pending' UNION ALL "
+    "SELECT (SELECT min(name) FROM tasks WHERE state <> 'pending' AND name > n.name) FROM n "
+    "WHERE n.name IS NOT NULL) SELECT name FROM n WHERE name IS NOT NULL"
 )
+# The pending index's ranges, one seek each: the next queue, then each queue's priorities downwards.
+_FIRST_QUEUE = "SELECT min(queue) AS queue FROM tasks WHERE state = 'pending'"
+_NEXT_QUEUE = "SELECT min(queue) AS queue FROM tasks WHERE state = 'pending' AND queue > ?"
+_NEXT_PRIORITY = "SELECT max(priority) AS priority FROM tasks WHERE state = 'pending' AND queue = ? AND priority < ?"
+_TOP_PRIORITY = "SELECT max(priority) AS priority FROM tasks WHERE state = 'pending' AND queue = ?"
 
 
 def names(read: Read) -> list[str]:
-    """Every distinct task name stored, in order."""
+    """Every distinct name of a stored task that is not pending, in order (``tasks_by_name``)."""
     return [r["name"] for r in read(_NAMES, ())]
+
+
+def pending_ranges(read: Read, queue: str | None = None) -> list[tuple[str, int]]:
+    """The ``(queue, priority)`` pairs that have pending tasks (of ``queue`` only, when given): the
+    ranges of ``tasks_pending``, within each of which the tasks lie in store order."""
+    queues: list[str] = []
+    if queue is not None:
+        queues.append(queue)
+    else:
+        found = read(_FIRST_QUEUE, ())[0]["queue"]
+        while found is not None:
+            queues.append(found)
+            found = read(_NEXT_QUEUE, (found,))[0]["queue"]
+    ranges: list[tuple[str, int]] = []
+    for q in queues:
+        priority = read(_TOP_PRIORITY, (q,))[0]["priority"]
+        while priority is not None:
+            ranges.append((q, priority))
+            priority = read(_NEXT_PRIORITY, (q, priority))[0]["priority"]
+    return ranges
 
 
 def page(
@@ -93,32 +125,73 @@ def page(
         # No name or state: the rowid order itself is the page.
         where = ("WHERE " + extra[5:]) if extra else ""
         return read(f"SELECT {ROW_COLUMNS}, seq FROM tasks {where} ORDER BY seq DESC LIMIT ?", (*params, limit))
-    sql = (
-        f"SELECT {ROW_COLUMNS}, seq FROM tasks INDEXED BY tasks_by_name "
-        f"WHERE name = ? AND state = ?{extra} ORDER BY seq DESC LIMIT ?"
-    )
     runs = []
-    for task_name in [name] if name is not None else names(read):
-        for state in wanted:
-            rows = read(sql, (task_name, state, *params, limit))
+    others = [state for state in wanted if state != PENDING]
+    if others:
+        sql = (
+            f"SELECT {ROW_COLUMNS}, seq FROM tasks INDEXED BY tasks_by_name "
+            f"WHERE name = ? AND state = ? AND state <> 'pending'{extra} ORDER BY seq DESC LIMIT ?"
+        )
+        for task_name in [name] if name is not None else names(read):
+            for state in others:
+                rows = read(sql, (task_name, state, *params, limit))
+                if rows:
+                    runs.append(rows)
+    if len(others) < len(wanted):
+        by_name, named = (" AND name = ?", [name]) if name is not None else ("", [])
+        sql = (
+            f"SELECT {ROW_COLUMNS}, seq FROM tasks INDEXED BY tasks_pending "
+            f"WHERE state = 'pending' AND queue = ? AND priority = ?{by_name}{extra} ORDER BY seq DESC LIMIT ?"
+        )
+        for q, priority in pending_ranges(read, queue):
+            rows = read(sql, (q, priority, *named, *params, limit))
             if rows:
                 runs.append(rows)
     merged = heapq.merge(*runs, key=lambda r: -r["seq"])
     return [r for _, r in zip(range(limit), merged, strict=False)]
 
 
+def named(
+    read: Read, name: str, states: Iterable[str] | None, queue: str | None, limit: int, offset: int
+) -> list[sqlite3.Row]:
+    """Raw rows of one task name, oldest first (see :meth:`Storage.list`): those that are not
+    pending through ``tasks_by_name``, the pending ones through the ranges of ``tasks_pending``."""
+    wanted = list(dict.fromkeys(states)) if states is not None else list(STATES)
+    others = [state for state in wanted if state != PENDING]
+    want = limit + max(offset, 0) if limit >= 0 else -1
+    on_queue, queued = (" AND queue = ?", [queue]) if queue is not None else ("", [])
+    runs = []
+    if others:
+        runs.append(
+            read(
+                f"SELECT {ROW_COLUMNS}, seq FROM tasks WHERE name = ? AND state IN ({marks(len(others))}) "
+                f"AND state <> 'pending'{on_queue} ORDER BY seq LIMIT ?",
+                (name, *others, *queued, want),
+            )
+        )
+    if len(others) < len(wanted):
+        sql = (
+            f"SELECT {ROW_COLUMNS}, seq FROM tasks INDEXED BY tasks_pending "
+            "WHERE state = 'pending' AND queue = ? AND priority = ? AND name = ? ORDER BY seq LIMIT ?"
+        )
+        runs += [read(sql, (q, priority, name, want)) for q, priority in pending_ranges(read, queue)]
+    merged = list(heapq.merge(*runs, key=lambda r: r["seq"]))
+    start = max(offset, 0)
+    return merged[start : start + limit] if limit >= 0 else merged[start:]
+
+
 def oldest_pending(read: Read, queues: Iterable[str]) -> dict[str, sqlite3.Row]:
-    """The raw row of the pending task stored first in each of ``queues`` that has one."""
+    """The raw row of the pending task stored first in each of ``queues`` that has one: the first
+    row of each of the queue's ranges of ``tasks_pending``, the earliest of them."""
     out: dict[str, sqlite3.Row] = {}
-    task_names = names(read)
     sql = (
-        f"SELECT {ROW_COLUMNS}, seq FROM tasks INDEXED BY tasks_by_name "
-        "WHERE name = ? AND state = 'pending' AND queue = ? ORDER BY seq LIMIT 1"
+        f"SELECT {ROW_COLUMNS}, seq FROM tasks INDEXED BY tasks_pending "
+        "WHERE state = 'pending' AND queue = ? AND priority = ? ORDER BY seq LIMIT 1"
     )
     for queue in queues:
         best: sqlite3.Row | None = None
-        for task_name in task_names:
-            rows = read(sql, (task_name, queue))
+        for q, priority in pending_ranges(read, queue):
+            rows = read(sql, (q, priority))
             if rows and (best is None or rows[0]["seq"] < best["seq"]):
                 best = rows[0]
         if best is not None:
@@ -222,8 +295,7 @@ class History:
             clauses.append("queue = ?")
             params.append(queue)
         if name is not None:
-            clauses.append("name = ?")
-            params.append(name)
+            return [task_row(r) for r in named(self.db.read, name, states, queue, limit, offset)]
         where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
         rows = self.db.read(
             f"SELECT {ROW_COLUMNS} FROM tasks {where} ORDER BY seq LIMIT ? OFFSET ?", [*params, limit, offset]

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from ...exceptions import StorageError
-from ..base import STATS_MEMORY
+from ..contract import STATS_MEMORY
 from .blobs import BLOB_MIN_AGE, Blobs
 from .connection import Database
 from .schedules import prune_slots

@@ -7,7 +7,7 @@ import sqlite3
 import time
 from collections.abc import Sequence
 
-from ..base import ScheduleState
+from ..records import ScheduleState
 from .connection import Database
 from .schema import SLOT_MEMORY, chunks, marks
 

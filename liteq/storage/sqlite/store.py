@@ -36,12 +36,14 @@ from typing import Any
 from ...exceptions import ConfigurationError, StorageError, StoreReadOnly
 from ...inputs import check_duration
 from ...wake import Waker
-from ..base import ClaimedTask, NewTask, Outcome, ScheduleState, StatsRow, Storage, TaskRow, WorkerInfo
+from ..contract import Storage
+from ..records import ClaimedTask, NewTask, Outcome, ScheduleState, StatsRow, TaskRow, WorkerInfo
 from . import canvas, schedules
 from . import workers as registry
 from .blobs import BLOB_MIN_AGE, Blobs
 from .connection import Database
 from .history import History
+from .intake import Intake
 from .queue import Queue
 from .retention import Retention
 from .schema import (
@@ -109,11 +111,13 @@ class SqliteStorage(Storage):
         )
         self.db_path = self.db.db_path
         self._blobs = Blobs(self.db, size_threshold=self.blob_threshold)
+        self.intake = Intake(self.db, self._blobs, result_ttl=self.result_ttl)
         self.queue = Queue(self.db, self._blobs, result_ttl=self.result_ttl)
         self.history = History(self.db, self._blobs)
         self.retention = Retention(self.db, self._blobs)
         self._waker: Waker | None = None
         self._waker_lock = threading.Lock()
+        self._blocked = 0  # threads of this process in wait(), on the waker
         try:
             self.db.create_private()
         except PermissionError as exc:
@@ -159,6 +163,7 @@ class SqliteStorage(Storage):
     def close(self) -> None:
         """Close every connection this object opened in this process, and the blob cache."""
         self.db.close()
+        self.db.skip_wake_in_this_process(None)
         if self._waker is not None:
             if self._waker.pid == os.getpid():
                 self._waker.close()
@@ -173,15 +178,33 @@ class SqliteStorage(Storage):
         if waker is None or waker.pid != os.getpid():
             if waker is not None:
                 waker.forget()  # inherited through fork; the parent still owns its socket file
-            self._waker = Waker(self.db.wake_dir)
+            self._waker = waker = Waker(self.db.wake_dir)
+            # This process's own commits reach its waiters through notify(), and only while one
+            # waits: the producer's own enqueue must not wake the get() that follows it.
+            self.db.skip_wake_in_this_process(waker.path)
+
+    def notify(self) -> None:
+        """Wake every waiter in this process (called after each write), those blocked on the
+        wake-up socket included."""
+        super().notify()
+        if self._blocked:
+            waker = self._waker
+            if waker is not None and waker.pid == os.getpid():
+                waker.poke()
 
     def wait(self, version: int, timeout: float) -> int:
         """Block until a commit that finishes or releases a task, or ``timeout``; see :meth:`Storage.wait`."""
         waker = self._waker
         if waker is None or waker.sock is None or waker.pid != os.getpid():
             return super().wait(version, timeout)
-        if self._version == version:
-            waker.wait(timeout)
+        with self._waker_lock:
+            self._blocked += 1  # before the check: a commit after it pokes the socket
+        try:
+            if self._version == version:
+                waker.wait(timeout)
+        finally:
+            with self._waker_lock:
+                self._blocked -= 1
         return self._version
 
     def skip_wake_in_this_thread(self, path: str) -> None:
@@ -200,7 +223,7 @@ class SqliteStorage(Storage):
 
     def enqueue(self, tasks: Sequence[NewTask], *, now: float | None = None) -> builtins.list[str]:
         """Store a batch atomically; see :meth:`Storage.enqueue`."""
-        return self.queue.enqueue(tasks, now=now)
+        return self.intake.enqueue(tasks, now=now)
 
     def claim(
         self,

@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from ..base import WorkerInfo
+from ..records import WorkerInfo
 from .connection import Database
 
 __all__ = ["StateFiles", "heartbeat", "register_worker", "unregister_worker", "workers"]
