@@ -10,7 +10,6 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
-from . import aio
 from .bootstrap import RuntimeSpec, describe, find_owner, importable_tasks, runtime_from_spec
 from .canvas import Signature
 from .exceptions import ConfigurationError, ResultExpired
@@ -309,6 +308,8 @@ class LiteQ:
         self, calls: Iterable[Signature | tuple[Task[Any, Any], tuple[Any, ...], dict[str, Any]]]
     ) -> list[Result]:
         """:meth:`enqueue_many` from a coroutine: one transaction, written off the event loop."""
+        from . import aio  # here, not at the top: asyncio stays out of processes that never await
+
         return await aio.send_many(self.producer.send_many, calls)
 
     def _run_now(self, ids: Sequence[str]) -> None:

@@ -19,25 +19,31 @@ running is ended by the supervisor, which kills the child once the hard limit (o
 Outside a pool (``immediate=True``, ``run_until_empty()``, the in-process ``Worker``) a coroutine
 task runs to its end on a fresh event loop (:func:`run_blocking`): in this thread when no loop
 runs here, else in a helper thread, because sync code cannot wait on the loop that called it.
+
+``asyncio`` is imported by the functions that start or run a loop, not by this module: the
+supervisor (which imports it for :func:`is_async_task` and the default concurrency) and a child
+whose tasks are all sync never load it, which keeps ``liteq worker`` start-up and the pool's
+memory down.
 """
 
 from __future__ import annotations
 
-import asyncio
 import collections
-import concurrent.futures
 import logging
 import threading
 import types
 from collections.abc import Callable, Coroutine, Generator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .context import TaskContext, _enter, _leave
 from .exceptions import SoftTimeLimit, TaskCancelled, TaskTimedOut
 from .message import ErrorInfo, Progress
 from .storage.records import ClaimedTask, Outcome
 from .storage.states import CANCELLED, FAILED
+
+if TYPE_CHECKING:
+    import asyncio
 
 __all__ = [
     "DEFAULT_ASYNC_CONCURRENCY",
@@ -106,6 +112,8 @@ class _Interrupt:
 def _drive(coro: Coroutine[Any, Any, Any], box: _Interrupt) -> Generator[Any, Any, Any]:
     """Step ``coro`` as the asyncio task would, but turn a cancel that liteq asked for into the
     exception in ``box``, thrown at the ``await`` where the coroutine waits."""
+    import asyncio  # loaded by then: this runs on a loop
+
     to_send: Any = None
     to_throw: BaseException | None = None
     try:
@@ -151,6 +159,8 @@ async def run_coroutine_task(
     :class:`TaskTimedOut` inside it (and the outcome is ``failed``/``timeout`` however it ends).
     ``started`` receives the asyncio task and its interrupt box (a child cancels through them).
     """
+    import asyncio  # loaded by then: this runs on a loop
+
     box = box if box is not None else _Interrupt()
     loop = asyncio.get_running_loop()
     token = _enter(call.ctx)  # this asyncio task's own context: current() sees this task only
@@ -215,6 +225,9 @@ def run_blocking(claimed: ClaimedTask, call: CoroutineCall) -> Outcome:
     this thread is itself inside a running loop (``immediate=True`` from a coroutine), since the
     calling loop cannot run while sync code waits on it. Only that one task runs meanwhile.
     """
+    import asyncio
+    import concurrent.futures
+
     coro = run_coroutine_task(claimed, call)
     try:
         asyncio.get_running_loop()
@@ -252,6 +265,8 @@ class AsyncRunner:
 
     def _start(self) -> asyncio.AbstractEventLoop:
         if self.loop is None:
+            import asyncio
+
             loop = asyncio.new_event_loop()
             ready = threading.Event()
 

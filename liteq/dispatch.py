@@ -87,6 +87,7 @@ class Dispatch:
         self.stopping = stopping
         self.buffer: collections.deque[ClaimedTask] = collections.deque()
         self.cancelled: set[str] = set()  # held, unstarted tasks whose cancel was requested
+        self.lost: set[tuple[str, str]] = set()  # (id, lease token) asked back from a child: drop on return
         self.maybe_work = True
         self.next_scheduled: float | None = None
         self.look_ahead_due = False  # a claim came back short: read when the next scheduled task is due
@@ -132,10 +133,12 @@ class Dispatch:
         back = set(ids)
         kept: collections.deque[ClaimedTask] = collections.deque()
         for t in c.queue:
-            if t.id in back:
-                self.buffer.appendleft(t)
-            else:
+            if t.id not in back:
                 kept.append(t)
+            elif (t.id, t.lease_token) in self.lost:
+                self.lost.discard((t.id, t.lease_token))
+            else:
+                self.buffer.appendleft(t)
         c.queue = kept
         c.revoking.difference_update(ids)
 
@@ -200,23 +203,33 @@ class Dispatch:
         syncs = {id(c): feed.syncs(c) if coroutines else 0 for c in self.children}
         levels = max([self.short_depth, *(c.async_limit for c in self.children if coroutines)])
         handed: dict[int, tuple[Child, list[ClaimedTask]]] = {}
+        buffer = self.buffer
         # Levels every open child already fills hand nothing: start above the shortest queue.
         for level in range(1 + min(len(c.queue) for c in open_), levels + 1):
-            if not self.buffer:
+            if not buffer:
                 break
             for c in self.children:
-                if not self.buffer:
+                if not buffer:
                     break
-                coroutine = coroutines and feed.is_async(self.buffer[0].name)
-                if len(c.queue) >= min(level, feed.depth(c, depth.get(id(c), 0), coroutine, syncs[id(c)])):
+                key = id(c)
+                coroutine = coroutines and feed.is_async(buffer[0].name)
+                queue = c.queue
+                if len(queue) >= min(level, feed.depth(c, depth.get(key, 0), coroutine, syncs[key])):
                     continue
-                task = self.buffer.popleft()
-                if not c.queue:
+                task = buffer.popleft()
+                if not queue:
                     c.started = c.answered = time.monotonic()
-                c.queue.append(task)
-                syncs[id(c)] += not coroutine
-                handed.setdefault(id(c), (c, []))[1].append(task)
-                depth[id(c)] = self.depth_for(c)  # a task with a hard limit ahead caps the queue
+                queue.append(task)
+                syncs[key] += not coroutine
+                mine = handed.get(key)
+                if mine is None:
+                    handed[key] = (c, [task])
+                else:
+                    mine[1].append(task)
+                if len(queue) == 1 or self.max_tasks_per_child:
+                    # A new head with a hard limit caps the queue; so does a retirement count. Nothing
+                    # else depth_for() reads changes here.
+                    depth[key] = self.depth_for(c)
         # One message per child, whatever it was handed.
         for c, tasks in handed.values():
             if not send(c.conn, Kind.RUN, [task_fields(t) for t in tasks]):
@@ -238,10 +251,19 @@ class Dispatch:
         return self.child_depth
 
     def drop_lost(self, ids: set[str]) -> int:
-        """Forget buffered (unstarted) tasks whose lease passed to another pool; return how many."""
+        """Forget buffered (unstarted) tasks whose lease passed to another pool; return how many.
+
+        Those queued in a child's pipe behind a running one are asked back and forgotten when they
+        come back (one the child started meanwhile runs, its outcome fenced off by its token)."""
         kept = collections.deque(t for t in self.buffer if t.id not in ids)
         dropped = len(self.buffer) - len(kept)
         self.buffer = kept
+        self.lost &= {(t.id, t.lease_token) for c in self.children for t in c.queue}
+        for c in self.children:
+            queued = [t for t in list(c.queue)[1:] if t.id in ids]
+            if queued:
+                self.lost.update((t.id, t.lease_token) for t in queued)
+                self.requeue_unstarted(c, only={t.id for t in queued})
         return dropped
 
     def probe(self) -> None:

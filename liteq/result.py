@@ -6,7 +6,6 @@ import time
 from collections.abc import Callable, Generator, Iterator
 from typing import Any, Protocol, TypeVar
 
-from . import aio
 from .exceptions import (
     ResultExpired,
     ResultTimeout,
@@ -219,6 +218,8 @@ class Result:
 
     async def _await_row(self, timeout: float | None = None) -> TaskRow:
         """:meth:`wait` from a coroutine: the finished task's row. Raises :class:`ResultTimeout`."""
+        from . import aio  # here, not at the top: asyncio stays out of processes that never await
+
         done = await aio.wait_finished(self.app.storage, [self.id], timeout)
         if not done:
             rows = await aio.run(self.app.storage.get, [self.id])
@@ -320,6 +321,8 @@ class GroupResult:
     async def aget(self, timeout: float | None = None, *, propagate: bool = True) -> list[Any]:
         """:meth:`get` from a coroutine (also ``await group_result``): values in order, without
         blocking the event loop."""
+        from . import aio
+
         members = self.results
 
         def failed(done: dict[int, TaskRow | None]) -> bool:

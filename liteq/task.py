@@ -10,7 +10,6 @@ from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta, timezone
 from typing import Any, Generic, ParamSpec, TypeVar
 
-from . import aio
 from .canvas import Signature, TaskHost, group
 from .context import current
 from .exceptions import ConfigurationError
@@ -91,6 +90,8 @@ class Task(Generic[P, R]):
     async def adelay(self, *args: P.args, **kwargs: P.kwargs) -> Result:
         """:meth:`delay` from a coroutine: the store write runs off the event loop (see
         :mod:`liteq.aio`); concurrent calls share one transaction."""
+        from . import aio  # here, not at the top: asyncio stays out of processes that never await
+
         producer = self.app.producer
         return Result(producer.owner, await aio.send(producer, self, args, kwargs, {}))
 
@@ -99,6 +100,8 @@ class Task(Generic[P, R]):
     ) -> Result:
         """:meth:`apply_async` from a coroutine; ``options`` are :meth:`apply_async`'s (``countdown``,
         ``eta``, ``priority``, ``queue``...). Never blocks the event loop."""
+        from . import aio
+
         check_call_options(options)  # here, not in the executor: a misspelt option fails at once
         producer = self.app.producer
         return Result(producer.owner, await aio.send(producer, self, tuple(args), dict(kwargs or {}), options))

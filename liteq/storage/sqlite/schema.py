@@ -265,10 +265,6 @@ MIGRATIONS: dict[int, str] = {
 #: How long fired periodic slots are remembered (a slot older than this can no longer race).
 SLOT_MEMORY = 7 * 86400.0
 
-CLAIM_COLUMNS = (
-    "id, name, queue, payload, payload_ref, attempts, max_attempts, lease_token, lease_deadline, "
-    "enqueued_at, expires_at, priority, seq, lock_key, timeout, soft_timeout, rate_limit"
-)
 # A pending task whose lock is held by a running task stays where it is.
 UNLOCKED = (
     "AND (lock_key IS NULL OR lock_key NOT IN "
