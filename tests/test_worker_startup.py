@@ -137,8 +137,7 @@ def test_a_killed_zygote_is_replaced_by_the_standard_fork_server_and_the_pool_ru
         os.kill(zygote, signal.SIGKILL)
 
         # Then its orphaned children are gone (killed by the pool, or on their own), the pool starts
-        # new ones from a spawned
-        # fork server, and tasks run again
+        # new ones from a spawned fork server, and tasks run again
         wait_for(lambda: all(gone(pid) for pid in children), 30, "the zygote's children to exit")
         assert [add.delay(i, 1).get(timeout=30) for i in range(4)] == [1, 2, 3, 4]
         assert proc.poll() is None, reaper.stderr("pool")
