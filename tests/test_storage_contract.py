@@ -1130,6 +1130,25 @@ def test_pending_tasks_of_many_priorities_and_queues_list_page_and_count_in_stor
     assert _nonzero(storage.counts()) == {"a": {PENDING: 3, RUNNING: 1, FAILED: 1}, "b": {PENDING: 2}}
 
 
+def test_a_large_batch_of_plain_tasks_is_stored_in_order_with_its_fields(storage: Storage) -> None:
+    # Given a batch of plain tasks larger than one statement holds, under two names and priorities
+    tasks = [
+        new_task(name=f"n{i % 2}", payload=f"p{i}".encode(), priority=i % 3 // 2, max_attempts=2) for i in range(250)
+    ]
+    # When it is stored
+    ids = storage.enqueue(tasks, now=T0)
+    # Then every row has its fields, pending since the enqueue
+    assert ids == [t.id for t in tasks]
+    for t, r in zip(tasks, storage.get(ids), strict=True):
+        assert r is not None
+        assert (r.name, r.queue, r.priority, r.max_attempts, r.state) == (t.name, "default", t.priority, 2, PENDING)
+        assert (r.enqueued_at, r.run_at, r.expires_at, r.idempotency_key, r.lock_key) == (T0, T0, None, None, None)
+    assert [r.payload for r in storage.get(ids[:3])] == [b"p0", b"p1", b"p2"]
+    # And claims take them by priority, then in the batch's order
+    claimed = [c.id for c in storage.claim("w1", ["default"], limit=250, now=T0 + 1)]
+    assert claimed == [t.id for t in tasks if t.priority == 1] + [t.id for t in tasks if t.priority == 0]
+
+
 def test_a_batch_of_plain_and_other_tasks_keeps_its_order(storage: Storage) -> None:
     # Given a batch mixing plain tasks with ones that have a key, a start time, an expiry or limits
     tasks = [
