@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from .asyncrun import DEFAULT_ASYNC_CONCURRENCY, AsyncRunner, is_async_task
 from .context import _current
-from .pool_protocol import Kind, decode, encode, outcome_fields, task_from
+from .pool_protocol import FrameReader, Kind, encode, outcome_fields, task_from
 from .storage.records import ClaimedTask
 
 if TYPE_CHECKING:
@@ -145,32 +145,40 @@ class _Inbox:
         self.cond = threading.Condition()
 
     def read(self) -> None:
+        # Every message waiting is taken with one read (recv_bytes would read each one twice:
+        # its length, then its body).
+        frames = FrameReader(self.conn)
         while True:
             try:
-                message = decode(self.conn.recv_bytes())
+                messages = frames.read()
             except (EOFError, OSError):
-                message = (Kind.STOP,)
-            kind = message[0]
-            if kind == Kind.PING:  # liveness: answered by this thread, whatever the task does
-                self.send(Kind.PONG)
-                continue
-            if kind == Kind.CANCEL:  # a running coroutine task: raised inside it on the loop
-                if self.cancel is not None:
-                    self.cancel(message[1])
-                continue
-            with self.cond:
-                if kind == Kind.RUN:
-                    self.tasks.extend(task_from(fields) for fields in message[1])
-                elif kind == Kind.REVOKE:
-                    wanted = set(message[1])
-                    back = [t.id for t in self.tasks if t.id in wanted]
-                    self.tasks = collections.deque(t for t in self.tasks if t.id not in wanted)
-                    self.send(Kind.RETURNED, back)
-                else:  # stop, or the supervisor is gone: finish what is queued, then exit
-                    self.closed = True
-                self.cond.notify()
-                if self.closed:
+                messages = [(Kind.STOP,)]
+            for message in messages:
+                if self.handle(message):
                     return
+
+    def handle(self, message: tuple[Any, ...]) -> bool:
+        """Act on one message from the supervisor; True once told to stop (or it is gone)."""
+        kind = message[0]
+        if kind == Kind.PING:  # liveness: answered by this thread, whatever the task does
+            self.send(Kind.PONG)
+            return False
+        if kind == Kind.CANCEL:  # a running coroutine task: raised inside it on the loop
+            if self.cancel is not None:
+                self.cancel(message[1])
+            return False
+        with self.cond:
+            if kind == Kind.RUN:
+                self.tasks.extend(task_from(fields) for fields in message[1])
+            elif kind == Kind.REVOKE:
+                wanted = set(message[1])
+                back = [t.id for t in self.tasks if t.id in wanted]
+                self.tasks = collections.deque(t for t in self.tasks if t.id not in wanted)
+                self.send(Kind.RETURNED, back)
+            else:  # stop, or the supervisor is gone: finish what is queued, then exit
+                self.closed = True
+            self.cond.notify()
+            return self.closed
 
     def next(self) -> Any:
         """The next task to run, or None once stopped and empty."""

@@ -39,13 +39,15 @@ logger = logging.getLogger("liteq.pool")
 #: An idle pool looks at the store at least this often even without a wake-up (the fallback).
 IDLE_POLL_INTERVAL = 1.0
 #: Prefetch grows up to this many tasks per child while claims keep coming back full.
-MAX_PREFETCH_PER_CHILD = 32
+MAX_PREFETCH_PER_CHILD = 64
 #: Tasks handed to one child at once unless the user says otherwise.
 DEFAULT_CHILD_DEPTH = 2
 #: A task that ran shorter than this many seconds (as seen by the supervisor) is short: while a
-#: backlog lasts, its child gets up to SHORT_TASK_DEPTH tasks at once.
+#: backlog lasts, its child gets up to SHORT_TASK_DEPTH tasks at once. Deep enough that a child
+#: does not run dry while the supervisor writes a batch of outcomes, and that each message (and
+#: the wake-up of the child's reader it costs) carries many tasks.
 SHORT_TASK = 0.002
-SHORT_TASK_DEPTH = 16
+SHORT_TASK_DEPTH = 64
 
 
 class Dispatch:
@@ -87,6 +89,7 @@ class Dispatch:
         self.stopping = stopping
         self.buffer: collections.deque[ClaimedTask] = collections.deque()
         self.cancelled: set[str] = set()  # held, unstarted tasks whose cancel was requested
+        self.lost: set[tuple[str, str]] = set()  # (id, lease token) asked back from a child: drop on return
         self.maybe_work = True
         self.next_scheduled: float | None = None
         self.look_ahead_due = False  # a claim came back short: read when the next scheduled task is due
@@ -132,10 +135,12 @@ class Dispatch:
         back = set(ids)
         kept: collections.deque[ClaimedTask] = collections.deque()
         for t in c.queue:
-            if t.id in back:
-                self.buffer.appendleft(t)
-            else:
+            if t.id not in back:
                 kept.append(t)
+            elif (t.id, t.lease_token) in self.lost:
+                self.lost.discard((t.id, t.lease_token))
+            else:
+                self.buffer.appendleft(t)
         c.queue = kept
         c.revoking.difference_update(ids)
 
@@ -248,10 +253,19 @@ class Dispatch:
         return self.child_depth
 
     def drop_lost(self, ids: set[str]) -> int:
-        """Forget buffered (unstarted) tasks whose lease passed to another pool; return how many."""
+        """Forget buffered (unstarted) tasks whose lease passed to another pool; return how many.
+
+        Those queued in a child's pipe behind a running one are asked back and forgotten when they
+        come back (one the child started meanwhile runs, its outcome fenced off by its token)."""
         kept = collections.deque(t for t in self.buffer if t.id not in ids)
         dropped = len(self.buffer) - len(kept)
         self.buffer = kept
+        self.lost &= {(t.id, t.lease_token) for c in self.children for t in c.queue}
+        for c in self.children:
+            queued = [t for t in list(c.queue)[1:] if t.id in ids]
+            if queued:
+                self.lost.update((t.id, t.lease_token) for t in queued)
+                self.requeue_unstarted(c, only={t.id for t in queued})
         return dropped
 
     def probe(self) -> None:

@@ -8,6 +8,7 @@ whatever the app's serializer, so any process (and the CLI) can read them.
 
 from __future__ import annotations
 
+import itertools
 import random
 import time
 import traceback as tb
@@ -34,12 +35,19 @@ def new_id(now: float | None = None) -> str:
 
 
 def ids_at(now: float) -> Callable[[], str]:
-    """A maker of :func:`new_id` ids for a batch created at ``now``: the time part is formatted once."""
+    """A maker of ids like :func:`new_id`'s for one batch created at ``now``: the time part, then a
+    random 80-bit start counted up by one per id, so the ids of a batch sort in the batch's order.
+
+    A batch's rows then enter the id index as one run at its right edge, as single enqueues do,
+    instead of at random places among each other. Two batches of one millisecond collide only if
+    their random starts fall within a batch's length of each other.
+    """
     prefix = f"{int(now * 1000):012x}"
-    bits = random.getrandbits
+    counter = itertools.count(random.getrandbits(80))
+    span = 1 << 80
 
     def make() -> str:
-        return f"{prefix}{bits(80):020x}"
+        return f"{prefix}{next(counter) % span:020x}"
 
     return make
 

@@ -8,6 +8,7 @@ stores prepared rows (a canvas, the scheduler's firings). In immediate mode the 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -39,6 +40,9 @@ class Sendable(Protocol):
         ...
 
 
+#: The :class:`NewTask` fields whose default is None (a call need not pass them as None).
+_NONE_BY_DEFAULT = frozenset(f.name for f in dataclasses.fields(NewTask) if f.default is None)
+
 #: A call as ``enqueue_many`` takes it: a signature (name, args, kwargs, options) or ``(task, args, kwargs)``.
 Call = Any
 
@@ -64,7 +68,7 @@ class Producer:
         self.serializer = serializer
         self.storage = storage
         self.run_now = run_now
-        self._shared: dict[str, tuple[TaskOptions, tuple[float | None, int, dict[str, Any]] | None]] = {}
+        self._shared: dict[str, tuple[TaskOptions, float | None, dict[str, Any] | None]] = {}
 
     def build(
         self,
@@ -83,15 +87,7 @@ class Producer:
             shared = self.shared(task, now)
             if shared is not None:
                 # A call without options: only the id and the arguments are its own.
-                expires_at, max_attempts, stored = shared
-                return NewTask(
-                    id=new_id(now),
-                    name=task.name,
-                    payload=encode_call(self.serializer, args, kwargs, {}),
-                    expires_at=expires_at,
-                    max_attempts=max_attempts,
-                    **stored,
-                )
+                return NewTask(id=new_id(now), payload=encode_call(self.serializer, args, kwargs, {}), **shared)
         check_call_options(call)
         opts = task.options
         meta = dict(meta or {})
@@ -134,30 +130,32 @@ class Producer:
         """The stored options' values a task gives its rows (a call may override them)."""
         return {name: getattr(opts, name) if option.declared else None for name, option in STORED.items()}
 
-    def shared(self, task: Sendable, now: float) -> tuple[float | None, int, dict[str, Any]] | None:
-        """``(expires_at, max_attempts, stored options)`` of every option-free call of ``task`` at
-        ``now``, or None when each call needs its own work (a unique or lock key).
+    def shared(self, task: Sendable, now: float) -> dict[str, Any] | None:
+        """The :class:`NewTask` keywords (all but ``id`` and ``payload``) of every option-free call
+        of ``task`` at ``now``, or None when each call needs its own work (a unique or lock key).
 
         The task's options were checked when it was declared and never change, so what follows
         from them is worked out once per task and reused (the cache holds the options it was
-        computed from, and a task whose options are replaced gets a fresh entry).
+        computed from, and a task whose options are replaced gets a fresh entry). Fields left at
+        their ``None`` default are not passed: fewer keywords make a cheaper record.
         """
         opts = task.options
         entry = self._shared.get(task.name)
         if entry is None or entry[0] is not opts:
-            if opts.unique or opts.lock:
-                shared = None
-            else:
-                expires = opts.expires
+            expires = opts.expires
+            fields: dict[str, Any] | None = None
+            if not opts.unique and not opts.lock:
                 if expires is not None and expires.__class__ is not float:
                     return None  # rare: checked and converted per call by build()
-                shared = (expires, opts.attempts_for(), self._stored(opts))
-            entry = self._shared[task.name] = (opts, shared)
-        shared = entry[1]
-        if shared is None:
-            return None
-        expires, max_attempts, stored = shared
-        return (None if expires is None else now + expires), max_attempts, stored
+                fields = {"name": task.name, "max_attempts": opts.attempts_for()}
+                for name, value in self._stored(opts).items():
+                    if value is not None or name not in _NONE_BY_DEFAULT:
+                        fields[name] = value
+            entry = self._shared[task.name] = (opts, expires, fields)
+        _, expires, fields = entry
+        if fields is None or expires is None:
+            return fields
+        return {**fields, "expires_at": now + expires}
 
     def enqueue(self, messages: list[NewTask], *, now: float) -> list[str]:
         """Store prepared rows in one transaction (running them at once in immediate mode); their ids."""
@@ -180,7 +178,7 @@ class Producer:
         now = time.time()
         messages = []
         tasks: dict[str, Sendable] = {}
-        shared_by_name: dict[str, tuple[float | None, int, dict[str, Any]] | None] = {}
+        shared_by_name: dict[str, dict[str, Any] | None] = {}
         serializer = self.serializer
         ids = ids_at(now)
         for call in calls:
@@ -201,17 +199,8 @@ class Producer:
                 continue
             # The common case (a call without options, a task without unique/lock): everything but
             # the id and the arguments is the same for every call of the task, so it is worked out once.
-            expires_at, max_attempts, stored = shared
-            messages.append(
-                NewTask(
-                    id=ids(),
-                    name=name,
-                    payload=encode_call(serializer, args, kwargs if kwargs.__class__ is dict else dict(kwargs), {}),
-                    expires_at=expires_at,
-                    max_attempts=max_attempts,
-                    **stored,
-                )
-            )
+            payload = encode_call(serializer, args, kwargs if kwargs.__class__ is dict else dict(kwargs), {})
+            messages.append(NewTask(id=ids(), payload=payload, **shared))
         ids_stored = self.enqueue(messages, now=now)
         owner = self.owner
         return [Result(owner, i) for i in ids_stored]

@@ -73,6 +73,8 @@ class Scheduler:
         states = storage.schedule_states(due)
         messages = []
         advanced: dict[str, float] = {}
+        # Schedules that share an expression share their next slot: one croniter walk for each.
+        following_of: dict[tuple[str | None, float | None, str, float], float] = {}
         for name in due:
             schedule = self.schedules[name]
             state = states.get(name)
@@ -84,7 +86,10 @@ class Scheduler:
             known = self._next.get(name)
             if schedule.catch_up != "all" and known is not None and last < known <= now:
                 # The usual tick: the slot it woke up for is known; only the next one is computed.
-                following = schedule.next_after(known)
+                timing = (schedule.cron, schedule.every, schedule.tz, known)
+                following = following_of.get(timing)
+                if following is None:
+                    following = following_of[timing] = schedule.next_after(known)
                 if following > now and (schedule.catch_up == "coalesce" or now - known <= ON_TIME_GRACE):
                     slots = [known]
                 else:

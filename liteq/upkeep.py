@@ -62,6 +62,7 @@ class Job(str, enum.Enum):
     REAP = "reap"
     PRUNE = "prune"
     TICK = "periodic tick"
+    #: A wake-up for the cancel check while a child holds a task (it runs whenever it is due).
     CANCEL_CHECK = "cancel check"
     #: A wake-up for outcomes and progress (the pool writes them at the top of each iteration).
     FLUSH = "outcome flush"
@@ -150,6 +151,7 @@ class Upkeep:
         self.deadlines = deadlines if deadlines is not None else Deadlines()
         self._parked: dict[Job, float] = {}  # periodic calls' instants while degraded
         self._tick_skew = 0.0  # wall minus monotonic clock when the tick timer was set
+        self._next_cancel_check = 0.0
         self._reap_hold_until = 0.0
         #: Start-up writes (reclaiming, registering) still to do: a pool may start degraded.
         self.pending_startup: Callable[[], None] | None = None
@@ -163,7 +165,7 @@ class Upkeep:
         schedule(Job.HEARTBEAT, mono + self.heartbeat_interval)
         schedule(Job.REAP, mono)
         schedule(Job.PRUNE, mono)
-        schedule(Job.CANCEL_CHECK, mono)
+        self._next_cancel_check = mono
         self._arm_tick()
 
     # -- outcomes ---------------------------------------------------------------------------------
@@ -227,6 +229,8 @@ class Upkeep:
             self.deadlines.cancel(Job.RETRY)
             if self.stopping:
                 self.deadlines.cancel(Job.TICK)
+            # Cancels matter to running tasks: an idle pool checks when it wakes anyway.
+            self.deadlines.schedule(Job.CANCEL_CHECK, self._next_cancel_check if self.holder.busy() else None)
             self._arm_flush(mono)
         else:
             # Degraded: none of the periodic calls runs, so none may wake the loop; each keeps
@@ -262,8 +266,8 @@ class Upkeep:
                 self.storage.prune(now=self.clock())
         if health.ok and due(Job.TICK, mono) and self.scheduler is not None and not self.stopping:
             self._tick(self.scheduler)
-        if health.ok and due(Job.CANCEL_CHECK, mono):
-            self.deadlines.schedule(Job.CANCEL_CHECK, mono + CANCEL_CHECK_INTERVAL)
+        if health.ok and mono >= self._next_cancel_check:
+            self._next_cancel_check = mono + CANCEL_CHECK_INTERVAL
             with health.guard("cancel check"):
                 self.holder.check_cancels()
 
@@ -295,10 +299,11 @@ class Upkeep:
         self.deadlines.schedule(Job.TICK, None if due is None else mono + max(due - now, 0.0))
 
     def _watch_clock(self, mono: float) -> None:
-        skew = self.clock() - mono
+        wall = self.clock()
+        skew = wall - mono
         # The tick timer turned an epoch slot into a monotonic instant: a wall clock that drifted
         # or stepped since moves the slot on the monotonic clock.
-        if Job.TICK in self.deadlines and abs(self.clock() - time.monotonic() - self._tick_skew) > TICK_DRIFT:
+        if Job.TICK in self.deadlines and abs(wall - time.monotonic() - self._tick_skew) > TICK_DRIFT:
             self._arm_tick()
         step = skew - self._skew
         if abs(step) <= CLOCK_STEP_TOLERANCE:
@@ -358,7 +363,7 @@ class Upkeep:
         self._parked.clear()
         self.deadlines.schedule(Job.EXTEND, mono + self.lease / 3)
         self.deadlines.schedule(Job.HEARTBEAT, mono)  # record "ok" at once
-        self.deadlines.schedule(Job.CANCEL_CHECK, mono)
+        self._next_cancel_check = mono
         self._arm_tick()
 
     def _beat(self) -> None:

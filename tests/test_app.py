@@ -635,6 +635,22 @@ def test_enqueue_many_in_order(make_any_app: MakeApp) -> None:
     assert [r.get(timeout=5) for r in results] == [3, [("a",), {"k": 1}], 7]
 
 
+def test_enqueue_many_ids_are_unique_and_sort_in_the_batchs_order(make_any_app: MakeApp) -> None:
+    # Given two batches of one task sent one after the other
+    app = make_any_app()
+    add = app.task(tasks.add)
+    before = int(time.time() * 1000)
+    first = [r.id for r in app.enqueue_many([add.s(i, i) for i in range(300)])]
+    second = [r.id for r in app.enqueue_many([add.s(i, i) for i in range(300)])]
+    # Then every id is 32 hex digits starting with the batch's millisecond, unique, and a batch's
+    # ids sort in its order (its rows go into the id index as one run)
+    ids = first + second
+    assert len(set(ids)) == 600 and all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+    assert int(first[0][:12], 16) >= before
+    assert first == sorted(first) and second == sorted(second)
+    assert [r.state if r else None for r in app.storage.get(ids)] == ["pending"] * 600
+
+
 def test_enqueue_many_is_atomic(make_any_app: MakeApp) -> None:
     # Given a batch whose middle call has an argument that cannot be serialized
     app = make_any_app()

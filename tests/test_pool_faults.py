@@ -650,26 +650,23 @@ def test_far_future_backlog_does_not_delay_due_tasks_or_grow_memory(
 # -- found by the soak ----------------------------------------------------------------------------------
 
 
-@pytest.mark.timeout(90)
-def test_a_paused_pool_does_not_start_tasks_whose_lease_it_lost(
-    tmp_path: Path, make_app: Callable[..., LiteQ], reaper: Reaper, runlog: RunLog, gate: Gate
-) -> None:
-    # Found by the soak (tests/soak): a supervisor SIGSTOPped past its lease learns on resume that it
-    # lost those leases ("their outcomes will be rejected"), yet still hands the tasks it held to its
-    # children; it also claims them again, so one pool runs each of them twice.
-    # Given pool A (lease 2 s, one child, one task per child, four claimed ahead) running k0, holding k1..k4
-    store = tmp_path / "store"
-    app = make_app(store)
+def _pool_a_holding(
+    app: LiteQ, store: Path, reaper: Reaper, runlog: RunLog, gate: Gate, n: int, **options: Any
+) -> tuple[subprocess.Popen[bytes], list[Result]]:
+    """Pool A (lease 2 s, one child, ``options``) on ``store`` running the blocked task k0 and holding
+    k1..k<n-1>: its process and the tasks' results."""
     block = app.task(pool_tasks.block)
-    a = reaper.popen(
-        run_worker_cmd(concurrency=1, child_depth=1, prefetch=4, worker_id="a"), name="a", env=pool_env(store, lease=2)
-    )
+    a = reaper.popen(run_worker_cmd(concurrency=1, worker_id="a", **options), name="a", env=pool_env(store, lease=2))
     wait_for(lambda: registered(app, a.pid), 30, "pool A to register")
-    results = [block.delay(runlog.path, gate.dir, f"k{i}") for i in range(5)]
+    results = [block.delay(runlog.path, gate.dir, f"k{i}") for i in range(n)]
     runlog.wait_started("k0")
-    wait_for(lambda: all(r.state == "running" for r in results), 20, "all five to be claimed by A")
+    wait_for(lambda: all(r.state == "running" for r in results), 20, "every task to be claimed by A")
+    return a, results
 
-    # When A is paused past its lease and another pool's maintenance hands its tasks back
+
+def _pause_past_the_lease(app: LiteQ, a: subprocess.Popen[bytes], results: list[Result], reaper: Reaper) -> None:
+    """SIGSTOP pool ``a`` until the leases of ``results`` ran out, hand them back as another pool's
+    maintenance would, resume it and wait until it logs that it lost them."""
     a.send_signal(signal.SIGSTOP)
     try:
         wait_for(lambda: all(_lease_deadline(app, r.id) < time.time() for r in results), 10, "A's leases to run out")
@@ -677,12 +674,46 @@ def test_a_paused_pool_does_not_start_tasks_whose_lease_it_lost(
     finally:
         a.send_signal(signal.SIGCONT)
     wait_for(lambda: "lost the lease" in reaper.stderr("a"), 20, "A to notice it lost its leases")
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize(
+    ("n", "child_depth", "prefetch"),
+    [
+        # one task per child, four claimed ahead: k1..k4 wait in A's buffer
+        pytest.param(5, 1, 4, id="buffered"),
+        # two tasks per child, none claimed ahead: k1 waits in the child's pipe behind k0
+        pytest.param(2, 2, 0, id="queued-in-a-childs-pipe"),
+    ],
+)
+def test_a_paused_pool_does_not_start_tasks_whose_lease_it_lost(
+    tmp_path: Path,
+    make_app: Callable[..., LiteQ],
+    reaper: Reaper,
+    runlog: RunLog,
+    gate: Gate,
+    n: int,
+    child_depth: int,
+    prefetch: int,
+) -> None:
+    # Found by the soak (tests/soak): a supervisor SIGSTOPped past its lease learns on resume that it
+    # lost those leases ("their outcomes will be rejected"), yet still hands the tasks it held to its
+    # children; it also claims them again, so one pool runs each of them twice. A task already queued
+    # in a child's pipe behind a running one started there too (seed 617431 showed that path).
+    # Given pool A (lease 2 s, one child) running k0, holding k1..k<n-1>
+    app = make_app(tmp_path / "store")
+    a, results = _pool_a_holding(
+        app, tmp_path / "store", reaper, runlog, gate, n, child_depth=child_depth, prefetch=prefetch
+    )
+
+    # When A is paused past its lease and another pool's maintenance hands its tasks back
+    _pause_past_the_lease(app, a, results, reaper)
     gate.release_all()
 
-    # Then every task completes, and the four A had not started when it lost them start once each
+    # Then every task completes, and those A had not started when it lost them start once each
     # (k0 was running: it runs again, as the pause was longer than the lease)
-    assert sorted(r.get(timeout=30) for r in results) == [f"k{i}.2" for i in range(5)]
+    assert sorted(r.get(timeout=30) for r in results) == [f"k{i}.2" for i in range(n)]
     runs = runlog.runs_per_key()
-    assert {k: n for k, n in runs.items() if k != "k0"} == {f"k{i}": 1 for i in range(1, 5)}, runlog.starts()
+    assert {k: c for k, c in runs.items() if k != "k0"} == {f"k{i}": 1 for i in range(1, n)}, runlog.starts()
     a.send_signal(signal.SIGTERM)
     assert a.wait(30) == 0

@@ -664,6 +664,41 @@ def test_catch_up_all_backlog_follows_on_the_next_tick(make_app: MakeApp) -> Non
     assert scheduler.next_due() == T0 + 1501 * 3600
 
 
+def test_schedules_sharing_an_expression_walk_it_once_per_tick(
+    make_memory_app: MakeApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given 40 schedules on one cron expression, 10 on another and 10 in another zone (a minute burst)
+    app = make_memory_app()
+    task = app.task(name="burst")(control_tasks.noop)
+    for i in range(60):
+        cron, tz = ("*/5 * * * *", "UTC") if i < 10 else ("* * * * *", "UTC" if i < 50 else "Asia/Kolkata")
+        app.periodic(cron=cron, tz=tz, name=f"s{i}", args=())(task)
+    scheduler = Scheduler(app)
+    start = ts("2024-05-01T10:00:30")
+    for minute in range(4):
+        scheduler.tick(now=start + 30 + 60 * minute)  # on time at 10:01 ... 10:04
+    walks: list[tuple[str | None, float]] = []
+    next_after = Schedule.next_after
+
+    def counting(self: Schedule, t: float) -> float:
+        walks.append((self.cron, t))
+        return next_after(self, t)
+
+    monkeypatch.setattr(Schedule, "next_after", counting)
+    # When the slot at 10:05 comes, due for all 60
+    fired = scheduler.tick(now=ts("2024-05-01T10:05:00.002"))
+    # Then each slot fires, each schedule's next slot is right, and each (expression, zone) is walked once
+    assert len(fired) == 60
+    slot = ts("2024-05-01T10:05")
+    assert sorted(walks) == sorted([("*/5 * * * *", slot), ("* * * * *", slot), ("* * * * *", slot)])
+    assert scheduler.next_due() == ts("2024-05-01T10:06")
+    assert {name: at for name, at in scheduler._next.items() if name in ("s0", "s10", "s55")} == {
+        "s0": ts("2024-05-01T10:10"),
+        "s10": ts("2024-05-01T10:06"),
+        "s55": ts("2024-05-01T10:06"),
+    }
+
+
 # -- pause and resume -------------------------------------------------------------------------------
 
 

@@ -1130,6 +1130,25 @@ def test_pending_tasks_of_many_priorities_and_queues_list_page_and_count_in_stor
     assert _nonzero(storage.counts()) == {"a": {PENDING: 3, RUNNING: 1, FAILED: 1}, "b": {PENDING: 2}}
 
 
+def test_a_large_batch_of_plain_tasks_is_stored_in_order_with_its_fields(storage: Storage) -> None:
+    # Given a batch of plain tasks larger than one statement holds, under two names and priorities
+    tasks = [
+        new_task(name=f"n{i % 2}", payload=f"p{i}".encode(), priority=i % 3 // 2, max_attempts=2) for i in range(250)
+    ]
+    # When it is stored
+    ids = storage.enqueue(tasks, now=T0)
+    # Then every row has its fields, pending since the enqueue
+    assert ids == [t.id for t in tasks]
+    for t, r in zip(tasks, storage.get(ids), strict=True):
+        assert r is not None
+        assert (r.name, r.queue, r.priority, r.max_attempts, r.state) == (t.name, "default", t.priority, 2, PENDING)
+        assert (r.enqueued_at, r.run_at, r.expires_at, r.idempotency_key, r.lock_key) == (T0, T0, None, None, None)
+    assert [r.payload for r in storage.get(ids[:3])] == [b"p0", b"p1", b"p2"]
+    # And claims take them by priority, then in the batch's order
+    claimed = [c.id for c in storage.claim("w1", ["default"], limit=250, now=T0 + 1)]
+    assert claimed == [t.id for t in tasks if t.priority == 1] + [t.id for t in tasks if t.priority == 0]
+
+
 def test_a_batch_of_plain_and_other_tasks_keeps_its_order(storage: Storage) -> None:
     # Given a batch mixing plain tasks with ones that have a key, a start time, an expiry or limits
     tasks = [
@@ -1379,6 +1398,33 @@ def test_sqlite_a_claim_runs_no_trigger_and_counts_stay_exact_across_the_version
         for r in upgraded.stats(since=T0 - 3600):
             finishes[r["state"]] = finishes.get(r["state"], 0) + r["count"]
         assert finishes == {SUCCEEDED: 2, FAILED: 1}
+
+
+@pytest.mark.only_storage("sqlite")
+def test_sqlite_a_pool_reclaims_its_own_leases_after_the_upgrade_that_dropped_the_owner_index(
+    storage: Storage, store_dir: Path
+) -> None:
+    import sqlite3
+
+    from liteq.storage.sqlite import SqliteStorage
+
+    storage.close()
+    # Given a version 9 store whose running task is leased by pool w1
+    _old_store(store_dir.parent / "v9", 9)
+    conn = sqlite3.connect(store_dir.parent / "v9" / "liteq.sqlite3", isolation_level=None)
+    conn.execute(
+        "UPDATE tasks SET lease_owner = 'w1', lease_token = 'tok', lease_deadline = ? WHERE id = 't2'", (T0 + 600,)
+    )
+    conn.close()
+    # When this liteq opens it
+    with SqliteStorage(str(store_dir.parent / "v9")) as upgraded:
+        # Then no claim or finish writes an owner index any more, and w1's restart still takes
+        # back its lease, through the index of running tasks
+        indexes = {r["name"] for r in upgraded.db.read("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        assert "tasks_owner" not in indexes and "tasks_running" in indexes
+        assert upgraded.reap(owner="w2", now=T0 + 1) == []
+        assert upgraded.reap(owner="w1", now=T0 + 1) == ["t2"]
+        assert row(upgraded, "t2").state == PENDING
 
 
 # -- canvas: cancel and manual retry of dependent tasks -------------------------------------------------

@@ -1,31 +1,32 @@
-"""The queue of the SQLite store: a task's way through its states, one transaction per batch.
+"""The queue of the SQLite store: a task's way through its states, one transaction per batch
+(new tasks come in through :mod:`.intake`).
 
 - Every write is one ``BEGIN IMMEDIATE`` transaction (:meth:`.connection.Database.write`).
 - Claiming is a single ``UPDATE ... RETURNING`` over a partial index of pending rows, so two
   claimers can never select the same row and the cost does not grow with the backlog. Scheduled
   rows live in their own partial index and are promoted to pending in the claim transaction.
 - Locks and rate limits (:mod:`.controls`) and dependencies (:mod:`.canvas`) are applied in the
-  same transaction as the enqueue, claim or completion that touches them.
+  same transaction as the claim or completion that touches them.
 """
 
 from __future__ import annotations
 
 import itertools
-import os
+import random
 import sqlite3
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any, cast
+from typing import Any
 
 from ...wake import DONE, WORK
-from ..checks import check_lease, check_new_tasks, checked_outcomes
+from ..checks import check_lease, checked_outcomes
 from ..policy import open_dependencies, retry_blocked
-from ..records import ClaimedTask, NewTask, Outcome
+from ..records import ClaimedTask, Outcome
 from ..states import PENDING, SCHEDULED, is_cascaded
 from .blobs import Blobs
-from .canvas import cascade, link
+from .canvas import cascade
 from .connection import Database
-from .controls import duplicate_of, hold_back
+from .controls import hold_back
 from .schema import CLEAR_LEASE, FINISH, UNLOCKED, chunks, marks
 
 __all__ = ["Queue"]
@@ -45,20 +46,6 @@ _finish_many_sql: dict[int, str] = {}
 CLAIM_COLUMNS = (
     "id, name, queue, payload, payload_ref, attempts, max_attempts, lease_token, lease_deadline, "
     "enqueued_at, expires_at, priority, seq, lock_key, timeout, soft_timeout, rate_limit"
-)
-#: Every column an enqueue writes, in the order :data:`_INSERT` binds them.
-_COLUMNS = (
-    "id, name, queue, priority, state, run_at, expires_at, enqueued_at, max_attempts, idempotency_key, payload, "
-    "payload_ref, result_ttl, parent_id, unique_key, lock_key, timeout, soft_timeout, rate_limit"
-)
-_INSERT = f"INSERT INTO tasks ({_COLUMNS}) VALUES ({marks(19)})"
-_REF = 11  # payload_ref's position in an :data:`_INSERT` row
-# A plain task binds only the columns it has a value for: the others keep their NULL defaults,
-# and sqlite3 adapts every None parameter through its protocol lookup, which a batch pays per
-# column and row. ``run_at`` and ``enqueued_at`` share one parameter; ``state`` is a literal.
-_INSERT_PLAIN = (
-    "INSERT INTO tasks (id, name, queue, priority, max_attempts, payload, state, run_at, enqueued_at) "
-    "VALUES (?, ?, ?, ?, ?, ?, 'pending', ?7, ?7)"
 )
 
 
@@ -104,7 +91,7 @@ def finish_one(conn: sqlite3.Connection, o: Outcome, ref: str | None, now: float
 
 
 class Queue:
-    """Enqueue, claim, extend, complete, release, reap, cancel and retry over one :class:`Database`.
+    """Claim, extend, complete, release, reap, cancel and retry over one :class:`Database`.
 
     ``result_ttl`` is the store's default time a finished task is kept.
     """
@@ -113,136 +100,6 @@ class Queue:
         self.db = db
         self.blobs = blobs
         self.result_ttl = result_ttl
-
-    def enqueue(self, tasks: Sequence[NewTask], *, now: float | None = None) -> list[str]:
-        """Store a batch atomically; see :meth:`Storage.enqueue`."""
-        if not tasks:
-            return []
-        now = time.time() if now is None else now
-        threshold = self.blobs.threshold
-        # One pass sorts the plain tasks (due now, nothing to look up, every option at its default,
-        # payload inline) from the rest. A plain row passes every check of ``check_new_tasks`` by
-        # construction, so only the others are checked, still before anything is written.
-        rows: list[tuple[Any, ...] | None] = []
-        others: list[NewTask] = []
-        for t in tasks:
-            release_delay, max_attempts = t.release_delay, t.max_attempts
-            if (
-                t.run_at is None
-                and t.expires_at is None
-                and t.idempotency_key is None
-                and t.result_ttl is None
-                and t.parent_id is None
-                and t.unique_key is None
-                and t.lock_key is None
-                and t.slot is None
-                and not t.depends_on
-                and t.group_id is None
-                and t.timeout is None
-                and t.soft_timeout is None
-                and t.rate_limit is None
-                and release_delay.__class__ is float
-                and release_delay == 0.0
-                and max_attempts.__class__ is int
-                and max_attempts >= 1
-                and t.priority.__class__ is int
-                and len(t.payload) <= threshold
-            ):
-                rows.append((t.id, t.name, t.queue, t.priority, max_attempts, t.payload, now))
-            else:
-                rows.append(None)
-                others.append(t)
-        if not others:
-            plain = cast("list[tuple[Any, ...]]", rows)
-            if len(plain) == 1:
-                # One plain task, which is what every delay() sends: one statement, no batch bookkeeping.
-                self.db.write(lambda conn: conn.execute(_INSERT_PLAIN, plain[0]), WORK)
-            else:
-                self.db.write(lambda conn: conn.executemany(_INSERT_PLAIN, plain), WORK)
-            return [t.id for t in tasks]
-        check_new_tasks(others, now)
-        return self._enqueue_mixed(tasks, rows, now, threshold)
-
-    def _enqueue_mixed(
-        self, tasks: Sequence[NewTask], plain: list[tuple[Any, ...] | None], now: float, threshold: float
-    ) -> list[str]:
-        """Store a checked batch holding tasks that are not plain: their blobs, idempotency keys,
-        unique keys, periodic slots and dependencies; ``plain[i]`` is task ``i``'s plain row or None."""
-        rows: list[tuple[bool, tuple[Any, ...]]] = []
-        refs: list[str] = []
-        keys = [t.idempotency_key for t in tasks if t.idempotency_key is not None]
-        needs_lookup = False
-        for t, row in zip(tasks, plain, strict=True):
-            if row is not None:
-                rows.append((True, row))
-                continue
-            payload: bytes | None = t.payload
-            ref = None
-            if t.unique_key is not None or t.slot is not None or t.depends_on or t.group_id is not None:
-                needs_lookup = True
-            if len(t.payload) > threshold:
-                # Keyed by write, not by id: a refused or duplicate enqueue never touches a stored blob.
-                ref = f"p:{t.id}:{os.urandom(8).hex()}"
-                payload = None
-                refs.append(ref)
-                self.blobs.put(ref, t.payload)
-            run_at = now if t.run_at is None else t.run_at
-            rows.append(
-                (
-                    False,
-                    (t.id, t.name, t.queue, t.priority, SCHEDULED if run_at > now else PENDING, run_at, t.expires_at,
-                     now, t.max_attempts, t.idempotency_key, payload, ref, t.result_ttl, t.parent_id, t.unique_key,
-                     t.lock_key, t.timeout, t.soft_timeout, t.rate_limit),
-                )
-            )  # fmt: skip
-        unused: list[str] = []
-
-        def run(conn: sqlite3.Connection) -> list[str]:
-            unused.clear()
-            unique: dict[str, str] = {}
-            existing: dict[str, str] = {}
-            if keys:
-                for chunk in chunks(keys):
-                    for id_, key in conn.execute(
-                        f"SELECT id, idempotency_key FROM tasks WHERE idempotency_key IN ({marks(len(chunk))})",
-                        chunk,
-                    ):
-                        existing[key] = id_
-            ids = []
-            insert: list[tuple[bool, tuple[Any, ...]]] = []
-            for t, (is_plain, row) in zip(tasks, rows, strict=True):
-                ref = None if is_plain else row[_REF]
-                key = t.idempotency_key
-                if key is not None and key in existing:
-                    ids.append(existing[key])
-                    if ref:
-                        unused.append(ref)
-                    continue
-                twin = duplicate_of(conn, t, now, unique) if needs_lookup and not is_plain else None
-                if twin is not None:
-                    ids.append(twin)
-                    if ref:
-                        unused.append(ref)
-                    continue
-                if key is not None:
-                    existing[key] = t.id
-                ids.append(t.id)
-                insert.append((is_plain, row))
-            # Consecutive rows of one shape go in one statement, so the rows keep the batch's order.
-            for is_plain, run_rows in itertools.groupby(insert, key=lambda r: r[0]):
-                conn.executemany(_INSERT_PLAIN if is_plain else _INSERT, [row for _, row in run_rows])
-            if needs_lookup:
-                inserted = {row[0] for _, row in insert}
-                link(conn, [t for t in tasks if t.id in inserted], now, self.result_ttl)
-            return ids
-
-        try:
-            ids = self.db.write(run, WORK)
-        except BaseException:
-            self.blobs.drop(refs)
-            raise
-        self.blobs.drop(unused)  # blobs of entries that an idempotency key turned into no-ops
-        return ids
 
     def claim(
         self,
@@ -261,8 +118,9 @@ class Queue:
         check_lease(lease)
         now = time.time() if now is None else now
         # Each lease gets its own token: a random prefix per claim and the row's seq. (SQL's
-        # randomblob() per row cost a good part of a claimed row's time.)
-        params: list[Any] = [owner, f"{os.urandom(9).hex()}.", now + lease, now]
+        # randomblob() per row cost a good part of a claimed row's time.) Tokens need uniqueness,
+        # not secrecy: random (reseeded in every forked child) spares a system call per claim.
+        params: list[Any] = [owner, f"{random.getrandbits(72):018x}.", now + lease, now]
         if ids is not None:
             if not ids:
                 return []

@@ -43,6 +43,7 @@ from . import workers as registry
 from .blobs import BLOB_MIN_AGE, Blobs
 from .connection import Database
 from .history import History
+from .intake import Intake
 from .queue import Queue
 from .retention import Retention
 from .schema import (
@@ -110,6 +111,7 @@ class SqliteStorage(Storage):
         )
         self.db_path = self.db.db_path
         self._blobs = Blobs(self.db, size_threshold=self.blob_threshold)
+        self.intake = Intake(self.db, self._blobs, result_ttl=self.result_ttl)
         self.queue = Queue(self.db, self._blobs, result_ttl=self.result_ttl)
         self.history = History(self.db, self._blobs)
         self.retention = Retention(self.db, self._blobs)
@@ -221,7 +223,7 @@ class SqliteStorage(Storage):
 
     def enqueue(self, tasks: Sequence[NewTask], *, now: float | None = None) -> builtins.list[str]:
         """Store a batch atomically; see :meth:`Storage.enqueue`."""
-        return self.queue.enqueue(tasks, now=now)
+        return self.intake.enqueue(tasks, now=now)
 
     def claim(
         self,
