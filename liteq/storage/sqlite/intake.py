@@ -9,7 +9,7 @@ or unique key, periodic slot, dependency or group) and the payload inline. They 
   more per row than the index writes;
 - plain rows go in as multi-row ``VALUES`` lists, one statement per :data:`PLAIN_CHUNK` rows,
   which costs far less per row than running one statement per row (``executemany``);
-- a plain row passes every check of :func:`~liteq.storage.base.check_new_tasks` by construction,
+- a plain row passes every check of :func:`~liteq.storage.checks.check_new_tasks` by construction,
   so only the other rows are checked, still before anything is written.
 
 The rest (keys, slots, dependencies, blobs, a start time or limits) bind every column, and the
@@ -48,6 +48,8 @@ _INSERT = f"INSERT INTO tasks ({_COLUMNS}) VALUES ({marks(19)})"
 _REF = 11  # payload_ref's position in an :data:`_INSERT` row
 #: One plain row: ``?1`` is the enqueue time (also its start time), shared by the statement's rows.
 _PLAIN_VALUES = "(?1, ?, ?, ?, ?, ?, ?, 'pending', ?1)"
+_PLAIN_COLUMNS = "run_at, id, name, queue, priority, max_attempts, payload, state, enqueued_at"
+_PLAIN_ONE = f"INSERT INTO tasks ({_PLAIN_COLUMNS}) VALUES {_PLAIN_VALUES}"
 _plain_sql: dict[int, str] = {}
 
 #: A plain row as :func:`insert_plain` binds it: ``(id, name, queue, priority, max_attempts, payload)``.
@@ -56,14 +58,14 @@ PlainRow = tuple[str, str, str, int, int, bytes]
 
 def insert_plain(conn: sqlite3.Connection, rows: Sequence[PlainRow], now: float) -> None:
     """Insert plain rows, pending since ``now``, in order, :data:`PLAIN_CHUNK` per statement."""
+    if len(rows) == 1:  # what every delay() sends
+        conn.execute(_PLAIN_ONE, (now, *rows[0]))
+        return
     for chunk in chunks(rows, PLAIN_CHUNK):
         n = len(chunk)
         sql = _plain_sql.get(n)
         if sql is None:
-            sql = _plain_sql[n] = (
-                "INSERT INTO tasks (run_at, id, name, queue, priority, max_attempts, payload, state, enqueued_at) "
-                "VALUES " + ",".join([_PLAIN_VALUES] * n)
-            )
+            sql = _plain_sql[n] = f"INSERT INTO tasks ({_PLAIN_COLUMNS}) VALUES " + ",".join([_PLAIN_VALUES] * n)
         params: list[Any] = [now]
         params += itertools.chain.from_iterable(chunk)
         conn.execute(sql, params)
