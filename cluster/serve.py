@@ -10,9 +10,10 @@ import sys
 from liteq.exceptions import ConfigurationError
 from liteq.storage import open_storage
 
+from .admission import ServerConfig
 from .auth import read_token
 from .protocol import Limits
-from .server import ServerConfig, serve
+from .server import serve
 
 __all__ = ["parse_bind", "run", "server_ssl_context"]
 

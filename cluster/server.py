@@ -4,18 +4,15 @@ The server is a thin pump over :mod:`.protocol`: it reads bytes, feeds them to a
 :class:`~.protocol.ServerConnection`, hands each request to the store thread and writes the reply.
 Why it is shaped this way:
 
-- **One writer, one clock.** Every store call runs in one dedicated thread (never on the event
-  loop) and the server stamps its own ``now``: a client's clock never decides a lease or an eta.
-- **Group commit.** The store thread takes every request queued since its last turn; enqueues
-  and completions from all connections go to the store as one batch each (one transaction), and
-  are split back per request. A batch that fails is retried request by request, so one client's
-  bad batch never fails another's.
+- **One writer, one clock, group commit.** Every store call runs in :mod:`.store_thread`, which
+  takes every request queued since its last turn and stamps the server's own ``now``.
 - **Push, not poll.** After each turn that wrote, every connection that listens gets one
   ``changed`` push; parked long-poll claims are retried at once.
 - **Limits with explicit codes.** Connections, requests in flight per connection, frame and batch
-  size, read and handshake deadlines; see :class:`~.protocol.ErrorCode`.
-- **Never deserializes payloads.** Payload bytes are only checked for the pickle marker, refused
-  unless ``allow_pickle``.
+  size, read and handshake deadlines, pickle refused unless ``allow_pickle`` (:mod:`.admission`);
+  payloads are never deserialized.
+- **One heartbeat extends every lease of a worker**, and carries the operator's commands
+  (:mod:`.workers`).
 """
 
 from __future__ import annotations
@@ -24,31 +21,26 @@ import asyncio
 import collections
 import contextlib
 import logging
-import queue
 import random
-import shutil
-import ssl
 import threading
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from liteq.exceptions import ConfigurationError, LiteQError, ProtocolError, StorageError
-from liteq.serializer import PICKLE
-from liteq.storage import open_storage
+from liteq.exceptions import LiteQError, ProtocolError, StorageError
 from liteq.storage.contract import Storage
-from liteq.storage.records import ClaimedTask, NewTask, Outcome
 
 from . import codec
-from .protocol import Authenticated, ErrorCode, Limits, Request, ServerConnection, events_before
+from .admission import ServerConfig, refusal
+from .protocol import Authenticated, ErrorCode, Request, ServerConnection, events_before
+from .store_thread import Job, StoreThread
+from .workers import WORKER_COMMANDS, Extension, WorkerBook
 
-__all__ = ["DEFAULT_MAX_CLAIM_WAIT", "Server", "ServerConfig"]
+__all__ = ["Server", "serve"]
 
 logger = logging.getLogger("liteq.cluster.server")
 
-#: Longest a claim may wait for work before answering empty (a client asking more gets this).
-DEFAULT_MAX_CLAIM_WAIT = 30.0
 #: How often the server returns expired leases and retries parked claims (scheduled tasks come due).
 TICK_INTERVAL = 0.5
 #: How often finished tasks past their TTL are pruned.
@@ -72,247 +64,7 @@ INLINE_TURN_MAX = 16
 INLINE_SLOW = 0.02
 INLINE_PAUSE = 10.0
 #: What an operator can send a worker (``liteq control``): stop claiming and exit once idle; stop.
-WORKER_COMMANDS = ("drain", "stop")
 _READ_SIZE = 256 * 1024
-#: What a write tells waiters: ``w`` work may have become runnable (pools claim), ``d`` a task
-#: finished or changed state (producers in ``Result.get`` look). Writes missing here wake nobody.
-_WAKES = {
-    "enqueue": "w",
-    "retry": "w",
-    "release": "w",
-    "complete": "wd",
-    "cancel": "d",
-    "purge": "d",
-    "set_progress": "d",
-}
-
-
-@dataclass(frozen=True, slots=True)
-class ServerConfig:
-    """Everything ``liteq serve`` takes besides the store; CLI flags map one to one."""
-
-    host: str = "127.0.0.1"
-    port: int = 7777
-    token: str | None = None
-    ssl: ssl.SSLContext | None = None
-    limits: Limits = field(default_factory=Limits)
-    max_connections: int = 1024
-    max_in_flight: int = 64
-    """Requests one connection may have unanswered (parked claims included)."""
-    max_batch: int = 50_000
-    """Items in one list argument (tasks of an enqueue, outcomes of a completion, ids...)."""
-    handshake_timeout: float = 10.0
-    read_timeout: float = 30.0
-    """Seconds a partly received frame may take to complete."""
-    max_claim_wait: float = DEFAULT_MAX_CLAIM_WAIT
-    allow_pickle: bool = False
-    trust_client_clock: bool = False
-    """Tests only: honour a ``now`` the client passes (the contract suite drives time)."""
-    allow_reset: bool = False
-    """Tests only: a ``reset`` request replaces the store by an empty one."""
-
-    def check(self) -> None:
-        """Refuse settings that would be unsafe or meaningless, naming the fix."""
-        if not self.token and not _is_loopback(self.host):
-            raise ConfigurationError(
-                f"refusing to serve on {self.host} without a token: pass --token-file or set LITEQ_TOKEN, "
-                "or bind 127.0.0.1"
-            )
-        for name in ("max_connections", "max_in_flight", "max_batch"):
-            if getattr(self, name) < 1:
-                raise ConfigurationError(f"{name} must be >= 1, not {getattr(self, name)!r}")
-        for name in ("handshake_timeout", "read_timeout", "max_claim_wait"):
-            if not getattr(self, name) > 0:
-                raise ConfigurationError(f"{name} must be > 0 seconds, not {getattr(self, name)!r}")
-
-
-def _is_loopback(host: str) -> bool:
-    import ipaddress
-
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-# -- the store thread --------------------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class _Job:
-    op: codec.Operation | None
-    args: dict[str, Any]
-    done: Callable[[Any, BaseException | None], None]
-    special: str | None = None
-    """A server-level job (``reset``, ``retry_enqueue``) instead of a store operation."""
-
-
-class StoreThread:
-    """Runs every store call in one thread, taking all queued jobs per turn (group commit)."""
-
-    def __init__(self, storage: Storage, config: ServerConfig, on_write: Callable[[str], None]) -> None:
-        self.storage = storage
-        self.config = config
-        self._on_write = on_write
-        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="liteq-store", daemon=True)
-        self.busy = False
-        # One turn at a time, in this thread or (run_here) in the event loop's.
-        self._lock = threading.Lock()
-        self._submitted = 0  # counted by the submitting (event loop) thread only
-        self._finished = 0  # counted by the store thread only
-
-    def start(self) -> None:
-        """Start the thread."""
-        self._thread.start()
-
-    def submit(self, job: _Job) -> None:
-        """Queue a job; its ``done`` is called from the store thread. Call from one thread only."""
-        self._submitted += 1
-        self._jobs.put(job)
-
-    def run_here(self, jobs: list[_Job]) -> str | None:
-        """Run ``jobs`` as one turn in the calling thread, if the store thread is idle with no job
-        queued (so none submitted earlier is overtaken); return the wake-up kinds it caused, or None
-        when the jobs must be submitted instead. Call from the thread that submits."""
-        if self._submitted != self._finished or not self._lock.acquire(blocking=False):
-            return None
-        try:
-            return self._turn(jobs)
-        finally:
-            self._lock.release()
-
-    def stop(self) -> None:
-        """Finish the queued jobs, then end the thread (call :meth:`join` to wait)."""
-        self._jobs.put(None)
-
-    def join(self, timeout: float | None = None) -> None:
-        """Wait for the thread to end."""
-        self._thread.join(timeout)
-
-    def _run(self) -> None:
-        stopping = False
-        while not stopping:
-            first = self._jobs.get()
-            if first is None:
-                break
-            jobs = [first]
-            while True:
-                try:
-                    job = self._jobs.get_nowait()
-                except queue.Empty:
-                    break
-                if job is None:
-                    stopping = True
-                    break
-                jobs.append(job)
-            with self._lock:
-                self.busy = True
-                try:
-                    kinds = self._turn(jobs)
-                finally:
-                    self.busy = False
-            self._finished += len(jobs)
-            if kinds:
-                self._on_write(kinds)
-
-    def _turn(self, jobs: list[_Job]) -> str:
-        """Run one turn's jobs; return the wake-up kinds it caused (``w`` work, ``d`` done)."""
-        kinds = ""
-        i = 0
-        while i < len(jobs):
-            job = jobs[i]
-            name = job.op.name if job.op is not None else None
-            if name in ("enqueue", "complete") and job.special is None and job.args.get("now") is None:
-                j = i + 1
-                while (
-                    j < len(jobs)
-                    and jobs[j].op is job.op
-                    and jobs[j].special is None
-                    and jobs[j].args.get("now") is None
-                ):
-                    j += 1
-                self._grouped(jobs[i:j])
-                kinds += _WAKES.get(str(name), "")
-                i = j
-                continue
-            result = self._one(job)
-            if job.special == "reset":
-                kinds += "wd"
-            elif name == "reap":
-                kinds += "wd" if result else ""
-            elif name is not None:
-                kinds += _WAKES.get(name, "")
-            i += 1
-        return "".join(sorted(set(kinds)))
-
-    def _stamp(self, job: _Job) -> dict[str, Any]:
-        args = dict(job.args)
-        assert job.op is not None
-        if job.op.takes_now and (args.get("now") is None or not self.config.trust_client_clock):
-            args["now"] = time.time()
-        return args
-
-    def _one(self, job: _Job) -> Any:
-        try:
-            if job.special == "reset":
-                self._reset()
-                result: Any = None
-            elif job.special == "retry_enqueue":
-                result = self._retry_enqueue(self._stamp(job))
-            else:
-                assert job.op is not None
-                result = getattr(self.storage, job.op.name)(**self._stamp(job))
-        except BaseException as exc:
-            job.done(None, exc)
-            return None
-        job.done(result, None)
-        return result
-
-    def _grouped(self, jobs: list[_Job]) -> None:
-        if len(jobs) == 1:
-            self._one(jobs[0])
-            return
-        assert jobs[0].op is not None
-        name = jobs[0].op.name
-        key = "tasks" if name == "enqueue" else "outcomes"
-        combined: list[Any] = []
-        for job in jobs:
-            combined.extend(job.args[key])
-        try:
-            results = getattr(self.storage, name)(combined, now=time.time())
-        except BaseException:
-            # One request's batch failed the group: run each alone, so only that one fails.
-            for job in jobs:
-                self._one(job)
-            return
-        start = 0
-        for job in jobs:
-            n = len(job.args[key])
-            job.done(results[start : start + n], None)
-            start += n
-
-    def _retry_enqueue(self, args: dict[str, Any]) -> list[str]:
-        # A retry whose first attempt may have committed before the reply was lost. A batch is
-        # atomic: if any of its ids is stored, it committed, and the entries whose id is missing were
-        # deduplicated (key, unique, slot) — enqueueing those alone dedupes them again.
-        tasks: list[NewTask] = args["tasks"]
-        found = self.storage.get([t.id for t in tasks])
-        if not any(found):
-            ids: list[str] = self.storage.enqueue(tasks, now=args["now"])
-            return ids
-        missing = [t for t, row in zip(tasks, found, strict=True) if row is None]
-        again = iter(self.storage.enqueue(missing, now=args["now"]) if missing else [])
-        return [t.id if row is not None else next(again) for t, row in zip(tasks, found, strict=True)]
-
-    def _reset(self) -> None:
-        location = self.storage.location
-        self.storage.close()
-        if "://" not in location:
-            shutil.rmtree(location, ignore_errors=True)
-        self.storage = open_storage(location)
 
 
 # -- connections -----------------------------------------------------------------------------------
@@ -349,12 +101,10 @@ class Server:
         self._server: asyncio.Server | None = None
         self._conns: set[_Conn] = set()
         self._parked: list[_Parked] = []
-        self._leases: dict[str, dict[str, tuple[str, float]]] = collections.defaultdict(dict)
-        self._commands: dict[str, str] = {}
-        self._batch: list[_Job] = []  # small jobs received in this loop iteration (see _submit)
+        self._workers: WorkerBook[_Conn] = WorkerBook()
+        self._batch: list[Job] = []  # small jobs received in this loop iteration (see _submit)
         self._loop_thread = 0
         self._inline_after = 0.0  # monotonic time before which the loop runs no store call itself
-        self._worker_conns: dict[str, _Conn] = {}
         self._replies: collections.OrderedDict[str, list[str]] = collections.OrderedDict()
         self._closing = False
         self._closed = asyncio.Event()
@@ -428,20 +178,10 @@ class Server:
         """Send ``drain`` or ``stop`` to a worker: pushed at once on the connection its pool
         registers and heartbeats on, and carried by its next heartbeat reply as well (a push lost
         with a connection is not lost; a worker acting on it twice is harmless)."""
-        if command not in WORKER_COMMANDS:
-            raise ConfigurationError(f"unknown worker command {command!r}; use 'drain' or 'stop'")
-        self._commands[worker_id] = command
-        conn = self._worker_conns.get(worker_id)
+        conn = self._workers.send(worker_id, command)
         if conn is not None and not conn.closed and conn.proto.authenticated:
             conn.proto.push("command", {"worker_id": worker_id, "command": command})
             self._flush(conn)
-
-    def _note_worker(self, conn: _Conn, args: Mapping[str, Any]) -> None:
-        # The connection a worker's pool writes its heartbeats on is where its commands are pushed.
-        info = args.get("info")
-        worker_id = args.get("worker_id", getattr(info, "id", None))
-        if isinstance(worker_id, str):
-            self._worker_conns[worker_id] = conn
 
     # -- connections ---------------------------------------------------------------------------
 
@@ -509,8 +249,7 @@ class Server:
         conn.closed = True
         self._conns.discard(conn)
         self._parked = [p for p in self._parked if p.conn is not conn]
-        for worker_id in [w for w, c in self._worker_conns.items() if c is conn]:
-            del self._worker_conns[worker_id]
+        self._workers.forget_connection(conn)
         with contextlib.suppress(Exception):
             conn.writer.close()
 
@@ -551,9 +290,9 @@ class Server:
         if req.op == "control":
             return self._control(conn, req)
         if req.op == "reset" and self.config.allow_reset:
-            self._leases.clear()
+            self._workers.clear_leases()
             self._replies.clear()
-            return self._store.submit(_Job(None, {}, self._done_cb(conn, req), special="reset"))
+            return self._store.submit(Job(None, {}, self._done_cb(conn, req), special="reset"))
         op = codec.operation(req.op)
         if op is None:
             return self._refuse(conn, req.id, ErrorCode.BAD_REQUEST, f"unknown operation {req.op!r}")
@@ -561,32 +300,17 @@ class Server:
             args = op.decode_args(req.args)
         except codec.WireTypeError as exc:
             return self._refuse(conn, req.id, ErrorCode.BAD_REQUEST, str(exc))
-        for name, value in args.items():
-            if isinstance(value, list) and len(value) > self.config.max_batch:
-                return self._refuse(
-                    conn,
-                    req.id,
-                    ErrorCode.TOO_LARGE,
-                    f"{op.name}({name}) holds {len(value)} items, over the server's batch limit of "
-                    f"{self.config.max_batch}; send smaller batches",
-                )
-        refused = None if self.config.allow_pickle else _pickle_in(op.name, args)
-        if refused:
-            return self._refuse(
-                conn,
-                req.id,
-                ErrorCode.PICKLE_REFUSED,
-                f"{refused} is pickle-encoded; this server was started without --allow-pickle (pickle runs "
-                "code named by the data). Use serializer='msgpack' or start the server with --allow-pickle",
-            )
+        refused = refusal(self.config, op.name, args)
+        if refused is not None:
+            return self._refuse(conn, req.id, *refused)
         if op.name in ("heartbeat", "register_worker"):
-            self._note_worker(conn, args)
+            self._workers.note_connection(conn, args)
         if op.name == "enqueue":
             key = req.extra.get("key")
             if isinstance(key, str) and key in self._replies:
                 return self._answer(conn, req.id, self._replies[key])
             if isinstance(key, str) and req.extra.get("retry"):
-                return self._store.submit(_Job(op, args, self._done_cb(conn, req, op), special="retry_enqueue"))
+                return self._store.submit(Job(op, args, self._done_cb(conn, req, op), special="retry_enqueue"))
         if op.name == "claim":
             wait = req.extra.get("wait")
             if isinstance(wait, (int, float)) and not isinstance(wait, bool) and wait > 0:
@@ -594,11 +318,11 @@ class Server:
                 parked = _Parked(conn, req, args, time.monotonic() + wait)
                 self._parked.append(parked)
                 return self._run_parked(parked)
-        self._submit(_Job(op, args, self._done_cb(conn, req, op)))
+        self._submit(Job(op, args, self._done_cb(conn, req, op)))
 
     # -- running store calls -------------------------------------------------------------------
 
-    def _submit(self, job: _Job) -> None:
+    def _submit(self, job: Job) -> None:
         # A store call handed to the store thread costs two thread hand-offs, which dominate a
         # short call when the server is idle. So small calls received in one loop iteration are
         # run by the loop itself as one turn (same-op enqueues/completions still share a
@@ -676,11 +400,12 @@ class Server:
             )
         extra: dict[str, Any] | None = None
         if op is not None:
-            self._track(op.name, req, result)
+            for extension in self._workers.track(op.name, req.args, result):
+                self._extend(extension)
             if op.name == "enqueue" and isinstance(req.extra.get("key"), str):
                 self._remember(req.extra["key"], result)
             if op.name == "heartbeat":
-                command = self._commands.pop(str(req.args.get("worker_id")), None)
+                command = self._workers.take_command(str(req.args.get("worker_id")))
                 if command is not None:
                     extra = {"command": command}
         try:
@@ -696,52 +421,16 @@ class Server:
 
     # -- leases of each worker (one heartbeat extends them all) --------------------------------------
 
-    def _track(self, name: str, req: Request, result: Any) -> None:
-        args = req.args
-        if name == "claim" and result:
-            owner = str(args.get("owner"))
-            lease = float(args.get("lease", 60.0))
-            held = self._leases[owner]
-            for task in result:
-                if isinstance(task, ClaimedTask):
-                    held[task.id] = (task.lease_token, lease)
-        elif name == "complete":
-            for outcome in args.get("outcomes", ()):
-                if isinstance(outcome, dict):
-                    for held in self._leases.values():
-                        held.pop(str(outcome.get("id")), None)
-        elif name == "release":
-            for pair in args.get("leases", ()):
-                if isinstance(pair, list) and pair:
-                    for held in self._leases.values():
-                        held.pop(str(pair[0]), None)
-        elif name == "heartbeat":
-            owner = str(args.get("worker_id"))
-            mine = self._leases.get(owner)
-            if mine:
-                self._extend_all(owner, mine)
-        elif name == "unregister_worker":
-            self._leases.pop(str(args.get("worker_id")), None)
-
-    def _extend_all(self, owner: str, held: dict[str, tuple[str, float]]) -> None:
+    def _extend(self, extension: Extension) -> None:
         op = codec.operation("extend")
         assert op is not None
-        by_lease: dict[float, list[tuple[str, str]]] = collections.defaultdict(list)
-        for task_id, (token, lease) in held.items():
-            by_lease[lease].append((task_id, token))
-        for lease, pairs in by_lease.items():
+        args = {"owner": extension.owner, "leases": extension.leases, "lease": extension.lease, "now": None}
 
-            def done(result: Any, exc: BaseException | None, pairs: list[tuple[str, str]] = pairs) -> None:
-                if exc is None and self._loop is not None:
-                    self._loop.call_soon_threadsafe(self._forget_lost, owner, pairs, result)
+        def done(result: Any, exc: BaseException | None) -> None:
+            if exc is None and self._loop is not None:
+                self._loop.call_soon_threadsafe(self._workers.forget_lost, extension, result)
 
-            self._store.submit(_Job(op, {"owner": owner, "leases": pairs, "lease": lease, "now": None}, done))
-
-    def _forget_lost(self, owner: str, pairs: list[tuple[str, str]], kept: list[bool]) -> None:
-        held = self._leases.get(owner, {})
-        for (task_id, _), ok in zip(pairs, kept, strict=False):
-            if not ok:
-                held.pop(task_id, None)
+        self._store.submit(Job(op, args, done))
 
     # -- parked claims and pushes --------------------------------------------------------------------
 
@@ -754,7 +443,7 @@ class Server:
         def done(result: Any, exc: BaseException | None) -> None:
             loop.call_soon_threadsafe(self._parked_done, parked, result, exc)
 
-        self._store.submit(_Job(op, parked.args, done))
+        self._store.submit(Job(op, parked.args, done))
 
     def _parked_done(self, parked: _Parked, result: Any, exc: BaseException | None) -> None:
         parked.running = False
@@ -791,10 +480,10 @@ class Server:
             now = time.monotonic()
             # The server is the clock: it returns expired leases itself, even when no pool is
             # connected to do it, so a silent worker's tasks run elsewhere after its lease.
-            self._store.submit(_Job(reap, {"now": None}, _ignore))
+            self._store.submit(Job(reap, {"now": None}, _ignore))
             if now >= next_prune:
                 next_prune = now + PRUNE_INTERVAL
-                self._store.submit(_Job(prune, {"now": None}, _ignore))
+                self._store.submit(Job(prune, {"now": None}, _ignore))
             for parked in list(self._parked):
                 if parked.running:
                     continue
@@ -808,18 +497,6 @@ class Server:
 def _ignore(result: Any, exc: BaseException | None) -> None:
     if exc is not None and not isinstance(exc, StorageError):
         logger.error("background store call failed", exc_info=exc)
-
-
-def _pickle_in(name: str, args: dict[str, Any]) -> str | None:
-    if name == "enqueue":
-        for task in args.get("tasks", ()):
-            if isinstance(task, NewTask) and task.payload[:1] == PICKLE:
-                return f"the payload of task {task.id} ({task.name})"
-    elif name == "complete":
-        for outcome in args.get("outcomes", ()):
-            if isinstance(outcome, Outcome) and outcome.result is not None and outcome.result[:1] == PICKLE:
-                return f"the result of task {outcome.id}"
-    return None
 
 
 def serve(storage: Storage, config: ServerConfig, *, ready: Callable[[tuple[str, int]], None] | None = None) -> None:

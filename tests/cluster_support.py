@@ -127,7 +127,8 @@ class InProcessServer:
     def __init__(self, storage: object, **config: object) -> None:
         import asyncio
 
-        from liteq.cluster.server import Server, ServerConfig
+        from liteq.cluster.admission import ServerConfig
+        from liteq.cluster.server import Server
 
         self.loop = asyncio.new_event_loop()
         self.server = Server(storage, ServerConfig(host="127.0.0.1", port=0, **config))  # type: ignore[arg-type]

@@ -17,14 +17,17 @@ from typing import Any
 
 import pytest
 from liteq.cluster import codec
+from liteq.cluster.admission import ServerConfig
 from liteq.cluster.client import AsyncClient, Client, parse_url
 from liteq.cluster.protocol import ClientConnection, Limits, decode_frames, encode_frame
 from liteq.cluster.remote import RemoteStorage
-from liteq.cluster.server import INLINE_MAX_ITEMS, INLINE_SLOW, ServerConfig, StoreThread, _Job
+from liteq.cluster.server import INLINE_MAX_ITEMS, INLINE_SLOW
+from liteq.cluster.store_thread import Job, StoreThread
+from liteq.cluster.workers import WorkerBook
 
 from liteq.exceptions import ConfigurationError, ProtocolError, StorageError, StoreUnavailable
 from liteq.storage.memory import MemoryStorage
-from liteq.storage.records import NewTask, Outcome
+from liteq.storage.records import ClaimedTask, NewTask, Outcome
 from tests.cluster_support import InProcessServer
 from tests.support import wait_for
 
@@ -223,7 +226,7 @@ def test_a_failing_batch_in_a_group_fails_only_its_own_request() -> None:
     results: list[tuple[Any, BaseException | None]] = []
     op = codec.operation("enqueue")
     jobs = [
-        _Job(op, {"tasks": batch}, lambda r, e: results.append((r, e)))
+        Job(op, {"tasks": batch}, lambda r, e: results.append((r, e)))
         for batch in ([task()], [task(), NewTask(existing.id, "t", "default", b"M")], [task()])
     ]
     thread = StoreThread(storage, ServerConfig(), lambda kinds: None)
@@ -593,3 +596,46 @@ def test_an_idle_server_runs_small_calls_on_its_loop_and_leaves_big_or_slow_ones
     finally:
         store.close()
         server.stop()
+
+
+def test_the_worker_book_extends_what_a_worker_holds_and_forgets_what_it_lost() -> None:
+    # Given a worker that claimed two tasks with a 30 s lease and one with 60 s, then completed one
+    book: WorkerBook[str] = WorkerBook()
+    claimed = [
+        ClaimedTask(id=task_id, name="t", queue="q", payload=b"", attempt=1, max_attempts=1,
+                    lease_token=f"tok-{task_id}", lease_deadline=T0, enqueued_at=T0)
+        for task_id in ("a", "b", "c")
+    ]  # fmt: skip
+    book.track("claim", {"owner": "w1", "lease": 30.0}, claimed[:2])
+    book.track("claim", {"owner": "w1", "lease": 60.0}, claimed[2:])
+    book.track("complete", {"outcomes": [{"id": "a"}]}, [True])
+    # When it heartbeats
+    extensions = book.track("heartbeat", {"worker_id": "w1"}, None)
+    # Then the leases it still holds are extended, one extension per lease length
+    assert sorted((e.lease, e.leases) for e in extensions) == [(30.0, [("b", "tok-b")]), (60.0, [("c", "tok-c")])]
+    # And a lease the store did not extend is not extended again
+    for extension in extensions:
+        book.forget_lost(extension, [extension.lease != 60.0])
+    assert [(e.lease, e.leases) for e in book.track("heartbeat", {"worker_id": "w1"}, None)] == [
+        (30.0, [("b", "tok-b")])
+    ]
+    # And nothing is extended for a worker that unregistered
+    book.track("unregister_worker", {"worker_id": "w1"}, None)
+    assert book.track("heartbeat", {"worker_id": "w1"}, None) == []
+
+
+def test_the_worker_book_routes_a_command_to_the_workers_connection_once() -> None:
+    # Given a worker whose pool heartbeats on connection "c1"
+    book: WorkerBook[str] = WorkerBook()
+    book.note_connection("c1", {"worker_id": "w1"})
+    # When an operator sends it drain
+    conn = book.send("w1", "drain")
+    # Then it is pushed on c1 and carried by one heartbeat reply only
+    assert conn == "c1"
+    assert book.take_command("w1") == "drain" and book.take_command("w1") is None
+    # And once the connection closes the command waits for a heartbeat alone
+    book.forget_connection("c1")
+    assert book.send("w1", "stop") is None and book.take_command("w1") == "stop"
+    # And an unknown command is refused
+    with pytest.raises(ConfigurationError):
+        book.send("w1", "explode")

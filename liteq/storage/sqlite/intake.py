@@ -9,7 +9,7 @@ or unique key, periodic slot, dependency or group) and the payload inline. They 
   more per row than the index writes;
 - plain rows go in as multi-row ``VALUES`` lists, one statement per :data:`PLAIN_CHUNK` rows,
   which costs far less per row than running one statement per row (``executemany``);
-- a plain row passes every check of :func:`~liteq.storage.base.check_new_tasks` by construction,
+- a plain row passes every check of :func:`~liteq.storage.checks.check_new_tasks` by construction,
   so only the other rows are checked, still before anything is written.
 
 The rest (keys, slots, dependencies, blobs, a start time or limits) bind every column, and the
