@@ -317,8 +317,8 @@ class Client(_Base):
                 if not readable:
                     continue
                 data = sock.recv(262144)
-                if not data:
-                    break
+                if not data:  # the server closed the connection: lost, not "nothing yet"
+                    raise ConnectionResetError("the server closed the connection")
                 self._dispatch(proto.receive_data(data))
             return
         except ProtocolError as exc:

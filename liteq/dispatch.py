@@ -39,13 +39,15 @@ logger = logging.getLogger("liteq.pool")
 #: An idle pool looks at the store at least this often even without a wake-up (the fallback).
 IDLE_POLL_INTERVAL = 1.0
 #: Prefetch grows up to this many tasks per child while claims keep coming back full.
-MAX_PREFETCH_PER_CHILD = 32
+MAX_PREFETCH_PER_CHILD = 64
 #: Tasks handed to one child at once unless the user says otherwise.
 DEFAULT_CHILD_DEPTH = 2
 #: A task that ran shorter than this many seconds (as seen by the supervisor) is short: while a
-#: backlog lasts, its child gets up to SHORT_TASK_DEPTH tasks at once.
+#: backlog lasts, its child gets up to SHORT_TASK_DEPTH tasks at once. Deep enough that a child
+#: does not run dry while the supervisor writes a batch of outcomes, and that each message (and
+#: the wake-up of the child's reader it costs) carries many tasks.
 SHORT_TASK = 0.002
-SHORT_TASK_DEPTH = 16
+SHORT_TASK_DEPTH = 64
 
 
 class Dispatch:

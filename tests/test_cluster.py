@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -124,30 +125,44 @@ def test_a_replayed_handshake_is_rejected(server: ServerProcess) -> None:
     assert frames and frames[-1]["t"] == "error" and frames[-1]["code"] == "auth"
 
 
-def test_a_client_refuses_a_server_that_cannot_prove_the_token(tmp_path: Path) -> None:
-    # Given a fake server that answers the hello and then a welcome with a bogus proof
+@contextlib.contextmanager
+def _fake_server(serve: Callable[[socket.socket], None]) -> Iterator[int]:
+    """A loopback port whose first connection is handed to ``serve`` in a thread; yields the port."""
+    import threading
+
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(1)
-    port = listener.getsockname()[1]
 
-    import threading
-
-    def fake() -> None:
+    def accept() -> None:
         conn, _ = listener.accept()
+        serve(conn)
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield int(listener.getsockname()[1])
+    finally:
+        thread.join(10)
+        listener.close()
+
+
+def test_a_client_refuses_a_server_that_cannot_prove_the_token(tmp_path: Path) -> None:
+    # Given a fake server that answers the hello and then a welcome with a bogus proof
+    def fake(conn: socket.socket) -> None:
         conn.sendall(encode_frame({"t": "hello", "v": PROTOCOL_VERSION, "nonce": auth.new_nonce()}))
         conn.recv(65536)
         conn.sendall(encode_frame({"t": "welcome", "proof": b"\x00" * 32}))
         conn.recv(65536)
         conn.close()
 
-    thread = threading.Thread(target=fake, daemon=True)
-    thread.start()
     # When a client connects, then the handshake fails with AuthenticationError
-    with RemoteStorage(f"liteq://127.0.0.1:{port}", token=TOKEN) as store, pytest.raises(AuthenticationError):
+    with (
+        _fake_server(fake) as port,
+        RemoteStorage(f"liteq://127.0.0.1:{port}", token=TOKEN) as store,
+        pytest.raises(AuthenticationError),
+    ):
         store.counts()
-    thread.join(10)
-    listener.close()
 
 
 def test_serve_refuses_a_non_loopback_bind_without_a_token(tmp_path: Path) -> None:
@@ -282,6 +297,36 @@ def test_the_server_unreachable_raises_store_unavailable(tmp_path: Path) -> None
     # When a producer calls, then it gets StoreUnavailable (the pool's degraded state), not a hang
     with RemoteStorage(f"liteq://127.0.0.1:{port}", retry_window=0.2) as store, pytest.raises(StoreUnavailable):
         store.counts()
+
+
+@pytest.mark.timeout(30)
+def test_a_call_whose_server_closes_the_connection_before_replying_fails_at_once(tmp_path: Path) -> None:
+    # Found by the soak (cluster mode, seed 617431): a producer's call (no reader thread) read the
+    # server's close as "nothing yet" and spun until the request timeout (60 s) instead of failing.
+    # Given a fake server that completes the handshake, reads one request and closes without replying
+    from liteq.cluster.protocol import Request, ServerConnection
+
+    def fake(conn: socket.socket) -> None:
+        proto = ServerConnection(TOKEN)
+        proto.start()
+        conn.sendall(proto.data_to_send())
+        while True:
+            events = proto.receive_data(conn.recv(65536))
+            conn.sendall(proto.data_to_send())
+            if any(isinstance(e, Request) for e in events):
+                break
+        conn.close()
+
+    # When a client calls it (with a request timeout longer than the test's)
+    with _fake_server(fake) as port:
+        store = RemoteStorage(f"liteq://127.0.0.1:{port}", token=TOKEN, request_timeout=600, retry_window=0)
+        try:
+            with pytest.raises(StoreUnavailable) as raised:
+                store.counts()
+        finally:
+            store.close()
+    # Then it fails as soon as the connection closes, saying so
+    assert "the connection was lost" in str(raised.value)
 
 
 def test_cli_status_takes_a_cluster_url(server: ServerProcess, remote_app: Callable[..., LiteQ]) -> None:

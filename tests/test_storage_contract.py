@@ -1400,6 +1400,33 @@ def test_sqlite_a_claim_runs_no_trigger_and_counts_stay_exact_across_the_version
         assert finishes == {SUCCEEDED: 2, FAILED: 1}
 
 
+@pytest.mark.only_storage("sqlite")
+def test_sqlite_a_pool_reclaims_its_own_leases_after_the_upgrade_that_dropped_the_owner_index(
+    storage: Storage, store_dir: Path
+) -> None:
+    import sqlite3
+
+    from liteq.storage.sqlite import SqliteStorage
+
+    storage.close()
+    # Given a version 9 store whose running task is leased by pool w1
+    _old_store(store_dir.parent / "v9", 9)
+    conn = sqlite3.connect(store_dir.parent / "v9" / "liteq.sqlite3", isolation_level=None)
+    conn.execute(
+        "UPDATE tasks SET lease_owner = 'w1', lease_token = 'tok', lease_deadline = ? WHERE id = 't2'", (T0 + 600,)
+    )
+    conn.close()
+    # When this liteq opens it
+    with SqliteStorage(str(store_dir.parent / "v9")) as upgraded:
+        # Then no claim or finish writes an owner index any more, and w1's restart still takes
+        # back its lease, through the index of running tasks
+        indexes = {r["name"] for r in upgraded.db.read("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        assert "tasks_owner" not in indexes and "tasks_running" in indexes
+        assert upgraded.reap(owner="w2", now=T0 + 1) == []
+        assert upgraded.reap(owner="w1", now=T0 + 1) == ["t2"]
+        assert row(upgraded, "t2").state == PENDING
+
+
 # -- canvas: cancel and manual retry of dependent tasks -------------------------------------------------
 
 

@@ -19,7 +19,7 @@ T = TypeVar("T")
 
 DB_FILENAME = "liteq.sqlite3"
 BLOB_DIRNAME = "blobs"
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 DEFAULT_BUSY_TIMEOUT = 5.0
 WAL_AUTOCHECKPOINT_PAGES = 10_000
 DEFAULT_BLOB_THRESHOLD = 64 * 1024
@@ -241,6 +241,14 @@ DROP INDEX IF EXISTS tasks_by_name;
 CREATE INDEX tasks_by_name ON tasks(name, state, seq) WHERE state <> 'pending';
 """
 
+# Version 10: one index fewer on every claim and finish. ``tasks_owner`` served only the start-up
+# reclaim of a pool's own leases (``reap(owner=...)``), which reads the running tasks through
+# ``tasks_running`` as well: they are the few a store's pools hold. Each claim and each finish
+# wrote a page of it.
+_SCHEMA_V10 = """
+DROP INDEX IF EXISTS tasks_owner;
+"""
+
 #: ``queue, state, n`` for every state: the active states counted from their partial indexes
 #: (``tasks_pending``, ``tasks_scheduled``, ``tasks_running``), the finished ones read from
 #: ``task_counts``; one statement, so one snapshot.
@@ -261,6 +269,7 @@ MIGRATIONS: dict[int, str] = {
     6: _SCHEMA_V7,
     7: _SCHEMA_V8,
     8: _SCHEMA_V9,
+    9: _SCHEMA_V10,
 }
 #: How long fired periodic slots are remembered (a slot older than this can no longer race).
 SLOT_MEMORY = 7 * 86400.0
