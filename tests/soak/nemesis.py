@@ -94,6 +94,12 @@ class Proc:
         return sorted(out, key=lambda p: p.pid)
 
 
+def unregistered(pools: list[Proc], registered: set[int]) -> list[Proc]:
+    """The running pools among ``pools`` whose pid is not among the ``registered`` workers yet (just
+    started: still importing, connecting or starting children)."""
+    return [p for p in pools if p.alive() and p.pid not in registered]
+
+
 @dataclass
 class Death:
     """A process that exited while it should have run (not a fault the nemesis injected)."""

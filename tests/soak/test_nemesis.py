@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.soak.nemesis import Nemesis, _Open
+from tests.soak.nemesis import Nemesis, _Open, unregistered
 from tests.soak.oracle import Fault, read_faults
 
 
@@ -37,3 +37,23 @@ def test_a_server_killed_just_before_the_end_is_restarted_by_end_all(tmp_path: P
     nemesis.end_all()
     assert nemesis.open == []
     assert [f.kind for f in read_faults(str(tmp_path))] == ["kill-server"]
+
+
+class _Pool:
+    """A pool process as :func:`unregistered` sees it."""
+
+    def __init__(self, pid: int, running: bool) -> None:
+        self.pid = pid
+        self.running = running
+
+    def alive(self) -> bool:
+        return self.running
+
+
+def test_a_pool_restarted_just_before_the_end_is_waited_for_until_it_registers() -> None:
+    # CI seed 646925 (cluster): the nemesis killed pool-b 2 s before the end; its restart was spawned
+    # 0.1 s before the liveness check, which found no heartbeat, and the SIGTERM killed it mid-start-up.
+    fresh, running, gone = _Pool(30, True), _Pool(10, True), _Pool(20, False)
+    pools: list[Any] = [running, gone, fresh]
+    assert unregistered(pools, {10}) == [fresh]
+    assert unregistered(pools, {10, 30}) == []

@@ -39,7 +39,7 @@ from tests.soak import checks, oracle
 from tests.soak.actors import pool_takes_a_clock
 from tests.soak.config import BUSY_TIMEOUT, LEASE
 from tests.soak.conftest import soak_seconds
-from tests.soak.nemesis import Cast, Nemesis
+from tests.soak.nemesis import Cast, Nemesis, unregistered
 from tests.support import wait_for
 
 #: Tasks each producer sends per second of faults.
@@ -262,6 +262,13 @@ def _soak(
 
     # Then what the nemesis killed last is restarted, and the producers finish their keys
     settle("the last killed processes to restart", lambda: all(p.restart_at is None for p in cast.current()), 30)
+    # (a pool restarted just before the end has only just been spawned: the liveness check and the
+    # SIGTERM below are for pools that run, so wait until it registers)
+    settle(
+        "the restarted pools to register",
+        lambda: not unregistered(cast.current("pool"), {w["pid"] for w in app.stats()["workers"]}),
+        60,
+    )
     settle(
         "the producers to finish",
         lambda: all(not p.alive() and p.popen.returncode == 0 for p in cast.current("producer")),
