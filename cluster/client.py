@@ -564,9 +564,7 @@ class AsyncClient(_Base):
                 self.connect_timeout,
             )
         except (OSError, asyncio.TimeoutError) as exc:
-            raise StoreUnavailable(
-                f"cluster server {self.endpoint.url} unavailable: {exc}", path=self.endpoint.url
-            ) from None
+            raise self._unavailable(str(exc)) from None
         proto = ClientConnection(self._token, self.limits)
         try:
             while not proto.authenticated:
