@@ -23,10 +23,7 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
 
-# Byte-compiled as a wheel install would be: with PYTHONDONTWRITEBYTECODE set, an editable tree
-# would otherwise be compiled again by every process a benchmark starts (worker start-up, memory).
 bench: $(STAMP)
-	$(BIN)/python -m compileall -q liteq cluster > /dev/null
 	$(BIN)/python benchmarks/run.py
 
 lint: $(STAMP)

@@ -77,7 +77,8 @@ def processes(pid: int) -> list[psutil.Process]:
 
 
 def role(p: psutil.Process, root: int) -> str:
-    """What a process of a pool's tree is: supervisor, fork server, resource tracker or a child."""
+    """What a process of a pool's tree is: supervisor, fork server (a spawned one, or a zygote forked
+    from the supervisor), resource tracker or a child."""
     if p.pid == root:
         return "supervisor"
     try:
@@ -89,6 +90,12 @@ def role(p: psutil.Process, root: int) -> str:
         return "resource tracker"
     if "forkserver" in cmd and parent == root:
         return "fork server"
+    if parent == root:
+        try:
+            if p.cmdline() == psutil.Process(root).cmdline():
+                return "fork server (zygote)"  # forked from the supervisor, not started as an interpreter
+        except psutil.Error:
+            pass
     return f"child {p.pid}"
 
 

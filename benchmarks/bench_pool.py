@@ -356,7 +356,7 @@ def bench_latency_idle(ctx: Context, iterations: int, bare_cpu: float) -> list[F
         Figure(group, "SqliteHuey p99", h99, "us", runs=[h99], extra={"latencies_us": hlat}),
         Figure(
             idle_group,
-            "liteq pool (supervisor + fork server + resource tracker + 2 children)",
+            "liteq pool (supervisor + fork server or zygote + 2 children, + resource tracker if any)",
             idle_l * 1000,
             "CPU-ms",
             reference=f"{idle_l / IDLE_SECONDS:.2%} of a core; Huey {idle_h * 1000:.0f} CPU-ms",
@@ -427,7 +427,9 @@ def bench_memory(ctx: Context, huey_peak: int) -> list[Figure]:
         stop(worker)
         app.close()
     remove(path)
-    group = "pool memory: PSS of supervisor + fork server + resource tracker + 2 children"
+    group = (
+        "pool memory: PSS of supervisor + fork server (its zygote by default) + 2 children (+ resource tracker if any)"
+    )
     growth = after_all / after_first
     return [
         Figure(

@@ -8,21 +8,26 @@ import collections
 import logging
 import logging.handlers
 import multiprocessing
+import os
 import select
 import signal
 import socket
 import sys
 import threading
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
+from .child import ChildOptions, child_main
 from .exceptions import LiteQError
 from .message import ErrorInfo
 from .pool_protocol import FrameReader, KillReason
 from .storage.records import ClaimedTask, Outcome
 from .storage.states import CANCELLED, FAILED, PENDING
+from .zygote import Zygote, ZygoteGone
 
 __all__ = [
+    "ChildStarter",
     "Checkpointer",
     "ChildLogs",
     "Child",
@@ -166,7 +171,13 @@ def exit_text(code: int | None) -> str:
 
 class ChildLogs:
     """Where child log records go: the parent's handlers, through multiprocessing-logging when the
-    children are forked, through a queue and a ``QueueListener`` otherwise."""
+    children are forked, through a queue and a ``QueueListener`` otherwise.
+
+    Children of a zygote (:mod:`liteq.zygote`) use a queue made by the ``fork`` context before the
+    zygote forks (:meth:`prepare`): they inherit it instead of receiving it pickled, so its
+    semaphores need no name and no resource tracker. Should the pool fall back to a spawned fork
+    server, :meth:`switch` gives the later children a queue of that kind beside the first.
+    """
 
     def __init__(self, ctx: Any, *, forked: bool) -> None:
         self.ctx = ctx
@@ -174,6 +185,23 @@ class ChildLogs:
         self.queue: Any = None
         self.listener: logging.handlers.QueueListener | None = None
         self.mp_logging = False
+        self._retired: list[tuple[Any, logging.handlers.QueueListener]] = []
+
+    def prepare(self, ctx: Any) -> None:
+        """Make the queue with ``ctx`` now (before a zygote forks), its listener at :meth:`start`."""
+        if not self.forked and self.listener is None:
+            self.ctx = ctx
+            self.queue = ctx.Queue()
+
+    def switch(self, ctx: Any) -> None:
+        """From now on children start with ``ctx``: a new queue and listener; the old ones keep
+        delivering what the running children send until :meth:`stop`."""
+        if self.forked or ctx is self.ctx:
+            return
+        if self.listener is not None:
+            self._retired.append((self.queue, self.listener))
+        self.ctx, self.queue, self.listener = ctx, None, None
+        self.start()
 
     def start(self) -> None:
         """Install the forwarding before any child starts."""
@@ -186,7 +214,8 @@ class ChildLogs:
             except Exception:  # logging must never stop the pool from starting
                 logger.exception("multiprocessing-logging is unavailable; child logs go to inherited handlers")
             return
-        self.queue = self.ctx.Queue()
+        if self.queue is None:
+            self.queue = self.ctx.Queue()
         self.listener = logging.handlers.QueueListener(
             self.queue, *logging.getLogger().handlers, respect_handler_level=True
         )
@@ -194,11 +223,14 @@ class ChildLogs:
 
     def stop(self) -> None:
         """Deliver what is queued and remove the forwarding."""
-        if self.listener is not None:
-            self.listener.stop()
-        if self.queue is not None:
-            self.queue.close()
-            self.queue.join_thread()
+        for queue, listener in [*self._retired, (self.queue, self.listener)]:
+            if listener is not None:
+                listener.stop()
+            if queue is not None:
+                queue.close()
+                queue.join_thread()
+        self._retired = []
+        self.queue, self.listener = None, None
         if self.mp_logging:
             import multiprocessing_logging
 
@@ -251,3 +283,78 @@ class Checkpointer:
         if self.thread is not None:
             self.thread.join()
             self.thread = None
+
+
+class ChildStarter:
+    """How the pool starts a child: forked by its zygote (:mod:`liteq.zygote`) when it has one,
+    else with the start method's context.
+
+    With ``zygote`` (the default start method on Linux), :meth:`fork_zygote` forks one while this
+    process runs a single thread; otherwise, or once that zygote died, children come from
+    ``ctx`` (the standard fork server).
+    """
+
+    def __init__(
+        self,
+        ctx: Any,
+        runtime: Any,
+        logs: ChildLogs,
+        *,
+        measure_memory: bool,
+        async_concurrency: int,
+        zygote: bool,
+    ) -> None:
+        self.ctx = ctx
+        self.runtime = runtime
+        self.logs = logs
+        self.measure_memory = measure_memory
+        self.async_concurrency = async_concurrency
+        self.zygote: Zygote | None = None
+        self._wanted = zygote
+
+    def fork_zygote(self) -> None:
+        """Fork the zygote, once, if wanted and this process runs one thread; before the pool
+        starts a thread of its own, and before the child log queue's listener (the children
+        inherit that queue, made here by the ``fork`` context, so it needs no resource tracker)."""
+        if not self._wanted:
+            return
+        self._wanted = False
+        self.logs.prepare(multiprocessing.get_context("fork"))
+        supervisor, queue, runtime = os.getpid(), self.logs.queue, self.runtime
+        measure, async_concurrency = self.measure_memory, self.async_concurrency
+
+        def factory(index: int, conn: Connection, level: int) -> tuple[Callable[..., Any], tuple[Any, ...]]:
+            return child_main, (runtime, conn, ChildOptions(supervisor, queue, level, measure, async_concurrency))
+
+        self.zygote = Zygote.fork(factory)
+        if self.zygote is None:
+            self.logs.prepare(self.ctx)
+
+    def start(self, index: int) -> tuple[Any, Connection]:
+        """Start child ``index``: its process (what the pool uses of a ``Process``) and the
+        supervisor's end of its pipe."""
+        parent_conn, child_conn = self.ctx.Pipe(duplex=True)
+        level = logging.getLogger().getEffectiveLevel()
+        name = f"liteq-child-{index}"
+        try:
+            if self.zygote is not None:
+                try:
+                    return self.zygote.start(index, child_conn, level, name), parent_conn
+                except ZygoteGone:
+                    logger.warning("the pool's zygote died; children start from a spawned fork server now")
+                    self.zygote.close()
+                    self.zygote = None
+                    self.logs.switch(self.ctx)
+            options = ChildOptions(os.getpid(), self.logs.queue, level, self.measure_memory, self.async_concurrency)
+            process = self.ctx.Process(
+                target=child_main, args=(self.runtime, child_conn, options), name=name, daemon=True
+            )
+            process.start()
+            return process, parent_conn
+        finally:
+            child_conn.close()
+
+    def close(self) -> None:
+        """Let the zygote exit, if one runs. Idempotent."""
+        if self.zygote is not None:
+            self.zygote.close()

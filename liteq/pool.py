@@ -28,7 +28,11 @@ lost``). Each policy has a module of its own:
 
 Start methods. The default is ``forkserver`` on Linux and ``spawn`` on macOS and Windows: a pool
 started with ``app.workers()`` lives beside the application's threads, and forking a
-multi-threaded process can deadlock the child on a lock some other thread held. ``fork`` is
+multi-threaded process can deadlock the child on a lock some other thread held. By default (no
+``start_method`` given) the fork server is a zygote forked from the supervisor while it still has a
+single thread (:mod:`liteq.zygote`): children then share liteq and the app with the supervisor
+and no second interpreter starts; a process that already runs threads gets the standard fork
+server. An explicit ``forkserver`` always means the standard one. ``fork`` is
 available on request (fastest start-up) and then child logs go through multiprocessing-logging;
 otherwise children send records to a ``QueueListener`` in the supervisor.
 """
@@ -46,12 +50,12 @@ import time
 from collections.abc import Callable, Sequence
 
 from .asyncrun import DEFAULT_ASYNC_CONCURRENCY
-from .child import ChildOptions, child_main
 from .child_reports import ChildReports
 from .children import (
     Checkpointer,
     Child,
     ChildLogs,
+    ChildStarter,
     default_start_method,
     exit_text,
     lost_outcome,
@@ -215,6 +219,16 @@ class WorkerPool:
         self._events = EventWait()
         self._checkpoints = Checkpointer(self.storage, inline=self.start_method == "fork")
         self._logs = ChildLogs(self.ctx, forked=self.start_method == "fork")
+        #: Children fork from a zygote when the start method is the default fork server and this
+        #: process has one thread when the pool starts (see :class:`~liteq.children.ChildStarter`).
+        self.starter = ChildStarter(
+            self.ctx,
+            runtime,
+            self._logs,
+            measure_memory=o.max_memory_per_child is not None,
+            async_concurrency=o.async_concurrency,
+            zygote=start_method is None and o.start_method == "forkserver",
+        )
         self.shutdown = Shutdown(
             self.id,
             children=self.children,
@@ -227,6 +241,7 @@ class WorkerPool:
             logs=self._logs,
             timeout=o.shutdown_timeout,
         )
+        self.shutdown.starter = self.starter
         self._thread: threading.Thread | None = None
         self._started = threading.Event()
         self._finished = threading.Event()
@@ -266,6 +281,7 @@ class WorkerPool:
         :data:`STARTUP_RESPAWNS` times per child.
         """
         self._starting = True
+        self.starter.fork_zygote()
         waker_dir = self.storage.wake_dir
         if waker_dir:
             waker = Waker(waker_dir)
@@ -295,9 +311,8 @@ class WorkerPool:
             self.shutdown.observer = self.recycler.watch_sources(self.runtime.origin, self._events)
         self._checkpoints.start()
         self.upkeep.start(time.monotonic())
-        logger.info(
-            "worker %s started %d %s children on queues %s", self.id, self.concurrency, self.start_method, self.queues
-        )
+        how = f"{self.start_method} (zygote)" if self.starter.zygote is not None else self.start_method
+        logger.info("worker %s started %d %s children on queues %s", self.id, self.concurrency, how, self.queues)
 
     def _register(self) -> None:
         recover_local_leases(self.storage, self.id, heartbeat_interval=self.options.heartbeat_interval)
@@ -313,20 +328,7 @@ class WorkerPool:
         raise LiteQError(message)
 
     def _spawn(self, index: int) -> Child:
-        parent_conn, child_conn = self.ctx.Pipe(duplex=True)
-        level = logging.getLogger().getEffectiveLevel()
-        options = ChildOptions(
-            os.getpid(),
-            self._logs.queue,
-            level,
-            self.options.max_memory_per_child is not None,
-            self.options.async_concurrency,
-        )
-        process = self.ctx.Process(  # type: ignore[attr-defined]
-            target=child_main, args=(self.runtime, child_conn, options), name=f"liteq-child-{index}", daemon=True
-        )
-        process.start()
-        child_conn.close()
+        process, parent_conn = self.starter.start(index)
         c = Child(index, process, parent_conn)
         self._events.watch(c)
         return c
@@ -359,6 +361,7 @@ class WorkerPool:
             finally:
                 self._finished.set()
 
+        self.starter.fork_zygote()  # from the caller's thread, before this pool's own
         self._thread = threading.Thread(target=main, name=f"liteq-pool-{self.id}", daemon=True)
         self._thread.start()
         self._started.wait()

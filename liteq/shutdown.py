@@ -71,6 +71,9 @@ class Shutdown:
         self.draining = False  # an operator's drain: claim nothing more, stop once idle
         #: The source watcher of ``--reload`` (stopped at teardown), if one runs.
         self.observer: Any = None
+        #: How the children start (:class:`~liteq.children.ChildStarter`): its zygote, if one runs,
+        #: is closed at teardown.
+        self.starter: Any = None
         self._deadline = 0.0
         self._closed = False
 
@@ -179,5 +182,7 @@ class Shutdown:
             logger.exception("could not unregister worker %s", self.id)
         self.checkpoints.stop()
         self.events.close()
+        if self.starter is not None:
+            self.starter.close()
         self.logs.stop()
         logger.info("worker %s stopped after %d task(s)", self.id, self.upkeep.tasks_done)

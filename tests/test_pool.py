@@ -271,9 +271,9 @@ def test_python_m_liteq_worker_runs_tasks_and_stops_on_sigterm(
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("start_method", ["fork", "forkserver", "spawn"])
+@pytest.mark.parametrize("start_method", [None, "fork", "forkserver", "spawn"])  # None: the default (a zygote)
 def test_child_log_records_reach_parent_handlers_with_task_fields(
-    make_app: Callable[..., LiteQ], capture: Capture, start_method: str
+    make_app: Callable[..., LiteQ], capture: Capture, start_method: str | None
 ) -> None:
     # Given a handler on the root logger of this process, installed before the pool starts
     app = make_app()

@@ -241,10 +241,7 @@ class Queue:
                     finish(self.s, e, CANCELLED, time.time())
                     n += 1
                     continue
-                r.state = PENDING
-                r.started_at = None
-                r.lease_owner = r.lease_token = None
-                r.lease_deadline = None
+                _hand_back(r)
                 n += 1
         self.s.notify()
         return n
@@ -271,10 +268,7 @@ class Queue:
                     r.error = None
                     finish(self.s, e, FAILED, now)
                 else:
-                    r.state = PENDING
-                    r.started_at = None
-                    r.lease_owner = r.lease_token = None
-                    r.lease_deadline = None
+                    _hand_back(r)
         if touched:
             self.s.notify()
         return touched
@@ -338,3 +332,11 @@ class Queue:
                 out.append(ok)
         self.s.notify()
         return out
+
+
+def _hand_back(r: TaskRow) -> None:
+    """A running row back to ``pending`` without its lease (released by its worker, or lost)."""
+    r.state = PENDING
+    r.started_at = None
+    r.lease_owner = r.lease_token = None
+    r.lease_deadline = None
