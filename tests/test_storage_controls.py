@@ -16,7 +16,10 @@ from liteq.storage.records import NewTask, Outcome, TaskRow
 pytestmark = pytest.mark.timeout(60)
 
 Q = "default"
-NOW = 1_750_000_000.0
+#: In the future on purpose: a cluster server reaps expired leases by its own (real) clock every
+#: tick, so with a past ``NOW`` every lease these tests hand out would already be expired to it and a
+#: tick landing mid-test would hand a claimed task back.
+NOW = 2_000_000_000.0
 _ids = itertools.count(1)
 
 
