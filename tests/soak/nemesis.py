@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import random
 import signal
@@ -94,10 +95,10 @@ class Proc:
         return sorted(out, key=lambda p: p.pid)
 
 
-def unregistered(pools: list[Proc], registered: set[int]) -> list[Proc]:
-    """The running pools among ``pools`` whose pid is not among the ``registered`` workers yet (just
-    started: still importing, connecting or starting children)."""
-    return [p for p in pools if p.alive() and p.pid not in registered]
+def silent(pools: list[Proc], beats: dict[int, float], since: float) -> list[Proc]:
+    """The running pools among ``pools`` with no heartbeat (``beats``: pid -> last heartbeat) at or
+    after ``since``: not registered yet (still starting), or not beating (still degraded, or stuck)."""
+    return [p for p in pools if p.alive() and beats.get(p.pid, -math.inf) < since]
 
 
 @dataclass

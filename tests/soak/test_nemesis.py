@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.soak.nemesis import Nemesis, _Open, unregistered
+from tests.soak.nemesis import Nemesis, _Open, silent
 from tests.soak.oracle import Fault, read_faults
 
 
@@ -40,7 +40,7 @@ def test_a_server_killed_just_before_the_end_is_restarted_by_end_all(tmp_path: P
 
 
 class _Pool:
-    """A pool process as :func:`unregistered` sees it."""
+    """A pool process as :func:`silent` sees it."""
 
     def __init__(self, pid: int, running: bool) -> None:
         self.pid = pid
@@ -50,10 +50,11 @@ class _Pool:
         return self.running
 
 
-def test_a_pool_restarted_just_before_the_end_is_waited_for_until_it_registers() -> None:
-    # CI seed 646925 (cluster): the nemesis killed pool-b 2 s before the end; its restart was spawned
-    # 0.1 s before the liveness check, which found no heartbeat, and the SIGTERM killed it mid-start-up.
-    fresh, running, gone = _Pool(30, True), _Pool(10, True), _Pool(20, False)
-    pools: list[Any] = [running, gone, fresh]
-    assert unregistered(pools, {10}) == [fresh]
-    assert unregistered(pools, {10, 30}) == []
+def test_the_end_waits_for_each_running_pool_to_beat_after_the_faults() -> None:
+    # CI seed 646925 (cluster): a pool restarted 0.1 s before the liveness check had no heartbeat yet,
+    # and the SIGTERM that ends the soak killed it mid-start-up. Seed 359665 (local): a pool the last
+    # store faults left degraded was checked 1 s after them, before its next retry round.
+    beating, degraded, starting, gone = _Pool(10, True), _Pool(20, True), _Pool(30, True), _Pool(40, False)
+    pools: list[Any] = [beating, degraded, starting, gone]
+    assert silent(pools, {10: 101.0, 20: 99.0, 40: 50.0}, since=100.0) == [degraded, starting]
+    assert silent(pools, {10: 101.0, 20: 102.0, 30: 103.0}, since=100.0) == []
