@@ -340,8 +340,8 @@ class ChildStarter:
             if self.zygote is not None:
                 try:
                     return self.zygote.start(index, child_conn, level, name), parent_conn
-                except ZygoteGone:
-                    logger.warning("the pool's zygote died; children start from a spawned fork server now")
+                except ZygoteGone as exc:
+                    logger.warning("the pool's zygote died; children start from a spawned fork server now (%s)", exc)
                     self.zygote.close()
                     self.zygote = None
                     self.logs.switch(self.ctx)

@@ -57,6 +57,10 @@ ChildFactory = Callable[[int, Connection, int], tuple[Callable[..., Any], tuple[
 _REQUEST = struct.Struct("!ii")  # child index, log level
 _PID = struct.Struct("!i")  # the child's pid; -1 when the zygote could not fork
 _CODE = struct.Struct("!i")  # the child's exit code
+ANSWER_TIMEOUT = 5.0
+"""Seconds a zygote has to answer a request for a child. A healthy one answers as soon as it has
+forked; one that does not (stopped, stuck) is killed and the pool falls back to the standard fork
+server, so the supervisor, a single thread, never waits on it for longer."""
 
 
 class ZygoteGone(OSError):
@@ -134,6 +138,7 @@ class Zygote:
     def __init__(self, pid: int, sock: socket.socket) -> None:
         self.pid = pid
         self.sock = sock
+        sock.settimeout(ANSWER_TIMEOUT)
         self.lock = threading.Lock()
         self.closed = False
 
@@ -172,6 +177,11 @@ class Zygote:
                 try:
                     socket.send_fds(self.sock, [_REQUEST.pack(index, level)], [conn.fileno(), status_w])
                     data = _recv_exactly(self.sock, _PID.size)
+                except TimeoutError as exc:
+                    # Stopped or stuck: it must not fork this child later, when nobody waits for it.
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(self.pid, signal.SIGKILL)
+                    raise ZygoteGone(f"the zygote (pid {self.pid}) did not answer within {ANSWER_TIMEOUT}s") from exc
                 except OSError as exc:
                     raise ZygoteGone(f"the zygote (pid {self.pid}) is gone: {exc}") from exc
                 if len(data) < _PID.size:

@@ -5,18 +5,23 @@ from __future__ import annotations
 
 import contextlib
 import json
+import multiprocessing
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
 
 from liteq import LiteQ
+from liteq import zygote as zygote_module
 from liteq.zygote import single_threaded
 from tests import pool_tasks
 from tests.pool_support import Reaper, gone, pool_env, running_pool, wait_for, worker_cmd
@@ -100,6 +105,14 @@ def _zygote_and_children(reaper: Reaper, supervisor: int) -> tuple[int, set[int]
     return wait_for(found, 30, "a zygote with two children")
 
 
+def _pool_with_a_zygote(tmp_path: Path, reaper: Reaper) -> tuple[LiteQ, subprocess.Popen[bytes], Any, int, set[int]]:
+    """A worker that ran one task, its ``add`` task, its zygote's pid and its children's."""
+    app, proc = _start_default_pool(tmp_path, reaper)
+    add = app.task(pool_tasks.add)
+    assert add.delay(1, 1).get(timeout=30) == 2
+    return (app, proc, add, *_zygote_and_children(reaper, proc.pid))
+
+
 def test_a_worker_forks_its_children_from_a_zygote_and_starts_no_other_interpreter(
     tmp_path: Path, reaper: Reaper
 ) -> None:
@@ -127,12 +140,8 @@ def test_a_killed_zygote_is_replaced_by_the_standard_fork_server_and_the_pool_ru
     tmp_path: Path, reaper: Reaper
 ) -> None:
     # Given a worker whose children come from a zygote
-    app, proc = _start_default_pool(tmp_path, reaper)
+    app, proc, add, zygote, children = _pool_with_a_zygote(tmp_path, reaper)
     try:
-        add = app.task(pool_tasks.add)
-        assert add.delay(1, 1).get(timeout=30) == 2
-        zygote, children = _zygote_and_children(reaper, proc.pid)
-
         # When the zygote is SIGKILLed
         os.kill(zygote, signal.SIGKILL)
 
@@ -147,6 +156,32 @@ def test_a_killed_zygote_is_replaced_by_the_standard_fork_server_and_the_pool_ru
         assert any("forkserver" in cmd for _, cmd in family.values())
     finally:
         app.close()
+
+
+@pytest.mark.timeout(30)
+def test_a_zygote_that_does_not_answer_is_killed_after_the_answer_timeout(
+    reaper: Reaper, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a zygote that never answers (stopped or stuck: here a process that ignores its socket)
+    monkeypatch.setattr(zygote_module, "ANSWER_TIMEOUT", 0.3)
+    silent = reaper.popen([sys.executable, "-c", "import time; time.sleep(60)"], name="silent")
+    ours, theirs = socket.socketpair()
+    zygote = zygote_module.Zygote(silent.pid, ours)
+    parent_end, child_end = multiprocessing.Pipe()
+    try:
+        # When the pool asks it for a child
+        started = time.monotonic()
+        with pytest.raises(zygote_module.ZygoteGone, match="did not answer"):
+            zygote.start(0, child_end, 20, "liteq-child-0")
+
+        # Then the supervisor waited only the answer timeout and the zygote was killed, so it
+        # cannot fork that child later (the pool falls back to the standard fork server)
+        assert time.monotonic() - started < 10
+        assert silent.wait(10) == -signal.SIGKILL
+    finally:
+        for end in (theirs, parent_end, child_end):
+            end.close()
+        zygote.close(timeout=0)
 
 
 def test_a_sigkilled_supervisor_takes_its_zygote_and_children_with_it(tmp_path: Path, reaper: Reaper) -> None:

@@ -8,7 +8,8 @@ tests.soak.actors <role> ARGS``.
   before the first one it was not told about (their retry must return the first id), and skips
   canvas keys it already sent. A store error (busy, full) is retried after a short backoff, like
   a careful producer would; after a lost connection (cluster) only a plain, idempotent call is.
-- ``pool-host CONCURRENCY START_METHOD [CLOCK_FILE]``: ``app.workers()`` in this process until
+- ``pool-host CONCURRENCY START_METHOD [CLOCK_FILE]``: ``app.workers()`` (START_METHOD ``default``:
+  the pool's own choice, a zygote where it can) in this process until
   SIGTERM; exits 3 at once if the pool's thread dies while it should run. With CLOCK_FILE (and a
   pool that takes an injected clock), the pool's wall clock is stepped by the offset in that file.
 - ``hold-lock DB SECONDS TIMES``: ``BEGIN EXCLUSIVE`` on the database file for SECONDS; writes the
@@ -156,7 +157,8 @@ def pool_host(concurrency: int, start_method: str, clock_file: str | None = None
     options: dict[str, Any] = {}
     if clock_file and pool_takes_a_clock():
         options["clock"] = stepped_clock(clock_file)
-    with app.workers(concurrency, start_method=start_method, shutdown_timeout=20.0, **options) as pool:
+    method = None if start_method == "default" else start_method
+    with app.workers(concurrency, start_method=method, shutdown_timeout=20.0, **options) as pool:
         name = f"liteq-pool-{pool.id}"
         while not stop.wait(0.2):
             if not any(t.name == name for t in threading.enumerate()):

@@ -81,14 +81,17 @@ class Proc:
             return [self.pid]
 
     def workers(self) -> list[psutil.Process]:
-        """A pool's task-running children (not its fork server or resource tracker)."""
+        """A pool's task-running children (not its fork server, zygote or resource tracker)."""
         out = []
         try:
+            own = self.ps.cmdline()
             for p in self.ps.children(recursive=True):
                 with contextlib.suppress(psutil.Error):
                     cmd = " ".join(p.cmdline())
                     if "resource_tracker" in cmd or (p.ppid() == self.pid and "forkserver" in cmd):
                         continue
+                    if p.ppid() == self.pid and p.cmdline() == own and p.children():
+                        continue  # the zygote: a fork of the supervisor whose children run the tasks
                     out.append(p)
         except psutil.Error:
             pass

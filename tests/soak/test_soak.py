@@ -91,10 +91,15 @@ def store_place(tmp_path: Path, reaper: Reaper) -> Iterator[tuple[Path, Path | N
             subprocess.run(["umount", "--lazy", str(mnt)], check=False)
 
 
+def _start_method(method: str) -> list[str]:
+    return [] if method == "default" else ["--start-method", method]
+
+
 def _commands(seed: int, keys: int, t0: Callable[[], float], clock_file: Path) -> tuple[dict[str, Any], dict[str, str]]:
     """The argv of every slot of the cast (by incarnation), and each slot's role."""
     rng = random.Random(f"{seed}:cast")
-    methods = [rng.choice(["forkserver", "fork", "spawn"]) for _ in range(3)]
+    # "default": no --start-method, so the pool forks its children from a zygote where it can.
+    methods = [rng.choice(["default", "forkserver", "fork", "spawn"]) for _ in range(3)]
     py = sys.executable
     worker = [
         py,
@@ -108,8 +113,8 @@ def _commands(seed: int, keys: int, t0: Callable[[], float], clock_file: Path) -
         "20",
     ]
     commands: dict[str, Any] = {
-        "pool-a": lambda n: [*worker, "--start-method", methods[0]],
-        "pool-b": lambda n: [*worker, "--start-method", methods[1]],
+        "pool-a": lambda n: [*worker, *_start_method(methods[0])],
+        "pool-b": lambda n: [*worker, *_start_method(methods[1])],
         "pool-c": lambda n: [py, "-m", "tests.soak.actors", "pool-host", str(CONCURRENCY), methods[2], str(clock_file)],
         "scheduler": lambda n: [py, "-m", "liteq", "scheduler", "tests.soak.soak_app:app"],
     }
