@@ -367,9 +367,12 @@ def test_cli_serves_prints_the_url_and_refuses_a_public_bind_without_token(app: 
     )  # fmt: skip
     assert refused.returncode == 1 and "--token-file" in refused.stderr
     # And on loopback it prints the URL it serves, and stops on Ctrl-C
+    # (SIGINT back to its default in the child: a test run started in the background, as `cmd &`
+    # does, ignores SIGINT; the dashboard would inherit that and rightly keep serving.)
     proc = subprocess.Popen(
         [sys.executable, "-m", "liteq", "dashboard", store, "--bind", "127.0.0.1:0", "--read-only"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**env, "PYTHONUNBUFFERED": "1"},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     try:
         assert proc.stdout is not None
@@ -381,7 +384,12 @@ def test_cli_serves_prints_the_url_and_refuses_a_public_bind_without_token(app: 
         assert Client(url).get("/api/overview")["totals"]["succeeded"] == 3
     finally:
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=20)
+        try:
+            _, err = proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()  # leave no server behind for the tests that follow
+            proc.communicate()
+            raise
     assert proc.returncode == 0, err
 
 
