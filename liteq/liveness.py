@@ -33,7 +33,7 @@ from .storage.records import ClaimedTask
 if TYPE_CHECKING:
     from .runtime import Runtime
 
-__all__ = ["CANCEL_GRACE", "Watchdog", "kill"]
+__all__ = ["CANCEL_GRACE", "Watchdog", "kill", "sigkill"]
 
 logger = logging.getLogger("liteq.pool")
 
@@ -43,14 +43,19 @@ CANCEL_GRACE = 3.0
 PING_FRACTION = 0.25
 
 
-def kill(c: Child, reason: KillReason) -> None:
-    """SIGKILL child ``c``, recording why; its tasks are handled when its exit is seen."""
-    # Its queued tasks come back when the child is buried; killed, it cannot start them.
-    c.kill_reason = reason
+def sigkill(c: Child) -> None:
+    """SIGKILL child ``c``'s process, if it still exists (a child that never started has no pid)."""
     try:
         os.kill(c.process.pid, signal.SIGKILL)
     except (ProcessLookupError, TypeError):
         pass
+
+
+def kill(c: Child, reason: KillReason) -> None:
+    """SIGKILL child ``c``, recording why; its tasks are handled when its exit is seen."""
+    # Its queued tasks come back when the child is buried; killed, it cannot start them.
+    c.kill_reason = reason
+    sigkill(c)
 
 
 class Watchdog:

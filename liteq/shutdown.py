@@ -16,7 +16,6 @@ end of the grace is a timer in the pool's deadline heap), :meth:`Shutdown.finish
 from __future__ import annotations
 
 import logging
-import os
 import signal
 from types import FrameType
 from typing import Any
@@ -26,7 +25,7 @@ from .deadlines import Deadlines
 from .dispatch import Dispatch
 from .events import EventWait
 from .exceptions import LiteQError
-from .liveness import kill
+from .liveness import kill, sigkill
 from .pool_protocol import KillReason, Kind, StopLevel, send
 from .storage.contract import Storage
 from .upkeep import Upkeep
@@ -158,10 +157,7 @@ class Shutdown:
         """SIGKILL every child left and forget it."""
         for c in self.children:
             if c.process.is_alive():
-                try:
-                    os.kill(c.process.pid, signal.SIGKILL)
-                except (ProcessLookupError, TypeError):
-                    pass
+                sigkill(c)
             c.process.join(5)
             self.events.unwatch(c)
             c.conn.close()
