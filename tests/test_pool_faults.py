@@ -658,7 +658,9 @@ def _pool_a_holding(
     block = app.task(pool_tasks.block)
     a = reaper.popen(run_worker_cmd(concurrency=1, worker_id="a", **options), name="a", env=pool_env(store, lease=2))
     wait_for(lambda: registered(app, a.pid), 30, "pool A to register")
-    results = [block.delay(runlog.path, gate.dir, f"k{i}") for i in range(n)]
+    # In one transaction, so that A's first claim takes them all: sent one by one, a task arriving
+    # while A still holds more than half its prefetch waits for A's next batched refill.
+    results = app.enqueue_many([block.s(runlog.path, gate.dir, f"k{i}") for i in range(n)])
     runlog.wait_started("k0")
     wait_for(lambda: all(r.state == "running" for r in results), 20, "every task to be claimed by A")
     return a, results
