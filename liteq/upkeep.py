@@ -299,11 +299,16 @@ class Upkeep:
         self.deadlines.schedule(Job.TICK, None if due is None else mono + max(due - now, 0.0))
 
     def _watch_clock(self, mono: float) -> None:
-        wall = self.clock()
-        skew = wall - mono
+        """Re-set the tick timer on drift; on a wall-clock step, re-extend now and hold reaping.
+
+        The two clocks are read together: ``mono`` is when this iteration began, and a store call
+        since then that waited on another process's lock would look like a forward step.
+        """
+        now = time.monotonic()
+        skew = self.clock() - now
         # The tick timer turned an epoch slot into a monotonic instant: a wall clock that drifted
         # or stepped since moves the slot on the monotonic clock.
-        if Job.TICK in self.deadlines and abs(wall - time.monotonic() - self._tick_skew) > TICK_DRIFT:
+        if Job.TICK in self.deadlines and abs(skew - self._tick_skew) > TICK_DRIFT:
             self._arm_tick()
         step = skew - self._skew
         if abs(step) <= CLOCK_STEP_TOLERANCE:
@@ -318,8 +323,8 @@ class Upkeep:
             step,
             hold,
         )
-        self.deadlines.schedule(Job.EXTEND, mono)
-        self._reap_hold_until = mono + hold
+        self.deadlines.schedule(Job.EXTEND, mono)  # due in this iteration's round (at ``mono``)
+        self._reap_hold_until = now + hold  # from when the step was seen
 
     def _arm_flush(self, mono: float) -> None:
         """Wake at once for progress and outcomes that may not wait for company, else when the

@@ -5,16 +5,27 @@ pools' wall clock is injected (``WorkerPool(clock=...)``) and stepped by ±120 s
 a task and pool B, with a short lease, reaps often: A's live lease must not be reaped (the task
 starts once), a dead owner's lease still comes back, and an eta stored before the step fires
 early by at most the step.
+
+A store call that waits on another process's lock is no step: the pool compares the wall clock
+with the monotonic clock read at the same moment, not with the one its iteration started at.
 """
 
 from __future__ import annotations
 
+import logging
+import sqlite3
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 from liteq import LiteQ
+from liteq.health import PoolState
+from liteq.pool import WorkerPool
+from liteq.storage.sqlite import DB_FILENAME
+from liteq.upkeep import CLOCK_STEP_TOLERANCE
 from tests import pool_tasks
 from tests.pool_support import Gate, RunLog, running_pool, wait_for
 
@@ -91,3 +102,54 @@ def test_a_clock_step_reaps_no_live_lease_and_fires_no_eta_early(
         assert a.state.value == "ok"
         gate.release_all()
         assert result.get(timeout=30) == "t.1"
+
+
+def _in_store_call(pool: WorkerPool, name: str) -> bool:
+    """True while the pool's loop thread is inside the store's ``name`` (waiting on a lock, here)."""
+    assert pool._thread is not None
+    frame = sys._current_frames().get(pool._thread.ident or 0)
+    while frame is not None:
+        if frame.f_code.co_name == name and "storage" in frame.f_code.co_filename:
+            return True
+        frame = frame.f_back
+    return False
+
+
+@pytest.mark.timeout(90)
+def test_a_store_call_waiting_on_a_lock_is_no_clock_step(
+    tmp_path: Path, make_app: MakeApp, runlog: RunLog, gate: Gate, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, "liteq.pool")
+    # Given a pool running a blocked task, on a store whose busy timeout outlasts the lock below
+    app = make_app(busy_timeout=30.0)
+    block = app.task(pool_tasks.block)
+    with running_pool(app, gate, concurrency=1) as pool:
+        result = block.delay(runlog.path, gate.dir, "t")
+        runlog.wait_started("t")
+
+        # When another connection holds BEGIN EXCLUSIVE while the pool writes the task's outcome,
+        # for longer than a clock step's tolerance (and well under the busy timeout)
+        holder = sqlite3.connect(tmp_path / "store" / DB_FILENAME, isolation_level=None, timeout=30)
+        holder.execute("BEGIN EXCLUSIVE")
+        try:
+            gate.release("t")
+            wait_for(lambda: _in_store_call(pool, "complete"), 30, "the pool to wait on the lock to record the outcome")
+            blocked_at = time.monotonic()
+            hold = 2 * CLOCK_STEP_TOLERANCE + 0.5
+            # the lock is the fault: it is held for a set time while the pool waits on it
+            wait_for(
+                lambda: time.monotonic() - blocked_at >= hold and _in_store_call(pool, "complete"),
+                hold + 10,
+                "the pool to stay blocked on the lock",
+            )
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+
+        # Then the outcome lands, the task ran once, the pool stayed ok...
+        assert result.get(timeout=30) == "t.1"
+        assert runlog.runs_per_key() == {"t": 1}
+        assert pool.state is PoolState.OK
+    # ...and the pool, stopped (so the iteration that waited has finished), saw no wall-clock step
+    steps = [r.getMessage() for r in caplog.records if "wall clock stepped" in r.getMessage()]
+    assert not steps, steps
