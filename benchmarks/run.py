@@ -1,7 +1,7 @@
 """``make bench``: run every benchmark module in one process, print one table, write results/latest.json.
 
 Usage: ``python benchmarks/run.py [--only store] [--repeats 3] [--dir DIR] [--keep] [--scale 1.0]
-[--dashboard-seconds 60]``
+[--dashboard-seconds 90] [--dashboard-warmup 30]``
 
 Stores are created under ``--dir`` (default: a fresh ``.bench-*`` directory in the current working
 directory, which is where ``LiteQ()`` puts its default store, so the figures are for the disk a
@@ -153,7 +153,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the stores afterwards")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply task counts (smoke runs only)")
     parser.add_argument(
-        "--dashboard-seconds", type=float, default=None, help="length of the dashboard memory run [60; the issue: 600]"
+        "--dashboard-seconds",
+        type=float,
+        default=None,
+        help="the dashboard memory run's steady window, after its warm-up [90; the issue: 600]",
+    )
+    parser.add_argument(
+        "--dashboard-warmup", type=float, default=None, help="the dashboard memory run's warm-up, not judged [30]"
     )
     parser.add_argument("--output", type=Path, default=HERE / "results" / "latest.json")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
@@ -162,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     names = _modules(args.only)
     if args.dashboard_seconds is not None:
         os.environ["LITEQ_BENCH_DASHBOARD_SECONDS"] = str(args.dashboard_seconds)
+    if args.dashboard_warmup is not None:
+        os.environ["LITEQ_BENCH_DASHBOARD_WARMUP"] = str(args.dashboard_warmup)
     if args.dir is not None:
         args.dir.mkdir(parents=True, exist_ok=True)
         workdir = Path(tempfile.mkdtemp(prefix=".bench-", dir=args.dir))
