@@ -9,15 +9,18 @@ the supervisor claims and hands the task to a child, the child answers, the supe
 outcome, the producer reads it) is a chain of process wake-ups, and on a virtual machine a wake-up
 is the dearest step of the chain: the sender exits to the hypervisor to interrupt a halted virtual
 CPU and the sleeper waits for it to be scheduled again (`perf` shows the CPUs idle for most of
-such a round trip although every step waits for the one before). A supervisor that keeps polling its selector
-(with a zero timeout) for a moment before it sleeps is found awake when its child answers or the
+such a round trip although every step waits for the one before). A supervisor that keeps
+polling its selector (with a zero timeout) for a moment before it sleeps is found awake when its child answers or the
 producer's next task arrives, and neither wake-up is paid. :meth:`EventWait.wait` polls for at
 most ``spin`` seconds (never past its timeout), and :class:`~liteq.pool.WorkerPool` asks for it
 only where it costs nothing another process or thread needs: right after activity (an idle pool
 never spins), while its children leave a CPU free, when the loop runs in a process of its own (a
 pool in an application's thread would hold that application's GIL while it polls), and over a
 store whose events reach it straight from the kernel (over a cluster server a reader thread
-delivers them, and would wait for the GIL the poll holds).
+delivers them, and would wait for the GIL the poll holds). And only while polling pays:
+:class:`Spinner` remembers how the pool's recent waits of each kind (a child running a task, or
+none) ended, and polls only while most of them ended within the spin, so tasks that arrive at
+random a millisecond apart, or run longer than the spin, soon cost no polling at all.
 """
 
 from __future__ import annotations
@@ -33,14 +36,54 @@ from typing import Any
 from .children import Child, drain
 from .wake import Waker
 
-__all__ = ["EventWait", "spin_for"]
+__all__ = ["EventWait", "Spinner"]
+
+#: Weight of the newest wait in a :class:`Spinner`'s estimate of how often polling pays.
+SPIN_LEARNING = 0.125
+#: While polling does not pay, one eligible wait in this many polls all the same: a wait that
+#: sleeps also pays for its wake-up, so only polling shows whether events come within the spin.
+SPIN_PROBE = 8
 
 
-def spin_for(spin: float, *, active: bool, busy: int, cpus: int) -> float:
-    """How long the next wait may poll before it sleeps: ``spin`` when the last wait returned
-    events (``active``: more may follow at once) and the ``busy`` children leave one of the
-    ``cpus`` free; else 0, and an idle pool never polls (see the module doc)."""
-    return spin if spin > 0 and active and busy < cpus else 0.0
+class Spinner:
+    """Decides how long each wait of a pool may poll before it sleeps (see the module doc).
+
+    For each kind of wait (a child running a task, or none running) it keeps a running estimate
+    of the share of recent waits that ended with an event within ``spin`` seconds, learned from
+    every wait that follows activity; it polls while that share is at least half, and one wait in
+    :data:`SPIN_PROBE` otherwise.
+    """
+
+    def __init__(self, spin: float, cpus: int) -> None:
+        self.spin = spin
+        self.cpus = cpus
+        #: Share of recent waits that ended within the spin, for waits with / without a busy child.
+        self.quick = {True: 1.0, False: 1.0}
+        self._skipped = {True: 0, False: 0}
+        self._kind: bool | None = None
+
+    def before(self, *, active: bool, busy: int) -> float:
+        """The spin for the next wait: 0 unless the last wait returned events (``active``: more
+        may follow at once), the ``busy`` children leave a CPU free, and polling has paid lately."""
+        if self.spin <= 0 or not active or busy >= self.cpus:
+            self._kind = None
+            return 0.0
+        kind = self._kind = busy > 0
+        if self.quick[kind] >= 0.5:
+            return self.spin
+        self._skipped[kind] += 1
+        if self._skipped[kind] >= SPIN_PROBE:
+            self._skipped[kind] = 0
+            return self.spin
+        return 0.0
+
+    def after(self, waited: float, got_events: bool) -> None:
+        """Learn from the wait just done: it took ``waited`` seconds and returned events or not."""
+        kind = self._kind
+        if kind is None:
+            return
+        hit = 1.0 if got_events and waited <= self.spin else 0.0
+        self.quick[kind] += (hit - self.quick[kind]) * SPIN_LEARNING
 
 
 class EventWait:

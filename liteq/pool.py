@@ -63,7 +63,7 @@ from .children import (
 from .coroutine_feed import CoroutineFeed
 from .deadlines import Deadlines
 from .dispatch import Dispatch
-from .events import EventWait, spin_for
+from .events import EventWait, Spinner
 from .exceptions import LiteQError
 from .health import PoolState
 from .liveness import Watchdog
@@ -124,8 +124,8 @@ class WorkerPool:
     - ``clock``: the wall clock the pool passes to the store (default ``time.time``; injected by
       tests of clock steps, see :mod:`liteq.upkeep`).
     - ``spin``: seconds the supervisor keeps polling for its next event before it sleeps, right
-      after activity and while its children leave a CPU free: a child's answer or the next task
-      then finds it awake (see :mod:`liteq.events`). Default (:func:`~liteq.pool_options.default_spin`):
+      after activity, while its children leave a CPU free and while polling pays: a child's
+      answer or the next task then finds it awake (see :mod:`liteq.events`). Default (:func:`~liteq.pool_options.default_spin`):
       :data:`~liteq.pool_options.SPIN` when the pool runs in a process of its own (``liteq
       worker``, ``app.run_worker()``) over a local store; 0 in ``app.workers()``, whose loop shares
       the application's GIL, and over a cluster server. 0: never spin.
@@ -250,10 +250,9 @@ class WorkerPool:
             timeout=o.shutdown_timeout,
         )
         self.shutdown.starter = self.starter
-        #: Seconds to poll before sleeping after activity (the option, resolved where the loop runs).
-        self.spin = default_spin(self.storage, in_background=False) if o.spin is None else o.spin
         self._active = False  # the last wait returned events: more may follow at once
-        self._cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        self._spinner = Spinner(default_spin(self.storage, in_background=False) if o.spin is None else o.spin, cpus)
         self._thread: threading.Thread | None = None
         self._started = threading.Event()
         self._finished = threading.Event()
@@ -266,6 +265,12 @@ class WorkerPool:
     def tasks_done(self) -> int:
         """Tasks this pool ran to an outcome."""
         return self.upkeep.tasks_done
+
+    @property
+    def spin(self) -> float:
+        """Seconds the supervisor may poll for its next event before it sleeps (the ``spin``
+        option, its default resolved where the loop runs; 0: never)."""
+        return self._spinner.spin
 
     @property
     def state(self) -> PoolState:
@@ -375,7 +380,7 @@ class WorkerPool:
 
         self.starter.fork_zygote()  # from the caller's thread, before this pool's own
         if self.options.spin is None:
-            self.spin = default_spin(self.storage, in_background=True)
+            self._spinner.spin = default_spin(self.storage, in_background=True)
         self._thread = threading.Thread(target=main, name=f"liteq-pool-{self.id}", daemon=True)
         self._thread.start()
         self._started.wait()
@@ -441,9 +446,11 @@ class WorkerPool:
     def _poll(self, timeout: float) -> None:
         """Wait up to ``timeout`` for any event, then handle every one that is ready."""
         dead: list[Child] = []
-        busy = sum(1 for c in self.children if c.queue)
-        spin = spin_for(self.spin, active=self._active and not self._starting, busy=busy, cpus=self._cpus)
+        spinner = self._spinner
+        spin = spinner.before(active=self._active and not self._starting, busy=sum(1 for c in self.children if c.queue))
+        started = time.monotonic()
         events = self._events.wait(timeout, self.children, spin)
+        spinner.after(time.monotonic() - started, bool(events))
         self._active = bool(events)
         for kind, c in events:
             if kind == "waker":

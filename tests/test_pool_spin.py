@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 from liteq import LiteQ
-from liteq.events import EventWait, spin_for
+from liteq.events import SPIN_PROBE, EventWait, Spinner
 from liteq.exceptions import ConfigurationError
 from liteq.pool import WorkerPool
 from liteq.pool_options import MAX_SPIN, SPIN, default_spin
@@ -93,8 +93,32 @@ def test_a_pool_over_a_cluster_server_does_not_spin_by_default(storage: Storage)
 def test_the_spin_is_granted_only_after_activity_while_a_cpu_is_free(
     active: bool, busy: int, cpus: int, expected: float
 ) -> None:
-    assert spin_for(SPIN, active=active, busy=busy, cpus=cpus) == expected
-    assert spin_for(0.0, active=active, busy=busy, cpus=cpus) == 0.0  # spin=0: never
+    assert Spinner(SPIN, cpus).before(active=active, busy=busy) == expected
+    assert Spinner(0.0, cpus).before(active=active, busy=busy) == 0.0  # spin=0: never
+
+
+def test_the_spin_stops_where_polling_does_not_pay_and_comes_back_where_it_does() -> None:
+    spinner = Spinner(SPIN, 2)
+    # Given waits with no task running that keep ending later than the spin (tasks arriving at
+    # random, a millisecond apart)
+    for _ in range(20):
+        spinner.before(active=True, busy=0)
+        spinner.after(0.002, True)
+    # Then such waits poll only now and then (to see whether it would pay again), while waits for
+    # a running child's answer still poll
+    polled = [spinner.before(active=True, busy=0) for _ in range(SPIN_PROBE * 4)]
+    assert polled.count(SPIN) == 4 and polled.count(0.0) == SPIN_PROBE * 4 - 4
+    assert spinner.before(active=True, busy=1) == SPIN
+    # And when events come within the spin again, polling comes back
+    for _ in range(20):
+        spinner.before(active=True, busy=0)
+        spinner.after(SPIN / 3, True)
+    assert spinner.before(active=True, busy=0) == SPIN
+    # A wait that ended without an event (a timer) counts as polling that did not pay
+    for _ in range(20):
+        spinner.before(active=True, busy=1)
+        spinner.after(SPIN / 3, False)
+    assert spinner.before(active=True, busy=1) == 0.0
 
 
 def test_a_wake_up_that_comes_while_the_wait_spins_is_returned(tmp_path: Path) -> None:
