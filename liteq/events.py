@@ -3,6 +3,21 @@ socket, and its own self-pipe (a stop request, a source change), in one wait.
 
 One selector lives as long as the pool (``multiprocessing.connection.wait`` builds one per call);
 on Windows, which cannot select on pipes, ``wait`` is used instead.
+
+DESIGN NOTE — spinning before sleeping. A round trip through an idle pool (a producer enqueues,
+the supervisor claims and hands the task to a child, the child answers, the supervisor records the
+outcome, the producer reads it) is a chain of process wake-ups, and on a virtual machine a wake-up
+is the dearest step of the chain: the sender exits to the hypervisor to interrupt a halted virtual
+CPU and the sleeper waits for it to be scheduled again (`perf` shows the CPUs idle for most of
+such a round trip although every step waits for the one before). A supervisor that keeps polling its selector
+(with a zero timeout) for a moment before it sleeps is found awake when its child answers or the
+producer's next task arrives, and neither wake-up is paid. :meth:`EventWait.wait` polls for at
+most ``spin`` seconds (never past its timeout), and :class:`~liteq.pool.WorkerPool` asks for it
+only where it costs nothing another process or thread needs: right after activity (an idle pool
+never spins), while its children leave a CPU free, when the loop runs in a process of its own (a
+pool in an application's thread would hold that application's GIL while it polls), and over a
+store whose events reach it straight from the kernel (over a cluster server a reader thread
+delivers them, and would wait for the GIL the poll holds).
 """
 
 from __future__ import annotations
@@ -10,6 +25,7 @@ from __future__ import annotations
 import selectors
 import socket
 import sys
+import time
 from collections.abc import Iterable
 from multiprocessing.connection import wait
 from typing import Any
@@ -17,7 +33,14 @@ from typing import Any
 from .children import Child, drain
 from .wake import Waker
 
-__all__ = ["EventWait"]
+__all__ = ["EventWait", "spin_for"]
+
+
+def spin_for(spin: float, *, active: bool, busy: int, cpus: int) -> float:
+    """How long the next wait may poll before it sleeps: ``spin`` when the last wait returned
+    events (``active``: more may follow at once) and the ``busy`` children leave one of the
+    ``cpus`` free; else 0, and an idle pool never polls (see the module doc)."""
+    return spin if spin > 0 and active and busy < cpus else 0.0
 
 
 class EventWait:
@@ -63,10 +86,23 @@ class EventWait:
         except OSError:
             pass
 
-    def wait(self, timeout: float, children: Iterable[Child]) -> list[tuple[str, Any]]:
-        """Wait up to ``timeout`` seconds; return the events that are ready (see the class doc)."""
+    def wait(self, timeout: float, children: Iterable[Child], spin: float = 0.0) -> list[tuple[str, Any]]:
+        """Wait up to ``timeout`` seconds; return the events that are ready (see the class doc).
+
+        With ``spin``, poll without sleeping for up to that long first (see the module doc)."""
         if self._selector is not None:
-            ready = [key.data for key, _ in self._selector.select(max(timeout, 0))]
+            select = self._selector.select
+            timeout = max(timeout, 0.0)
+            keys: list[tuple[selectors.SelectorKey, int]] = []
+            if spin > 0 and timeout > 0:
+                started = time.monotonic()
+                end = started + min(spin, timeout)
+                while not keys and time.monotonic() < end:
+                    keys = select(0)
+                timeout = max(timeout - (time.monotonic() - started), 0.0)
+            if not keys:
+                keys = select(timeout)
+            ready = [key.data for key, _ in keys]
         else:
             ready = self._ready_portable(timeout, children)
         out = []
