@@ -10,8 +10,8 @@ outcome, the producer reads it) is a chain of process wake-ups, and on a virtual
 is the dearest step of the chain: the sender exits to the hypervisor to interrupt a halted virtual
 CPU and the sleeper waits for it to be scheduled again (`perf` shows the CPUs idle for most of
 such a round trip although every step waits for the one before). A supervisor that keeps
-polling its selector (with a zero timeout) for a moment before it sleeps is found awake when its child answers or the
-producer's next task arrives, and neither wake-up is paid. :meth:`EventWait.wait` polls for at
+polling its selector (with a zero timeout) for a moment before it sleeps is found awake when its
+child answers or the producer's next task arrives, and neither wake-up is paid. :meth:`EventWait.wait` polls for at
 most ``spin`` seconds (never past its timeout), and :class:`~liteq.pool.WorkerPool` asks for it
 only where it costs nothing another process or thread needs: right after activity (an idle pool
 never spins), while its children leave a CPU free, when the loop runs in a process of its own (a

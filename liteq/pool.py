@@ -125,10 +125,11 @@ class WorkerPool:
       tests of clock steps, see :mod:`liteq.upkeep`).
     - ``spin``: seconds the supervisor keeps polling for its next event before it sleeps, right
       after activity, while its children leave a CPU free and while polling pays: a child's
-      answer or the next task then finds it awake (see :mod:`liteq.events`). Default (:func:`~liteq.pool_options.default_spin`):
-      :data:`~liteq.pool_options.SPIN` when the pool runs in a process of its own (``liteq
-      worker``, ``app.run_worker()``) over a local store; 0 in ``app.workers()``, whose loop shares
-      the application's GIL, and over a cluster server. 0: never spin.
+      answer or the next task then finds it awake (see :mod:`liteq.events`). By default
+      (:func:`~liteq.pool_options.default_spin`) :data:`~liteq.pool_options.SPIN` when the pool
+      runs in a process of its own (``liteq worker``, ``app.run_worker()``) over a local store; 0
+      in ``app.workers()``, whose loop shares the application's GIL, and over a cluster server.
+      0: never spin.
     """
 
     def __init__(
