@@ -32,12 +32,20 @@ def env(**extra: str) -> dict[str, str]:
 
 
 def start_liteq_worker(
-    store: Path, log: Path, *, concurrency: int = 2, queues: str | None = None, **extra: str
+    store: Path,
+    log: Path,
+    *,
+    concurrency: int = 2,
+    queues: str | None = None,
+    flags: tuple[str, ...] = (),
+    **extra: str,
 ) -> subprocess.Popen[bytes]:
-    """``python -m liteq worker bench_tasks:app -c N`` on ``store``; its log goes to ``log``."""
+    """``python -m liteq worker bench_tasks:app -c N [FLAGS]`` on ``store``, with ``extra`` in its
+    environment; its log goes to ``log``."""
     cmd = [sys.executable, "-m", "liteq", "worker", "bench_tasks:app", "-c", str(concurrency), "-l", "INFO"]
     if queues:
         cmd += ["-Q", queues]
+    cmd += flags
     with open(log, "ab") as out:
         return subprocess.Popen(
             cmd, env=env(LITEQ_BENCH_STORE=str(store), **extra), stdout=out, stderr=subprocess.STDOUT, cwd=HERE

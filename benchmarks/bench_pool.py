@@ -1,5 +1,5 @@
 """Process-pool benchmarks (issues 3 and 10): W2 drain, W3 latency, W4 CPU fan-out, idle cost,
-start-up, memory.
+the cost of the supervisor's spin, start-up, memory.
 
 All in one run so that the ratios hold on a noisy machine. Beside liteq's ``WorkerPool`` with 2
 children:
@@ -22,6 +22,7 @@ process.
 from __future__ import annotations
 
 import multiprocessing
+import random
 import time
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,8 @@ N_LATENCY = 200
 N_CPU = 200
 CPU_TASK_MS = 10.0
 IDLE_SECONDS = 30.0
+N_SPIN = 3_000
+SPIN_RATE = 1_000.0
 N_MEMORY = 200_000
 ENQUEUE_CHUNK = 50_000
 MB = 2**20
@@ -288,12 +291,11 @@ def bench_latency_idle(ctx: Context, iterations: int, bare_cpu: float) -> list[F
     idle = max(3.0, IDLE_SECONDS * min(ctx.scale, 1.0))
     lpath, hpath = ctx.fresh("w3-liteq"), ctx.fresh("w3-huey")
     worker = start_liteq_worker(lpath, lpath / "worker.log")
-    consumer = start_huey_consumer(hpath / "huey.db", hpath / "consumer.log")
     app, t = _app(lpath)
-    huey, h = _huey(hpath / "huey.db")
+    consumer: Any = None
+    huey: Any = None
     try:
         t["noop"].delay(-1).get(timeout=60)  # the pool is up
-        h["noop"](-1).get(blocking=True, timeout=60)
         _liteq_latency(app, t["noop"], 20)  # warm: connections, statement cache, wake sockets
         p50s, p99s, runs = [], [], []
         for round_ in range(ctx.repeats):
@@ -302,6 +304,11 @@ def bench_latency_idle(ctx: Context, iterations: int, bare_cpu: float) -> list[F
             p50s.append(percentile(lat, 50))
             p99s.append(percentile(lat, 99))
             ctx.log(f"W3 liteq round {round_ + 1}: p50 {p50s[-1]:.0f} us, p99 {p99s[-1]:.0f} us, max {max(lat):.0f} us")
+        # Huey's consumer starts only now: its workers poll the database while it runs, which
+        # would land in liteq's round trips (and liteq's idle pool in none of Huey's).
+        consumer = start_huey_consumer(hpath / "huey.db", hpath / "consumer.log")
+        huey, h = _huey(hpath / "huey.db")
+        h["noop"](-1).get(blocking=True, timeout=60)
         hlat = _huey_latency(h["noop"], n)
         h50, h99 = percentile(hlat, 50), percentile(hlat, 99)
         ctx.log(f"W3 Huey: p50 {h50 / 1000:.1f} ms, p99 {h99 / 1000:.1f} ms")
@@ -322,9 +329,11 @@ def bench_latency_idle(ctx: Context, iterations: int, bare_cpu: float) -> list[F
         hw4 = _time(lambda: [r.get(blocking=True, timeout=600) for r in [h["burn"](iterations) for _ in range(n_cpu)]])
     finally:
         stop(worker)
-        stop(consumer)
+        if consumer is not None:
+            stop(consumer)
         app.close()
-        huey.storage.close()
+        if huey is not None:
+            huey.storage.close()
     remove(lpath)
     remove(hpath)
     l50, l99 = median(p50s), median(p99s)
@@ -378,6 +387,60 @@ def bench_latency_idle(ctx: Context, iterations: int, bare_cpu: float) -> list[F
             reference=f"{hw4 / bare_cpu:.2f}x bare Pool(2)",
             runs=[hw4 * 1000],
         ),
+    ]
+
+
+# -- what the supervisor's spin costs -----------------------------------------------------------------
+
+
+def _supervisor_cpu_at_rate(ctx: Context, label: str, n: int, flags: tuple[str, ...] = ()) -> float:
+    """Supervisor CPU per task (us) of a ``liteq worker -c 2`` fed ``n`` no-ops arriving at random
+    (exponential gaps, SPIN_RATE a second), none waited on but the last."""
+    path = ctx.fresh(label)
+    worker = start_liteq_worker(path, path / "worker.log", flags=flags)
+    app, t = _app(path)
+    try:
+        t["noop"].delay(-1).get(timeout=60)
+        gaps = random.Random(1)
+        before = cpu_snapshot(worker.pid)
+        at = time.perf_counter()
+        last = None
+        for i in range(n):
+            at += gaps.expovariate(SPIN_RATE)
+            pause = at - time.perf_counter()
+            if pause > 0:
+                time.sleep(pause)
+            last = t["noop"].delay(i)
+        assert last is not None
+        last.get(timeout=60)
+        wait_until(lambda: _succeeded(app) >= n + 1, 60)
+        used = cpu_used(before, cpu_snapshot(worker.pid))
+    finally:
+        stop(worker)
+        app.close()
+    remove(path)
+    return used.get(worker.pid, 0.0) / n * 1e6
+
+
+def bench_spin_cost(ctx: Context) -> list[Figure]:
+    """What ``spin`` costs where it does not pay: tasks arriving at random about a millisecond apart."""
+    n = ctx.n(N_SPIN)
+    on, off = [], []
+    for _ in range(ctx.repeats):  # alternating, so drift on the machine hits both alike
+        on.append(_supervisor_cpu_at_rate(ctx, "spin-on", n))
+        off.append(_supervisor_cpu_at_rate(ctx, "spin-off", n, ("--spin", "0")))
+        ctx.log(f"spin cost: supervisor {on[-1]:.0f} us/task with the default spin, {off[-1]:.0f} with --spin 0")
+    group = f"supervisor CPU per task, {n:,} no-ops arriving at random, {SPIN_RATE:,.0f}/s, liteq worker -c 2"
+    return [
+        Figure(
+            group,
+            "default spin",
+            median(on),
+            "us",
+            reference=f"--spin 0: {median(off):.0f} us ({median(on) / median(off):.2f}x)",
+            runs=on,
+        ),
+        Figure(group, "--spin 0", median(off), "us", runs=off),
     ]
 
 
@@ -517,6 +580,8 @@ def run(ctx: Context) -> list[Figure]:
     figures += cpu
     ctx.log("W3 latency and idle cost ...")
     figures += bench_latency_idle(ctx, iterations, bare)
+    ctx.log("spin cost ...")
+    figures += bench_spin_cost(ctx)
     ctx.log("start-up ...")
     figures += bench_startup(ctx)
     ctx.log("memory ...")

@@ -53,6 +53,7 @@ class RemoteStorage(Storage):
     supports_cross_process_wakeup = True
     supports_checkpoint = False  # the server checkpoints its own store
     local_path = None
+    events_through_a_thread = True  # the client's reader thread delivers replies and pushes
 
     def __init__(
         self,

@@ -22,19 +22,19 @@ import collections
 import contextlib
 import logging
 import random
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from liteq.children import Checkpointer
 from liteq.exceptions import LiteQError, ProtocolError, StorageError
 from liteq.storage.contract import Storage
 
 from . import codec
 from .admission import ServerConfig, refusal
 from .protocol import Authenticated, ErrorCode, Request, ServerConnection, events_before
-from .store_thread import Job, StoreThread
+from .store_thread import Job, Reply, StoreThread
 from .workers import WORKER_COMMANDS, Extension, WorkerBook
 
 __all__ = ["Server", "serve"]
@@ -97,13 +97,16 @@ class Server:
         self.config.check()
         self.storage = storage
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._store = StoreThread(storage, self.config, self._wrote_from_thread)
+        self._store = StoreThread(storage, self.config, self._turn_from_thread)
+        # The WAL is checkpointed in a thread of its own, as a pool does: otherwise the commit that
+        # fills the WAL pays for a checkpoint (an fsync), and when the loop runs that commit itself
+        # its turn turns slow and every connection waits (and the loop stops running calls itself).
+        self._checkpoints = Checkpointer(self._store, inline=False)
         self._server: asyncio.Server | None = None
         self._conns: set[_Conn] = set()
         self._parked: list[_Parked] = []
         self._workers: WorkerBook[_Conn] = WorkerBook()
         self._batch: list[Job] = []  # small jobs received in this loop iteration (see _submit)
-        self._loop_thread = 0
         self._inline_after = 0.0  # monotonic time before which the loop runs no store call itself
         self._replies: collections.OrderedDict[str, list[str]] = collections.OrderedDict()
         self._closing = False
@@ -116,8 +119,8 @@ class Server:
     async def start(self) -> None:
         """Bind and start accepting connections."""
         self._loop = asyncio.get_running_loop()
-        self._loop_thread = threading.get_ident()
         self._store.start()
+        self._checkpoints.start()
         self._server = await asyncio.start_server(
             self._serve, self.config.host, self.config.port, ssl=self.config.ssl, limit=_READ_SIZE
         )
@@ -155,6 +158,7 @@ class Server:
         self._batch_to_thread()
         self._store.stop()
         await asyncio.get_running_loop().run_in_executor(None, self._store.join)
+        await asyncio.get_running_loop().run_in_executor(None, self._checkpoints.stop)
         for conn in list(self._conns):
             conn.proto.close_with(ErrorCode.SHUTTING_DOWN, "the server is shutting down; reconnect later")
             self._flush(conn)
@@ -374,14 +378,10 @@ class Server:
     def _done_cb(
         self, conn: _Conn, req: Request, op: codec.Operation | None = None
     ) -> Callable[[Any, BaseException | None], None]:
-        loop = self._loop
-        assert loop is not None
-
+        # Every ``done`` runs in the loop's thread: a call the loop ran itself, or one of the store
+        # thread's turn handed back by _turn_done.
         def done(result: Any, exc: BaseException | None) -> None:
-            if threading.get_ident() == self._loop_thread:
-                self._finish(conn, req, op, result, exc)  # a call the loop ran itself
-            else:
-                loop.call_soon_threadsafe(self._finish, conn, req, op, result, exc)
+            self._finish(conn, req, op, result, exc)
 
         return done
 
@@ -427,8 +427,8 @@ class Server:
         args = {"owner": extension.owner, "leases": extension.leases, "lease": extension.lease, "now": None}
 
         def done(result: Any, exc: BaseException | None) -> None:
-            if exc is None and self._loop is not None:
-                self._loop.call_soon_threadsafe(self._workers.forget_lost, extension, result)
+            if exc is None:
+                self._workers.forget_lost(extension, result)
 
         self._store.submit(Job(op, args, done))
 
@@ -436,14 +436,15 @@ class Server:
 
     def _run_parked(self, parked: _Parked) -> None:
         op = codec.operation("claim")
-        assert op is not None and self._loop is not None
+        assert op is not None
         parked.running = True
-        loop = self._loop
 
         def done(result: Any, exc: BaseException | None) -> None:
-            loop.call_soon_threadsafe(self._parked_done, parked, result, exc)
+            self._parked_done(parked, result, exc)
 
-        self._store.submit(Job(op, parked.args, done))
+        # Like any other small call: run by the loop while the store thread is idle, so a claim
+        # woken by an enqueue is answered without two thread hand-offs.
+        self._submit(Job(op, parked.args, done))
 
     def _parked_done(self, parked: _Parked, result: Any, exc: BaseException | None) -> None:
         parked.running = False
@@ -454,11 +455,18 @@ class Server:
             op = codec.operation("claim")
             self._finish(parked.conn, parked.request, op, [] if exc is None and not result else result, exc)
 
-    def _wrote_from_thread(self, kinds: str) -> None:
+    def _turn_from_thread(self, replies: list[Reply], kinds: str) -> None:
+        # One wake-up of the loop for the whole turn of the store thread (see store_thread).
         loop = self._loop
-        if loop is not None and not loop.is_closed():
+        if (replies or kinds) and loop is not None and not loop.is_closed():
             with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(self._wrote, kinds)
+                loop.call_soon_threadsafe(self._turn_done, replies, kinds)
+
+    def _turn_done(self, replies: list[Reply], kinds: str) -> None:
+        for done, result, exc in replies:
+            done(result, exc)
+        if kinds:
+            self._wrote(kinds)
 
     def _wrote(self, kinds: str) -> None:
         for conn in list(self._conns):

@@ -7,6 +7,10 @@
   from all connections go to the store as one batch each (one transaction), and are split back per
   request. A batch that fails is retried request by request, so one client's bad batch never fails
   another's.
+- **One hand-off per turn.** The results of a turn in this thread go back to the event loop
+  together, once the turn is over (its lock released, its jobs counted as finished): one wake-up
+  of the loop per turn, not one per job, and the loop, answering them, finds the store thread idle
+  and runs the next small call itself.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from liteq.storage.records import NewTask
 from . import codec
 from .admission import ServerConfig
 
-__all__ = ["WAKES", "Job", "StoreThread"]
+__all__ = ["WAKES", "Job", "Reply", "StoreThread"]
 
 #: What a write tells waiters: ``w`` work may have become runnable (pools claim), ``d`` a task
 #: finished or changed state (producers in ``Result.get`` look). Writes missing here wake nobody.
@@ -39,6 +43,10 @@ WAKES = {
     "purge": "d",
     "set_progress": "d",
 }
+
+
+#: A job's ``done`` with the result or exception to call it with.
+Reply = tuple[Callable[[Any, BaseException | None], None], Any, BaseException | None]
 
 
 @dataclass(slots=True)
@@ -54,12 +62,16 @@ class Job:
 
 
 class StoreThread:
-    """Runs every store call in one thread, taking all queued jobs per turn (group commit)."""
+    """Runs every store call in one thread, taking all queued jobs per turn (group commit).
 
-    def __init__(self, storage: Storage, config: ServerConfig, on_write: Callable[[str], None]) -> None:
+    ``on_turn(replies, kinds)`` is called from the store thread after each of its turns, with the
+    turn's replies (each job's ``done`` and what to call it with, in order) and the wake-up kinds
+    the turn caused; it hands them to the thread that calls the ``done`` functions."""
+
+    def __init__(self, storage: Storage, config: ServerConfig, on_turn: Callable[[list[Reply], str], None]) -> None:
         self.storage = storage
         self.config = config
-        self._on_write = on_write
+        self._on_turn = on_turn
         self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="liteq-store", daemon=True)
         self.busy = False
@@ -73,20 +85,32 @@ class StoreThread:
         self._thread.start()
 
     def submit(self, job: Job) -> None:
-        """Queue a job; its ``done`` is called from the store thread. Call from one thread only."""
+        """Queue a job; its ``done`` goes to ``on_turn`` once its turn is over. Call from one thread
+        only."""
         self._submitted += 1
         self._jobs.put(job)
 
     def run_here(self, jobs: list[Job]) -> str | None:
         """Run ``jobs`` as one turn in the calling thread, if the store thread is idle with no job
-        queued (so none submitted earlier is overtaken); return the wake-up kinds it caused, or None
-        when the jobs must be submitted instead. Call from the thread that submits."""
+        queued (so none submitted earlier is overtaken), calling their ``done`` in this thread;
+        return the wake-up kinds it caused, or None when the jobs must be submitted instead. Call
+        from the thread that submits."""
         if self._submitted != self._finished or not self._lock.acquire(blocking=False):
             return None
         try:
             return self._turn(jobs)
         finally:
             self._lock.release()
+
+    @property
+    def supports_checkpoint(self) -> bool:
+        """Whether the current store has a write-ahead log to checkpoint (see :meth:`checkpoint`)."""
+        return bool(self.storage.supports_checkpoint)
+
+    def checkpoint(self) -> None:
+        """Checkpoint the current store (a store a ``reset`` replaced included); for the server's
+        background checkpoint thread, which runs no store call besides this one."""
+        self.storage.checkpoint()
 
     def stop(self) -> None:
         """Finish the queued jobs, then end the thread (call :meth:`join` to wait)."""
@@ -112,18 +136,19 @@ class StoreThread:
                     stopping = True
                     break
                 jobs.append(job)
+            replies: list[Reply] = []
             with self._lock:
                 self.busy = True
                 try:
-                    kinds = self._turn(jobs)
+                    kinds = self._turn(jobs, replies)
                 finally:
                     self.busy = False
             self._finished += len(jobs)
-            if kinds:
-                self._on_write(kinds)
+            self._on_turn(replies, kinds)
 
-    def _turn(self, jobs: list[Job]) -> str:
-        """Run one turn's jobs; return the wake-up kinds it caused (``w`` work, ``d`` done)."""
+    def _turn(self, jobs: list[Job], replies: list[Reply] | None = None) -> str:
+        """Run one turn's jobs; return the wake-up kinds it caused (``w`` work, ``d`` done). Each
+        job's ``done`` is called at once, or appended to ``replies`` when given."""
         kinds = ""
         i = 0
         while i < len(jobs):
@@ -138,11 +163,11 @@ class StoreThread:
                     and jobs[j].args.get("now") is None
                 ):
                     j += 1
-                self._grouped(jobs[i:j])
+                self._grouped(jobs[i:j], replies)
                 kinds += WAKES.get(str(name), "")
                 i = j
                 continue
-            result = self._one(job)
+            result = self._one(job, replies)
             if job.special == "reset":
                 kinds += "wd"
             elif name == "reap":
@@ -159,7 +184,7 @@ class StoreThread:
             args["now"] = time.time()
         return args
 
-    def _one(self, job: Job) -> Any:
+    def _one(self, job: Job, replies: list[Reply] | None) -> Any:
         try:
             if job.special == "reset":
                 self._reset()
@@ -170,14 +195,14 @@ class StoreThread:
                 assert job.op is not None
                 result = getattr(self.storage, job.op.name)(**self._stamp(job))
         except BaseException as exc:
-            job.done(None, exc)
+            _reply(replies, job, None, exc)
             return None
-        job.done(result, None)
+        _reply(replies, job, result, None)
         return result
 
-    def _grouped(self, jobs: list[Job]) -> None:
+    def _grouped(self, jobs: list[Job], replies: list[Reply] | None) -> None:
         if len(jobs) == 1:
-            self._one(jobs[0])
+            self._one(jobs[0], replies)
             return
         assert jobs[0].op is not None
         name = jobs[0].op.name
@@ -190,12 +215,12 @@ class StoreThread:
         except BaseException:
             # One request's batch failed the group: run each alone, so only that one fails.
             for job in jobs:
-                self._one(job)
+                self._one(job, replies)
             return
         start = 0
         for job in jobs:
             n = len(job.args[key])
-            job.done(results[start : start + n], None)
+            _reply(replies, job, results[start : start + n], None)
             start += n
 
     def _retry_enqueue(self, args: dict[str, Any]) -> list[str]:
@@ -217,3 +242,10 @@ class StoreThread:
         if "://" not in location:
             shutil.rmtree(location, ignore_errors=True)
         self.storage = open_storage(location)
+
+
+def _reply(replies: list[Reply] | None, job: Job, result: Any, exc: BaseException | None) -> None:
+    if replies is None:
+        job.done(result, exc)
+    else:
+        replies.append((job.done, result, exc))

@@ -63,11 +63,11 @@ from .children import (
 from .coroutine_feed import CoroutineFeed
 from .deadlines import Deadlines
 from .dispatch import Dispatch
-from .events import EventWait
+from .events import EventWait, Spinner
 from .exceptions import LiteQError
 from .health import PoolState
 from .liveness import Watchdog
-from .pool_options import pool_options
+from .pool_options import default_spin, pool_options
 from .reclaim import recover_local_leases
 from .recycling import Recycler
 from .runtime import HasRuntime, Runtime, runtime_of
@@ -123,6 +123,13 @@ class WorkerPool:
       room (see :mod:`liteq.coroutine_feed`).
     - ``clock``: the wall clock the pool passes to the store (default ``time.time``; injected by
       tests of clock steps, see :mod:`liteq.upkeep`).
+    - ``spin``: seconds the supervisor keeps polling for its next event before it sleeps, right
+      after activity, while its children leave a CPU free and while polling pays: a child's
+      answer or the next task then finds it awake (see :mod:`liteq.events`). By default
+      (:func:`~liteq.pool_options.default_spin`) :data:`~liteq.pool_options.SPIN` when the pool
+      runs in a process of its own (``liteq worker``, ``app.run_worker()``) over a local store; 0
+      in ``app.workers()``, whose loop shares the application's GIL, and over a cluster server.
+      0: never spin.
     """
 
     def __init__(
@@ -145,6 +152,7 @@ class WorkerPool:
         liveness_timeout: float | None = None,
         clock: Callable[[], float] = time.time,
         async_concurrency: int = DEFAULT_ASYNC_CONCURRENCY,
+        spin: float | None = None,
     ) -> None:
         runtime = runtime_of(app)
         o = self.options = pool_options(
@@ -165,6 +173,7 @@ class WorkerPool:
             liveness_timeout=liveness_timeout,
             clock=clock,
             async_concurrency=async_concurrency,
+            spin=spin,
         )
         self.app = app
         self.runtime = runtime
@@ -242,6 +251,9 @@ class WorkerPool:
             timeout=o.shutdown_timeout,
         )
         self.shutdown.starter = self.starter
+        self._active = False  # the last wait returned events: more may follow at once
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        self._spinner = Spinner(default_spin(self.storage, in_background=False) if o.spin is None else o.spin, cpus)
         self._thread: threading.Thread | None = None
         self._started = threading.Event()
         self._finished = threading.Event()
@@ -254,6 +266,12 @@ class WorkerPool:
     def tasks_done(self) -> int:
         """Tasks this pool ran to an outcome."""
         return self.upkeep.tasks_done
+
+    @property
+    def spin(self) -> float:
+        """Seconds the supervisor may poll for its next event before it sleeps (the ``spin``
+        option, its default resolved where the loop runs; 0: never)."""
+        return self._spinner.spin
 
     @property
     def state(self) -> PoolState:
@@ -362,6 +380,8 @@ class WorkerPool:
                 self._finished.set()
 
         self.starter.fork_zygote()  # from the caller's thread, before this pool's own
+        if self.options.spin is None:
+            self._spinner.spin = default_spin(self.storage, in_background=True)
         self._thread = threading.Thread(target=main, name=f"liteq-pool-{self.id}", daemon=True)
         self._thread.start()
         self._started.wait()
@@ -427,7 +447,13 @@ class WorkerPool:
     def _poll(self, timeout: float) -> None:
         """Wait up to ``timeout`` for any event, then handle every one that is ready."""
         dead: list[Child] = []
-        for kind, c in self._events.wait(timeout, self.children):
+        spinner = self._spinner
+        spin = spinner.before(active=self._active and not self._starting, busy=sum(1 for c in self.children if c.queue))
+        started = time.monotonic()
+        events = self._events.wait(timeout, self.children, spin)
+        spinner.after(time.monotonic() - started, bool(events))
+        self._active = bool(events)
+        for kind, c in events:
             if kind == "waker":
                 self.dispatch.maybe_work = True
             elif kind == "conn":

@@ -16,10 +16,29 @@ from dataclasses import dataclass
 
 from .children import default_start_method
 from .exceptions import ConfigurationError
+from .inputs import check_duration
 from .message import new_id
 from .runtime import Runtime
+from .storage.contract import Storage
 
-__all__ = ["PoolOptions", "pool_options"]
+__all__ = ["MAX_SPIN", "SPIN", "PoolOptions", "default_spin", "pool_options"]
+
+#: Seconds a pool polls for its next event before it sleeps, right after activity and while its
+#: children leave a CPU free, where it may (see :func:`default_spin` and :mod:`liteq.events`).
+SPIN = 0.0003
+#: The longest ``spin`` a pool accepts (seconds).
+MAX_SPIN = 0.1
+
+
+def default_spin(storage: Storage, *, in_background: bool) -> float:
+    """A pool's ``spin`` when none is asked for: :data:`SPIN` for a loop that has its process to
+    itself (``liteq worker``, ``app.run_worker()``) over a store whose events reach it straight
+    from the kernel; 0 for a loop in an application's thread (``app.workers()``) or over a store
+    whose events come through a reader thread (a cluster server): polling would hold the GIL
+    those threads need."""
+    if in_background or storage.events_through_a_thread:
+        return 0.0
+    return SPIN
 
 
 @dataclass(frozen=True)
@@ -44,6 +63,8 @@ class PoolOptions:
     liveness_timeout: float
     async_concurrency: int
     clock: Callable[[], float]
+    #: None: the pool's default, which depends on where its loop runs (see :mod:`liteq.events`).
+    spin: float | None
 
 
 def _positive_int(name: str, value: object) -> None:
@@ -70,6 +91,7 @@ def pool_options(
     liveness_timeout: float | None,
     clock: Callable[[], float],
     async_concurrency: int,
+    spin: float | None = None,
 ) -> PoolOptions:
     """Check a pool's options for ``runtime`` and resolve their defaults; ``lease`` is the
     resolved lease (the pool's, else the app's)."""
@@ -101,6 +123,13 @@ def pool_options(
         raise ConfigurationError(f"shutdown_timeout must be >= 0 seconds, not {shutdown_timeout!r}")
     if liveness_timeout is not None and not liveness_timeout > 0:
         raise ConfigurationError(f"liveness_timeout must be > 0 seconds, not {liveness_timeout!r}")
+    if spin is not None:
+        spin = check_duration(spin, "spin")
+        if spin > MAX_SPIN:
+            raise ConfigurationError(
+                f"spin={spin!r} seconds is more than {MAX_SPIN}: a spin is a moment before sleeping "
+                "(a longer one only burns CPU); pass seconds, e.g. 0.0003, or 0 to never spin"
+            )
     return PoolOptions(
         concurrency=concurrency,
         queues=list(queues) if queues else runtime.registry.queues(),
@@ -119,4 +148,5 @@ def pool_options(
         liveness_timeout=float(liveness_timeout) if liveness_timeout is not None else float(lease),
         async_concurrency=async_concurrency,
         clock=clock,
+        spin=spin,
     )

@@ -84,6 +84,12 @@ class Scheduler:
                 continue
             task = self.runtime.registry.get(schedule.task_name)
             known = self._next.get(name)
+            if last > now:
+                # A slot fires only once due, so a last slot ahead of this clock was fired by a
+                # scheduler whose clock runs ahead (another host's, or this one's before it
+                # stepped back): it says nothing of the slots due here. Go on from the slot this
+                # scheduler waited for; the slot rows still keep every slot to one firing.
+                last = now if known is None else math.nextafter(known, -math.inf)
             if schedule.catch_up != "all" and known is not None and last < known <= now:
                 # The usual tick: the slot it woke up for is known; only the next one is computed.
                 timing = (schedule.cron, schedule.every, schedule.tz, known)

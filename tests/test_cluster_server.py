@@ -229,7 +229,7 @@ def test_a_failing_batch_in_a_group_fails_only_its_own_request() -> None:
         Job(op, {"tasks": batch}, lambda r, e: results.append((r, e)))
         for batch in ([task()], [task(), NewTask(existing.id, "t", "default", b"M")], [task()])
     ]
-    thread = StoreThread(storage, ServerConfig(), lambda kinds: None)
+    thread = StoreThread(storage, ServerConfig(), lambda replies, kinds: None)
     # When the turn runs them as one group
     thread._turn(jobs)
     # Then the first and last are stored, the middle one alone fails and wrote nothing
@@ -639,3 +639,32 @@ def test_the_worker_book_routes_a_command_to_the_workers_connection_once() -> No
     # And an unknown command is refused
     with pytest.raises(ConfigurationError):
         book.send("w1", "explode")
+
+
+def _pages_in_database_file(path: Path) -> int:
+    """The page count in the header of an SQLite database file: what checkpoints have copied into
+    the file itself, WAL frames not yet checkpointed left out."""
+    with open(path, "rb") as f:
+        return int.from_bytes(f.read(32)[28:32], "big")
+
+
+def test_the_server_checkpoints_its_store_in_the_background(tmp_path: Path) -> None:
+    from liteq.storage import open_storage
+
+    storage = open_storage(str(tmp_path / "store"))
+    server = InProcessServer(storage)
+    store = RemoteStorage(server.url, retry_window=0.0)
+    try:
+        database = tmp_path / "store" / "liteq.sqlite3"
+        before = _pages_in_database_file(database)
+        # Given commits through the server that fill many pages of the WAL, far fewer than SQLite's
+        # automatic checkpoint waits for
+        for _ in range(10):
+            store.enqueue(
+                [NewTask(id=uuid.uuid4().hex, name="t", queue="default", payload=b"M" + bytes(2000)) for _ in range(20)]
+            )
+        # Then the server copies them into the database file by itself, no commit paying for it
+        wait_for(lambda: _pages_in_database_file(database) > before + 50, 10, "a checkpoint of the server's WAL")
+    finally:
+        store.close()
+        server.stop()

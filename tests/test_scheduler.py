@@ -612,11 +612,6 @@ def test_missed_slots_coalesce_after_a_long_gap(make_app: MakeApp) -> None:
     assert state.last_slot == T0 + 5 * 3600
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open finding of the soak (cluster mode, clock-step): a slot fired by a pool whose clock runs "
-    "ahead becomes the store's last slot, and every other scheduler fires nothing until real time reaches it",
-)
 @pytest.mark.parametrize("kind", ["sqlite", "memory"])
 def test_a_pool_whose_clock_ran_ahead_does_not_silence_the_other_schedulers(make_app: MakeApp, kind: str) -> None:
     # Given two schedulers on one store with a one-minute schedule, the first on time at T0

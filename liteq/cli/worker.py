@@ -48,6 +48,12 @@ from .loading import Seconds, connected, load_app, parse_size
     help="Seconds running tasks get on stop.",
 )
 @click.option(
+    "--spin",
+    type=Seconds(),
+    default=None,
+    help="Seconds the supervisor polls before sleeping after activity, while a CPU is free [0.0003; 0: never].",
+)
+@click.option(
     "--worker-id",
     default=None,
     help="Stable id; a restart with the same id takes back its leases once the old heartbeat is stale.",
@@ -69,6 +75,7 @@ def worker(
     async_concurrency: int,
     include: tuple[str, ...],
     shutdown_timeout: float,
+    spin: float | None,
     worker_id: str | None,
     loglevel: str,
     logfile: str | None,
@@ -98,6 +105,7 @@ def worker(
         prefetch=prefetch,
         async_concurrency=async_concurrency,
         shutdown_timeout=shutdown_timeout,
+        spin=spin,
         worker_id=worker_id,
     )
 

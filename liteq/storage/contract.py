@@ -55,6 +55,11 @@ class Storage(abc.ABC):
     supports_checkpoint: bool = False
     #: The directory holding the store on this machine, or None (in memory, or on a server).
     local_path: str | None = None
+    #: Answers and other processes' wake-ups reach this process through a reader thread of its
+    #: own (a server connection), not straight from the kernel to the waiting thread. A pool over
+    #: such a store must not busy-poll: the poll would hold the GIL that thread needs to deliver
+    #: the very event it waits for (see :mod:`liteq.events`).
+    events_through_a_thread: bool = False
 
     def __init__(self) -> None:
         self._changed = threading.Condition()
