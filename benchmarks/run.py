@@ -103,8 +103,9 @@ def machine(workdir: Path) -> dict[str, Any]:
 
 
 def _fmt(value: float, unit: str) -> str:
-    if unit == "us/op":
-        return f"{value:,.1f} {unit}"
+    # Three significant digits below 100 (0.109 s, 2.27 ms), whole numbers above.
+    if abs(value) < 100:
+        return f"{value:.3g} {unit}"
     return f"{value:,.0f} {unit}"
 
 
