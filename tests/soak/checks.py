@@ -82,6 +82,12 @@ def _explained_failure(
     return not mine or any(explaining(faults, r, r.end or math.inf) for r in mine)
 
 
+def _forward_step(fault: Fault) -> float:
+    """How far a clock-step fault moved its pool's clock forward (its target ends in ``+120s``)."""
+    step = fault.target.rsplit(" ", 1)[-1]
+    return float(step[1:-1]) if step.startswith("+") and step.endswith("s") else 0.0
+
+
 def check(
     told: dict[str, Told],
     runs: dict[str, list[Run]],
@@ -206,8 +212,20 @@ def check(
             problems.append(f"periodic {schedule}: slot {slot} fired a task of {periodic[tid].key}")
     problems += [f"periodic task {tid} ({s.key}) has no slot row" for tid, s in periodic.items() if tid not in slot_ids]
     first, last = soak_span
+    # A pool whose clock the nemesis stepped forward fires the slots of its clock, ahead of real
+    # time (each still once, by its slot row): those are early, not extra, as long as the step
+    # reaches them. The count against the span is of the slots it holds.
+    ahead = max((_forward_step(f) for f in faults if f.kind == "clock-step"), default=0.0)
     for schedule, every in SCHEDULES.items():
-        n = sum(1 for s in periodic.values() if s.key == schedule)
+        mine = [slot for name, slot, tid in slots if name == schedule and tid in periodic]
+        early = [slot for slot in mine if slot > last]
+        beyond = [slot for slot in early if slot > last + ahead]
+        if beyond:
+            problems.append(
+                f"periodic {schedule}: {len(beyond)} slot(s) fired up to {max(beyond) - last:.0f}s ahead of real "
+                f"time, beyond any forward step of a clock ({ahead:.0f}s)"
+            )
+        n = sum(1 for s in periodic.values() if s.key == schedule) - len(early)
         most = math.floor((last - first) / every) + 2
         if n > most:
             problems.append(f"periodic {schedule}: {n} tasks in {last - first:.0f}s, at most {most} slots")

@@ -168,3 +168,30 @@ def test_a_run_started_just_after_a_store_fault_on_a_lease_that_ran_out_is_expla
     world["faults"] = [Fault("kill-server", "server.2", 1005.0, 1010.0, [])]
     found = [p for p in _problems(world) if "ran again" in p]
     assert (found == []) is explained, found
+
+
+def _beats(world: dict[str, Any], slots: list[float]) -> None:
+    """Periodic ``beat-2s`` tasks fired for ``slots``, each stored with its slot row."""
+    for k, slot in enumerate(slots):
+        tid = f"B{k}"
+        world["stored"][tid] = Stored(_row(tid, name="tests.soak.soak_app.beat"), "beat-2s", "beat-2s", "1:100")
+        world["runs"][tid] = [Run(tid, 1, "t", 100, slot, "periodic", "beat-2s", slot + 0.1, "ok")]
+        world["slots"].append(("beat-2s", slot, tid))
+
+
+def test_slots_fired_early_by_a_clock_stepped_forward_are_not_counted_against_the_span() -> None:
+    # Given every 2-s slot of the span fired once, and a pool whose clock ran 120 s ahead that fired
+    # five slots of the next two minutes early (each slot still once)
+    world = _world()
+    on_time = [SPAN[0] + 2 * k for k in range(1, 51)]
+    _beats(world, on_time + [SPAN[1] + 20 + 2 * k for k in range(5)])
+    world["faults"] = [Fault("clock-step", "pool-c.1 +120s", 1050.0, 1053.0, [7], explains=False)]
+    # Then nothing is reported: early is not twice
+    assert _problems(world) == []
+    # But the same early slots with no forward step of the clock are
+    world["faults"] = [Fault("clock-step", "pool-c.1 -120s", 1050.0, 1053.0, [7], explains=False)]
+    assert any("ahead of real time" in p for p in _problems(world))
+    # And more slots inside the span than it holds still are
+    world = _world()
+    _beats(world, on_time + [SPAN[0] - 2 * k for k in range(1, 5)])
+    assert any("at most" in p for p in _problems(world))
