@@ -72,6 +72,8 @@ class StoreThread:
         self.storage = storage
         self.config = config
         self._on_turn = on_turn
+        #: Held while the store is checkpointed or replaced (a test-mode ``reset``).
+        self._swap = threading.Lock()
         self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="liteq-store", daemon=True)
         self.busy = False
@@ -109,8 +111,11 @@ class StoreThread:
 
     def checkpoint(self) -> None:
         """Checkpoint the current store (a store a ``reset`` replaced included); for the server's
-        background checkpoint thread, which runs no store call besides this one."""
-        self.storage.checkpoint()
+        background checkpoint thread, which runs no store call besides this one. A ``reset`` waits
+        for it: closing a store closes every thread's connection, and SQLite's connection must not
+        be closed under a statement another thread runs on it."""
+        with self._swap:
+            self.storage.checkpoint()
 
     def stop(self) -> None:
         """Finish the queued jobs, then end the thread (call :meth:`join` to wait)."""
@@ -237,11 +242,12 @@ class StoreThread:
         return [t.id if row is not None else next(again) for t, row in zip(tasks, found, strict=True)]
 
     def _reset(self) -> None:
-        location = self.storage.location
-        self.storage.close()
-        if "://" not in location:
-            shutil.rmtree(location, ignore_errors=True)
-        self.storage = open_storage(location)
+        with self._swap:  # never under a running checkpoint (see checkpoint)
+            location = self.storage.location
+            self.storage.close()
+            if "://" not in location:
+                shutil.rmtree(location, ignore_errors=True)
+            self.storage = open_storage(location)
 
 
 def _reply(replies: list[Reply] | None, job: Job, result: Any, exc: BaseException | None) -> None:

@@ -164,13 +164,16 @@ def test_two_remote_workers_and_a_local_pool_share_a_thousand_member_chord(
     for fn in (canvas_tasks.square, canvas_tasks.total):
         local.task(fn)
     try:
+        # When a 1,000-member chord is sent through the server, and the local pool joins once the
+        # remote pools are at work (started together, a pool that claims straight from the database
+        # can drain every member before a loaded machine lets a remote one claim)
+        r = chord(
+            (producer.tasks["tests.canvas_tasks.square"].s(i) for i in range(1000)),
+            producer.tasks["tests.canvas_tasks.total"].s(),
+        )
+        result = r.delay()
+        wait_for(lambda: producer.stats()["states"].get("succeeded", 0) > 0, 60, "the remote pools to start")
         with local.workers(concurrency=2, shutdown_timeout=10.0) as pool:
-            # When a 1,000-member chord is sent through the server
-            r = chord(
-                (producer.tasks["tests.canvas_tasks.square"].s(i) for i in range(1000)),
-                producer.tasks["tests.canvas_tasks.total"].s(),
-            )
-            result = r.delay()
             # Then the callback gets every member's result once
             assert result.get(timeout=150) == sum(i * i for i in range(1000))
             # And the members were spread over the pools (counted as each pool heartbeats; under load

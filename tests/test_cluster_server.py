@@ -668,3 +668,42 @@ def test_the_server_checkpoints_its_store_in_the_background(tmp_path: Path) -> N
     finally:
         store.close()
         server.stop()
+
+
+def test_a_reset_never_closes_the_store_under_a_running_checkpoint(tmp_path: Path) -> None:
+    from liteq.storage import open_storage
+
+    # Given a test-mode store thread on a directory store, checkpointed from another thread as the
+    # server's background checkpoint does
+    def answer(replies: list[Any], kinds: str) -> None:
+        for done, result, exc in replies:
+            done(result, exc)
+
+    thread = StoreThread(open_storage(str(tmp_path / "store")), ServerConfig(), answer)
+    thread.start()
+    failures: list[BaseException] = []
+    stop = threading.Event()
+
+    def checkpoints() -> None:
+        while not stop.is_set():
+            try:
+                thread.checkpoint()
+            except BaseException as exc:  # what the background checkpoint would log and lose
+                failures.append(exc)
+
+    checkpointer = threading.Thread(target=checkpoints)
+    checkpointer.start()
+    try:
+        # When the store is reset again and again meanwhile (the contract tests reset before each test)
+        for _ in range(200):
+            reset = threading.Event()
+            thread.submit(Job(None, {}, lambda result, exc, reset=reset: reset.set(), special="reset"))
+            assert reset.wait(30)
+    finally:
+        stop.set()
+        checkpointer.join(30)
+        thread.stop()
+        thread.join()
+        thread.storage.close()
+    # Then every checkpoint ran on an open store: none met one being closed or deleted
+    assert failures == []
