@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from liteq.children import Checkpointer
+from liteq.checkpoints import Checkpointer
 from liteq.exceptions import LiteQError, ProtocolError, StorageError
 from liteq.storage.contract import Storage
 

@@ -50,9 +50,9 @@ import time
 from collections.abc import Callable, Sequence
 
 from .asyncrun import DEFAULT_ASYNC_CONCURRENCY
+from .checkpoints import Checkpointer
 from .child_reports import ChildReports
 from .children import (
-    Checkpointer,
     Child,
     ChildLogs,
     ChildStarter,

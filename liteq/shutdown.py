@@ -20,7 +20,8 @@ import signal
 from types import FrameType
 from typing import Any
 
-from .children import Checkpointer, Child, ChildLogs
+from .checkpoints import Checkpointer
+from .children import Child, ChildLogs
 from .deadlines import Deadlines
 from .dispatch import Dispatch
 from .events import EventWait
