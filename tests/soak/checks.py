@@ -82,12 +82,6 @@ def _explained_failure(
     return not mine or any(explaining(faults, r, r.end or math.inf) for r in mine)
 
 
-def _forward_step(fault: Fault) -> float:
-    """How far a clock-step fault moved its pool's clock forward (its target ends in ``+120s``)."""
-    step = fault.target.rsplit(" ", 1)[-1]
-    return float(step[1:-1]) if step.startswith("+") and step.endswith("s") else 0.0
-
-
 def check(
     told: dict[str, Told],
     runs: dict[str, list[Run]],
@@ -215,7 +209,7 @@ def check(
     # A pool whose clock the nemesis stepped forward fires the slots of its clock, ahead of real
     # time (each still once, by its slot row): those are early, not extra, as long as the step
     # reaches them. The count against the span is of the slots it holds.
-    ahead = max((_forward_step(f) for f in faults if f.kind == "clock-step"), default=0.0)
+    ahead = max((f.clock_step for f in faults), default=0.0)
     for schedule, every in SCHEDULES.items():
         mine = [slot for name, slot, tid in slots if name == schedule and tid in periodic]
         early = [slot for slot in mine if slot > last]

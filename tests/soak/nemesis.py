@@ -357,7 +357,9 @@ class Nemesis:
             clock_file.write_text(f"{step}")
             # liteq promises that a step moves no live lease and fires no eta early beyond the step:
             # a duplicate run during it is not explained.
-            fault = Fault(kind, f"{hosts[0].name} {step:+g}s", now, now, hosts[0].family(), explains=False)
+            fault = Fault(
+                kind, f"{hosts[0].name} {step:+g}s", now, now, hosts[0].family(), explains=False, clock_step=step
+            )
 
             def back() -> float:
                 clock_file.write_text("0")

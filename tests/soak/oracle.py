@@ -109,6 +109,8 @@ class Fault:
     note: str = ""
     explains: bool = True
     """False for a fault liteq promises to hide (a clock step): a duplicate run in it is not explained."""
+    clock_step: float = 0.0
+    """Seconds a clock-step fault moved its pool's clock (forward is positive); 0 for other faults."""
 
     @property
     def is_global(self) -> bool:

@@ -185,11 +185,11 @@ def test_slots_fired_early_by_a_clock_stepped_forward_are_not_counted_against_th
     world = _world()
     on_time = [SPAN[0] + 2 * k for k in range(1, 51)]
     _beats(world, on_time + [SPAN[1] + 20 + 2 * k for k in range(5)])
-    world["faults"] = [Fault("clock-step", "pool-c.1 +120s", 1050.0, 1053.0, [7], explains=False)]
+    world["faults"] = [Fault("clock-step", "pool-c.1 +120s", 1050.0, 1053.0, [7], explains=False, clock_step=120.0)]
     # Then nothing is reported: early is not twice
     assert _problems(world) == []
     # But the same early slots with no forward step of the clock are
-    world["faults"] = [Fault("clock-step", "pool-c.1 -120s", 1050.0, 1053.0, [7], explains=False)]
+    world["faults"] = [Fault("clock-step", "pool-c.1 -120s", 1050.0, 1053.0, [7], explains=False, clock_step=-120.0)]
     assert any("ahead of real time" in p for p in _problems(world))
     # And more slots inside the span than it holds still are
     world = _world()
